@@ -1,0 +1,3 @@
+from fedfunc.cli import main
+
+main()

@@ -1,0 +1,151 @@
+"""Start and stop Azurite, the Azure Storage emulator, with one storage account per party.
+
+Azurite reads its accounts from ``AZURITE_ACCOUNTS`` only when it starts, so we start it with the
+orchestrator's account plus a pool of silo accounts; onboarding a silo locally claims a pool account.
+Each account has its own random key, so one silo's key is refused on another silo's account — the
+same isolation separate storage accounts give on Azure. Keys persist in ``accounts.json`` beside the
+data so a restart keeps them.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ORCHESTRATOR_ACCOUNT = "fedorch"
+SILO_POOL_SIZE = 12
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def silo_pool_names(size: int = SILO_POOL_SIZE) -> list[str]:
+    return [f"silo{i:02d}" for i in range(1, size + 1)]
+
+
+@dataclass(frozen=True)
+class Account:
+    name: str
+    key: str
+    blob_port: int
+    table_port: int
+    host: str = "127.0.0.1"
+
+    @property
+    def blob_url(self) -> str:
+        return f"http://{self.host}:{self.blob_port}/{self.name}"
+
+    @property
+    def table_url(self) -> str:
+        return f"http://{self.host}:{self.table_port}/{self.name}"
+
+    @property
+    def connection_string(self) -> str:
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName={self.name};AccountKey={self.key};"
+            f"BlobEndpoint={self.blob_url};TableEndpoint={self.table_url};"
+        )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def azurite_binary() -> str:
+    local = REPO_ROOT / "node_modules" / ".bin" / "azurite"
+    if local.exists():
+        return str(local)
+    found = shutil.which("azurite")
+    if not found:
+        raise RuntimeError("Azurite is not installed: run `npm ci` in the repository (make does it)")
+    return found
+
+
+class Azurite:
+    """One Azurite process (blob + queue + table) with persistent data under ``location``."""
+
+    def __init__(self, location: Path, pool_size: int = SILO_POOL_SIZE,
+                 blob_port: int | None = None, table_port: int | None = None):
+        self.location = Path(location)
+        self.location.mkdir(parents=True, exist_ok=True)
+        self._config_path = self.location / "accounts.json"
+        self._config = self._load_or_create(pool_size, blob_port, table_port)
+        self.proc: subprocess.Popen | None = None
+
+    def _load_or_create(self, pool_size, blob_port, table_port) -> dict:
+        if self._config_path.exists():
+            cfg = json.loads(self._config_path.read_text())
+        else:
+            names = [ORCHESTRATOR_ACCOUNT, *silo_pool_names(pool_size)]
+            cfg = {"keys": {n: base64.b64encode(secrets.token_bytes(64)).decode() for n in names}}
+        cfg["blob_port"] = blob_port or cfg.get("blob_port") or _free_port()
+        cfg["table_port"] = table_port or cfg.get("table_port") or _free_port()
+        cfg["queue_port"] = cfg.get("queue_port") or _free_port()
+        tmp = self._config_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(cfg, indent=2))
+        os.chmod(tmp, 0o600)
+        tmp.replace(self._config_path)
+        return cfg
+
+    def account(self, name: str) -> Account:
+        if name not in self._config["keys"]:
+            raise KeyError(f"no Azurite account named {name!r}")
+        return Account(name, self._config["keys"][name], self._config["blob_port"], self._config["table_port"])
+
+    @property
+    def orchestrator(self) -> Account:
+        return self.account(ORCHESTRATOR_ACCOUNT)
+
+    @property
+    def silo_accounts(self) -> list[Account]:
+        return [self.account(n) for n in self._config["keys"] if n != ORCHESTRATOR_ACCOUNT]
+
+    def start(self, timeout: float = 30.0) -> "Azurite":
+        env = dict(os.environ)
+        env["AZURITE_ACCOUNTS"] = ";".join(f"{n}:{k}" for n, k in self._config["keys"].items())
+        cmd = [
+            azurite_binary(), "--silent", "--location", str(self.location / "data"),
+            "--blobPort", str(self._config["blob_port"]), "--queuePort", str(self._config["queue_port"]),
+            "--tablePort", str(self._config["table_port"]), "--blobHost", "127.0.0.1",
+            "--queueHost", "127.0.0.1", "--tableHost", "127.0.0.1",
+            "--disableTelemetry", "--skipApiVersionCheck", "--loose",
+        ]
+        log = open(self.location / "azurite.log", "ab")
+        self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"Azurite exited with {self.proc.returncode}; see {self.location / 'azurite.log'}")
+            if _port_open(self._config["blob_port"]) and _port_open(self._config["table_port"]):
+                return self
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"Azurite did not open its ports within {timeout:.0f}s")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.proc = None
+
+    def __enter__(self) -> "Azurite":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

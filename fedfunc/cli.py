@@ -1,0 +1,17 @@
+"""The `fedfunc` command. Each sub-command lives beside the code it drives and registers itself here."""
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="Federated learning on Azure Durable Functions: local host, runs, silos, security tools.")
+
+
+def _register() -> None:
+    from fedfunc.host.cli import register as register_host
+    register_host(app)
+
+
+def main() -> None:
+    _register()
+    app()
