@@ -1,0 +1,139 @@
+"""Typed app settings, validated once at start so a bad deployment fails at import, naming the setting.
+
+``function_app.py`` calls ``load_settings(os.environ)``; every other module takes the ``Settings`` object.
+One setting, ``FEDFUNC_JOB_BACKEND``, moves silo jobs between local processes and Azure ML; the
+orchestration code never reads settings.
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+GUID = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+STORAGE = "FEDFUNC_STORAGE"
+
+
+class SettingsError(ValueError):
+    """A missing or invalid app setting; the message starts with the setting's name."""
+
+
+class StorageConnection(BaseModel):
+    """Either a connection string (Azurite, local) or identity-based service URIs (Azure, no keys)."""
+
+    model_config = ConfigDict(frozen=True)
+    connection_string: str | None = None
+    blob_service_uri: str | None = None
+    table_service_uri: str | None = None
+
+    @property
+    def uses_identity(self) -> bool:
+        return self.connection_string is None
+
+
+class AmlSettings(BaseModel):
+    """Where silo jobs run on Azure and what onboarding needs to wire a new silo to the orchestrator."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    subscription_id: str = Field(alias="FEDFUNC_AML_SUBSCRIPTION_ID", pattern=GUID)
+    resource_group: str = Field(alias="FEDFUNC_AML_RESOURCE_GROUP", pattern=r"^[-A-Za-z0-9_._()]{1,90}$")
+    workspace: str = Field(alias="FEDFUNC_AML_WORKSPACE", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{2,32}$")
+    # Pinned "name:version"; a floating "@latest" would let the silo run code nobody reviewed.
+    environment: str = Field(alias="FEDFUNC_AML_ENVIRONMENT")
+    # The signed code bundle: a registered code asset "azureml:name:version" or a folder the app uploads.
+    code: str = Field(alias="FEDFUNC_AML_CODE")
+    location: str = Field(alias="FEDFUNC_AML_LOCATION", pattern=r"^[a-z0-9]+$")
+    orchestrator_principal_id: str = Field(alias="FEDFUNC_AML_ORCHESTRATOR_PRINCIPAL_ID", pattern=GUID)
+    orchestrator_storage_id: str = Field(
+        alias="FEDFUNC_AML_ORCHESTRATOR_STORAGE_ID",
+        pattern=r"(?i)^/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.Storage/storageAccounts/[a-z0-9]{3,24}$")
+    function_app_id: str = Field(
+        alias="FEDFUNC_AML_FUNCTION_APP_ID",
+        pattern=r"(?i)^/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.Web/sites/[^/]+$")
+    models_datastore: str = Field("fedfunc_models", alias="FEDFUNC_AML_MODELS_DATASTORE", pattern=r"^A-Za-z0-9_{1,255}$")
+    silo_vm_size: str = Field("Standard_DS3_v2", alias="FEDFUNC_AML_SILO_VM_SIZE")
+
+    @field_validator("environment")
+    @classmethod
+    def _pinned(cls, v: str) -> str:
+        if not re.fullmatch(r"(azureml:)?[A-Za-z0-9][A-Za-z0-9_.-]*:[A-Za-z0-9_.-]+", v) or v.endswith(":latest"):
+            raise ValueError("must pin a version (name:version), not latest")
+        return v
+
+    @field_validator("code")
+    @classmethod
+    def _code(cls, v: str) -> str:
+        if v.startswith("azureml:"):
+            if v.count(":") != 2:
+                raise ValueError("a code asset must be azureml:name:version")
+        elif not Path(v).is_dir():
+            raise ValueError(f"folder {v!r} does not exist")
+        return v
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    storage: StorageConnection
+    job_backend: Literal["local", "aml"] = Field("local", alias="FEDFUNC_JOB_BACKEND")
+    local_home: Path = Field(Path(".fedfunc"), alias="FEDFUNC_LOCAL_HOME")
+    api_keys: dict[str, Literal["admin", "scientist"]] = Field(default_factory=dict, alias="FEDFUNC_API_KEYS")
+    retrain_schedule: str | None = Field(None, alias="FEDFUNC_RETRAIN_SCHEDULE")
+    aml: AmlSettings | None = None
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _json(cls, v):
+        return json.loads(v) if isinstance(v, str) else v
+
+    @field_validator("retrain_schedule")
+    @classmethod
+    def _cron(cls, v: str | None) -> str | None:
+        if v is not None and len(v.split()) != 6:
+            raise ValueError("must be a six-field NCRONTAB expression (second minute hour day month weekday)")
+        return v
+
+    @model_validator(mode="after")
+    def _aml_when_selected(self):
+        if self.job_backend == "aml" and self.aml is None:
+            raise ValueError("FEDFUNC_JOB_BACKEND=aml needs the FEDFUNC_AML_* settings")
+        return self
+
+
+def _storage(env: Mapping[str, str]) -> StorageConnection:
+    conn = env.get(STORAGE)
+    blob, table = env.get(f"{STORAGE}__blobServiceUri"), env.get(f"{STORAGE}__tableServiceUri")
+    if conn and (blob or table):
+        raise SettingsError(f"{STORAGE}: set either the connection string or the __*ServiceUri settings, not both")
+    if conn:
+        parts = dict(p.split("=", 1) for p in conn.split(";") if "=" in p)
+        if not ("AccountKey" in parts or parts.get("UseDevelopmentStorage") == "true"):
+            raise SettingsError(f"{STORAGE}: connection string has no AccountKey (for Azure use {STORAGE}__blobServiceUri)")
+        return StorageConnection(connection_string=conn)
+    for name, value in ((f"{STORAGE}__blobServiceUri", blob), (f"{STORAGE}__tableServiceUri", table)):
+        if not value:
+            raise SettingsError(f"{name}: missing ({STORAGE} is not set, so identity-based storage needs both URIs)")
+        if not value.startswith(("https://", "http://")):
+            raise SettingsError(f"{name}: {value!r} is not an http(s) URL")
+    return StorageConnection(blob_service_uri=blob.rstrip("/"), table_service_uri=table.rstrip("/"))
+
+
+def _errors(e: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: "
+        f"{'missing' if err['type'] == 'missing' else err['msg']}"
+        for err in e.errors())
+
+
+def load_settings(env: Mapping[str, str]) -> Settings:
+    """Validate the environment; raise ``SettingsError`` naming each bad setting. Empty values count as unset."""
+    env = {k: v for k, v in env.items() if k.startswith("FEDFUNC_") and v.strip()}
+    storage = _storage(env)
+    try:
+        aml = AmlSettings.model_validate(env) if env.get("FEDFUNC_JOB_BACKEND") == "aml" else None
+        return Settings.model_validate({**env, "storage": storage, "aml": aml})
+    except ValidationError as e:
+        raise SettingsError(_errors(e)) from None

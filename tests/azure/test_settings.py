@@ -1,0 +1,86 @@
+"""Settings fail at start, naming the setting; storage clients follow the connection kind."""
+from __future__ import annotations
+
+import pytest
+
+from fedfunc.settings import SettingsError, load_settings
+from fedfunc.storage import blob_service, read_url_for, table_service
+
+KEYED = ("DefaultEndpointsProtocol=http;AccountName=orch;AccountKey=Zm9vYmFy;"
+         "BlobEndpoint=http://127.0.0.1:10000/orch;TableEndpoint=http://127.0.0.1:10002/orch;")
+IDENTITY = {"FEDFUNC_STORAGE__blobServiceUri": "https://orch.blob.core.windows.net/",
+            "FEDFUNC_STORAGE__tableServiceUri": "https://orch.table.core.windows.net"}
+SUB = "00000000-0000-0000-0000-000000000001"
+
+
+def aml_env(tmp_path, **over):
+    env = {**IDENTITY, "FEDFUNC_JOB_BACKEND": "aml",
+           "FEDFUNC_AML_SUBSCRIPTION_ID": SUB, "FEDFUNC_AML_RESOURCE_GROUP": "rg-fl",
+           "FEDFUNC_AML_WORKSPACE": "mlw-fl", "FEDFUNC_AML_ENVIRONMENT": "fedfunc-silo:3",
+           "FEDFUNC_AML_CODE": str(tmp_path), "FEDFUNC_AML_LOCATION": "westeurope",
+           "FEDFUNC_AML_ORCHESTRATOR_PRINCIPAL_ID": "00000000-0000-0000-0000-0000000000aa",
+           "FEDFUNC_AML_ORCHESTRATOR_STORAGE_ID":
+               f"/subscriptions/{SUB}/resourceGroups/rg-fl/providers/Microsoft.Storage/storageAccounts/orchsa",
+           "FEDFUNC_AML_FUNCTION_APP_ID": f"/subscriptions/{SUB}/resourceGroups/rg-fl/providers/Microsoft.Web/sites/fl-func"}
+    env.update(over)
+    return {k: v for k, v in env.items() if v is not None}
+
+
+def test_local_defaults():
+    s = load_settings({"FEDFUNC_STORAGE": KEYED})
+    assert s.job_backend == "local" and s.aml is None and not s.storage.uses_identity
+
+
+def test_aml_complete(tmp_path):
+    s = load_settings(aml_env(tmp_path))
+    assert s.job_backend == "aml" and s.aml.workspace == "mlw-fl" and s.storage.uses_identity
+    assert s.storage.blob_service_uri == "https://orch.blob.core.windows.net"
+
+
+@pytest.mark.parametrize("name,value,fragment", [
+    ("FEDFUNC_AML_WORKSPACE", None, "FEDFUNC_AML_WORKSPACE: missing"),
+    ("FEDFUNC_AML_WORKSPACE", "  ", "FEDFUNC_AML_WORKSPACE: missing"),
+    ("FEDFUNC_AML_SUBSCRIPTION_ID", "my-sub", "FEDFUNC_AML_SUBSCRIPTION_ID"),
+    ("FEDFUNC_AML_ENVIRONMENT", "fedfunc-silo:latest", "FEDFUNC_AML_ENVIRONMENT"),
+    ("FEDFUNC_AML_ENVIRONMENT", "fedfunc-silo", "FEDFUNC_AML_ENVIRONMENT"),
+    ("FEDFUNC_AML_CODE", "/no/such/folder", "FEDFUNC_AML_CODE"),
+    ("FEDFUNC_AML_CODE", "azureml:bundle", "FEDFUNC_AML_CODE"),
+    ("FEDFUNC_AML_FUNCTION_APP_ID", "fl-func", "FEDFUNC_AML_FUNCTION_APP_ID"),
+    ("FEDFUNC_JOB_BACKEND", "cloud", "FEDFUNC_JOB_BACKEND"),
+])
+def test_bad_aml_setting_is_named(tmp_path, name, value, fragment):
+    with pytest.raises(SettingsError, match=fragment):
+        load_settings(aml_env(tmp_path, **{name: value}))
+
+
+def test_registered_code_asset_accepted(tmp_path):
+    assert load_settings(aml_env(tmp_path, FEDFUNC_AML_CODE="azureml:fedfunc-bundle:7")).aml.code == "azureml:fedfunc-bundle:7"
+
+
+@pytest.mark.parametrize("env,fragment", [
+    ({}, "FEDFUNC_STORAGE__blobServiceUri: missing"),
+    ({"FEDFUNC_STORAGE__blobServiceUri": "https://a.blob.core.windows.net"}, "FEDFUNC_STORAGE__tableServiceUri: missing"),
+    ({**IDENTITY, "FEDFUNC_STORAGE": KEYED}, "not both"),
+    ({"FEDFUNC_STORAGE": "AccountName=orch"}, "FEDFUNC_STORAGE: connection string has no AccountKey"),
+    ({**IDENTITY, "FEDFUNC_STORAGE__tableServiceUri": "orch.table"}, "FEDFUNC_STORAGE__tableServiceUri"),
+    ({"FEDFUNC_STORAGE": KEYED, "FEDFUNC_API_KEYS": '{"k": "root"}'}, "FEDFUNC_API_KEYS"),
+    ({"FEDFUNC_STORAGE": KEYED, "FEDFUNC_RETRAIN_SCHEDULE": "0 3 * * *"}, "FEDFUNC_RETRAIN_SCHEDULE"),
+])
+def test_bad_storage_and_misc_settings_are_named(env, fragment):
+    with pytest.raises(SettingsError, match=fragment):
+        load_settings(env)
+
+
+def test_keyed_clients_give_read_only_sas():
+    s = load_settings({"FEDFUNC_STORAGE": KEYED})
+    url = read_url_for(blob_service(s).get_blob_client("models", "r1/round-0000/global.safetensors"))
+    assert url.startswith("http://127.0.0.1:10000/orch/models/r1/round-0000/global.safetensors?")
+    assert "sp=r&" in url and "sig=" in url
+    assert table_service(s).url.startswith("http://127.0.0.1:10002/orch")
+
+
+def test_identity_clients_have_no_key_and_plain_urls():
+    s = load_settings(IDENTITY)
+    blob = blob_service(s).get_blob_client("models", "m.safetensors")
+    assert read_url_for(blob) == "https://orch.blob.core.windows.net/models/m.safetensors"
+    assert not hasattr(blob.credential, "account_key")
