@@ -1,0 +1,47 @@
+"""FedAvg (McMahan et al. 2017): the sample-weighted mean of the silos' models, streamed."""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+
+from fedfunc.aggregation.base import ClientUpdate, Strategy
+
+
+class FedAvg(Strategy):
+    """Weighted mean of the updates by ``num_samples``, consuming one update at a time.
+
+    The accumulator is float64: updates arrive in whatever order Event Grid delivers them, and
+    summing thousands of float32 tensors weighted by sample counts in float32 loses ~7 digits,
+    enough for the result to depend on arrival order. In float64 the sum is order-independent up
+    to float32 rounding of the final cast. Memory: one float64 accumulator (2× a float32 model)
+    plus one float64 scratch as large as the largest tensor — O(model), not O(silos × model).
+    """
+
+    name = "fedavg"
+
+    def aggregate(self, global_arrays: Mapping[str, np.ndarray],
+                  updates: Iterable[ClientUpdate]) -> dict[str, np.ndarray]:
+        acc = {k: np.zeros(np.shape(a), dtype=np.float64) for k, a in global_arrays.items()}
+        scratch = np.empty(max((a.size for a in acc.values()), default=0), dtype=np.float64)
+        total = 0
+        for count, update in enumerate(updates, start=1):
+            n = int(update.num_samples)
+            if n < 1:
+                raise ValueError(f"update {count}: num_samples={n} must be a positive integer")
+            if update.arrays.keys() != acc.keys():
+                diff = sorted(update.arrays.keys() ^ acc.keys())
+                raise ValueError(f"update {count}: tensor names differ from the global model: {diff[:5]}")
+            for name, a in update.arrays.items():
+                tmp = scratch[: a.size].reshape(a.shape)
+                np.multiply(a, n, out=tmp, dtype=np.float64)
+                np.add(acc[name], tmp, out=acc[name])
+            total += n
+        if total == 0:
+            raise ValueError("FedAvg needs at least one update")
+        return {k: _cast(np.divide(acc[k], total, out=acc[k]), global_arrays[k].dtype) for k in acc}
+
+
+def _cast(mean: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Back to the model's dtype; integer buffers (e.g. step counters) are rounded, not truncated."""
+    return (np.rint(mean) if np.issubdtype(dtype, np.integer) else mean).astype(dtype)

@@ -1,0 +1,26 @@
+"""Strategies by name, as a run spec names them."""
+from __future__ import annotations
+
+from typing import Any
+
+from fedfunc.aggregation.base import Strategy
+from fedfunc.aggregation.fedavg import FedAvg
+
+STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (FedAvg,)}
+
+
+class UnknownStrategy(KeyError):
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.message = f"unknown aggregation strategy {name!r}; known: {sorted(STRATEGIES)}"
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def get_strategy(name: str, **options: Any) -> Strategy:
+    """Instantiate the strategy registered under ``name`` (case-insensitive) with ``options``."""
+    cls = STRATEGIES.get(name.lower())
+    if cls is None:
+        raise UnknownStrategy(name)
+    return cls(**options)

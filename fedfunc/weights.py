@@ -1,0 +1,218 @@
+"""Weights on the wire: safetensors bytes, the model manifest, and update validation.
+
+Only safetensors is used (a JSON header plus raw little-endian buffers), so reading an update
+can never execute code the way pickle / ``torch.load`` can. Updates come from silos, which the
+orchestrator does not fully trust: ``validate_update`` checks size and header before any tensor
+is loaded, then values, norm and the round's identity, and says which rule failed on which tensor.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load as _st_load
+from safetensors.numpy import save as _st_save
+
+# safetensors dtype codes <-> numpy dtype names (the subset numpy can represent).
+_ST_TO_NUMPY = {
+    "F64": "float64", "F32": "float32", "F16": "float16",
+    "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8",
+    "U64": "uint64", "U32": "uint32", "U16": "uint16", "U8": "uint8", "BOOL": "bool",
+}
+_HEADER_LEN_BYTES = 8
+METADATA_KEYS = ("run", "round", "silo", "nonce", "num_samples")
+
+
+class UpdateRejected(ValueError):
+    """An update broke a validation rule; ``rule`` names it, ``tensor`` the tensor if any."""
+
+    def __init__(self, rule: str, detail: str, tensor: str | None = None):
+        self.rule, self.detail, self.tensor = rule, detail, tensor
+        where = f" (tensor {tensor!r})" if tensor else ""
+        super().__init__(f"{rule}{where}: {detail}")
+
+
+def sha256(data: bytes) -> str:
+    """Hex digest; manifests pin the global model by it."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def encode(arrays: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> bytes:
+    """Serialise named arrays (+ string metadata) to safetensors bytes."""
+    bad = [k for k, v in (metadata or {}).items() if not isinstance(v, str)]
+    if bad:
+        raise TypeError(f"safetensors metadata values must be str; not str: {bad}")
+    # np.require, unlike np.ascontiguousarray, keeps 0-d arrays 0-d.
+    contiguous = {name: np.require(a, requirements="C") for name, a in arrays.items()}
+    return _st_save(contiguous, metadata=dict(metadata) if metadata else None)
+
+
+def decode(data: bytes) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Parse safetensors bytes into (arrays, metadata). Raises ``UpdateRejected`` if not safetensors."""
+    _, metadata = read_header(data)
+    return _load_tensors(data), metadata
+
+
+def read_header(data: bytes) -> tuple[dict[str, dict], dict[str, str]]:
+    """Parse only the header: ({name: {dtype, shape, data_offsets}}, metadata). Loads no tensor."""
+    if len(data) < _HEADER_LEN_BYTES:
+        raise UpdateRejected("not_safetensors", f"{len(data)} bytes is shorter than the 8-byte header length")
+    (n,) = struct.unpack("<Q", data[:_HEADER_LEN_BYTES])
+    if n > len(data) - _HEADER_LEN_BYTES:
+        raise UpdateRejected("not_safetensors", f"header length {n} exceeds the {len(data)}-byte file")
+    try:
+        header = json.loads(bytes(data[_HEADER_LEN_BYTES:_HEADER_LEN_BYTES + n]))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UpdateRejected("not_safetensors", f"header is not JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise UpdateRejected("not_safetensors", "header is not a JSON object")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise UpdateRejected("not_safetensors", "__metadata__ is not a string-to-string map")
+    for name, entry in header.items():
+        if not (isinstance(entry, dict) and {"dtype", "shape", "data_offsets"} <= entry.keys()):
+            raise UpdateRejected("not_safetensors", "entry lacks dtype/shape/data_offsets", name)
+    return header, metadata
+
+
+def _load_tensors(data: bytes) -> dict[str, np.ndarray]:
+    try:
+        return _st_load(bytes(data))
+    except (SafetensorError, ValueError, TypeError) as e:
+        raise UpdateRejected("not_safetensors", f"tensor data unreadable ({e})") from None
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    shape: tuple[int, ...]
+    dtype: str  # numpy dtype name, e.g. "float32"
+
+
+@dataclass(frozen=True)
+class ModelManifest:
+    """Names, shapes and dtypes of a model's tensors: what every update must match exactly."""
+
+    tensors: Mapping[str, TensorSpec]
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> ModelManifest:
+        return cls({k: TensorSpec(tuple(int(d) for d in a.shape), a.dtype.name) for k, a in arrays.items()})
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of tensor data an update of this model carries (header excluded)."""
+        return sum(math.prod(t.shape) * np.dtype(t.dtype).itemsize for t in self.tensors.values())
+
+    def to_json(self) -> str:
+        return json.dumps({k: {"shape": list(t.shape), "dtype": t.dtype} for k, t in self.tensors.items()},
+                          sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelManifest:
+        raw = json.loads(text)
+        return cls({k: TensorSpec(tuple(v["shape"]), str(v["dtype"])) for k, v in raw.items()})
+
+
+@dataclass(frozen=True)
+class ValidatedUpdate:
+    """An update that passed every rule. ``arrays`` and ``num_samples`` are what aggregation reads."""
+
+    arrays: dict[str, np.ndarray]
+    num_samples: int
+    metadata: dict[str, str]
+
+
+# Room for the JSON header on top of the tensor bytes when no explicit size bound is given.
+HEADER_ALLOWANCE = 1 << 20
+
+
+def validate_update(
+    data: bytes,
+    manifest: ModelManifest,
+    *,
+    expected: Mapping[str, object],
+    global_arrays: Mapping[str, np.ndarray] | None = None,
+    max_bytes: int | None = None,
+    max_norm: float | None = None,
+) -> ValidatedUpdate:
+    """Check an update blob against the manifest and the round, cheapest rules first.
+
+    ``expected`` holds ``run``, ``round``, ``silo`` (the silo whose outbox the blob came from) and
+    ``nonce``; optionally ``silos``, the silos expected in this round. ``max_bytes`` defaults to the
+    manifest's tensor bytes plus ``HEADER_ALLOWANCE``. ``max_norm`` bounds ‖update − global‖₂ over
+    all tensors (‖update‖₂ when ``global_arrays`` is None); None means unbounded.
+    """
+    limit = manifest.nbytes + HEADER_ALLOWANCE if max_bytes is None else max_bytes
+    if len(data) > limit:
+        raise UpdateRejected("size", f"{len(data)} bytes exceeds the {limit}-byte bound")
+    header, metadata = read_header(data)
+    num_samples = _check_metadata(metadata, expected)
+    _check_header_matches(header, manifest)
+    arrays = _load_tensors(data)
+    _check_values(arrays, global_arrays, max_norm)
+    return ValidatedUpdate(arrays, num_samples, metadata)
+
+
+def _check_metadata(metadata: Mapping[str, str], expected: Mapping[str, object]) -> int:
+    missing = [k for k in METADATA_KEYS if k not in metadata]
+    if missing:
+        raise UpdateRejected("metadata", f"missing metadata keys {missing}")
+    for key in ("run", "round", "nonce"):
+        if metadata[key] != str(expected[key]):
+            raise UpdateRejected(key, f"update says {key}={metadata[key]!r}, expected {str(expected[key])!r}")
+    silo = metadata["silo"]
+    if silo != expected["silo"] or ("silos" in expected and silo not in expected["silos"]):
+        raise UpdateRejected("silo", f"unexpected silo {silo!r} (expected {expected['silo']!r} in this round)")
+    raw = metadata["num_samples"]
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
+        raise UpdateRejected("num_samples", f"num_samples={raw!r} is not a positive integer")
+    return int(raw)
+
+
+def _check_header_matches(header: Mapping[str, dict], manifest: ModelManifest) -> None:
+    missing = sorted(manifest.tensors.keys() - header.keys())
+    if missing:
+        raise UpdateRejected("missing_tensor", f"update lacks {len(missing)} tensor(s) of the manifest", missing[0])
+    extra = sorted(header.keys() - manifest.tensors.keys())
+    if extra:
+        raise UpdateRejected("extra_tensor", f"update has {len(extra)} tensor(s) not in the manifest", extra[0])
+    for name, spec in manifest.tensors.items():
+        entry = header[name]
+        dtype = _ST_TO_NUMPY.get(entry["dtype"], entry["dtype"])
+        if dtype != spec.dtype:
+            raise UpdateRejected("dtype", f"dtype {dtype}, manifest says {spec.dtype}", name)
+        if tuple(entry["shape"]) != spec.shape:
+            raise UpdateRejected("shape", f"shape {tuple(entry['shape'])}, manifest says {spec.shape}", name)
+
+
+def _check_values(arrays: Mapping[str, np.ndarray], global_arrays: Mapping[str, np.ndarray] | None,
+                  max_norm: float | None) -> None:
+    sq = 0.0
+    for name, a in arrays.items():
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            raise UpdateRejected("non_finite", "contains NaN or Inf", name)
+        if max_norm is not None:
+            delta = a.astype(np.float64) if global_arrays is None else np.subtract(a, global_arrays[name],
+                                                                                   dtype=np.float64)
+            sq += float(np.dot(delta.ravel(), delta.ravel()))
+    if max_norm is not None and math.sqrt(sq) > max_norm:
+        what = "‖update − global‖₂" if global_arrays is not None else "‖update‖₂"
+        raise UpdateRejected("norm", f"{what} = {math.sqrt(sq):.6g} exceeds the bound {max_norm:.6g}")
+
+
+def model_to_arrays(module) -> dict[str, np.ndarray]:
+    """A torch module's state (parameters and buffers) as owned numpy arrays."""
+    return {k: v.detach().cpu().numpy().copy() for k, v in module.state_dict().items()}
+
+
+def load_arrays_into(module, arrays: Mapping[str, np.ndarray]) -> None:
+    """Load arrays into a torch module; names and shapes must match exactly (strict)."""
+    import torch
+
+    module.load_state_dict({k: torch.tensor(np.asarray(v)) for k, v in arrays.items()}, strict=True)
