@@ -1,0 +1,174 @@
+"""Offline checks of infra/: syntax (tree-sitter-bicep), the security table as RBAC invariants, wiring."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+import bicepcheck as bc
+from fedfunc.settings import AmlSettings
+
+INFRA = Path(__file__).resolve().parents[2] / "infra"
+FILES = sorted(INFRA.rglob("*.bicep"))
+ROLES = json.loads((INFRA / "roles.json").read_text())
+MAIN, SILO = bc.parse(INFRA / "main.bicep"), bc.parse(INFRA / "modules" / "silo.bicep")
+
+
+def test_all_files_found():
+    assert {p.relative_to(INFRA).as_posix() for p in FILES} >= {
+        "main.bicep", "modules/silo.bicep", "modules/network.bicep", "modules/private-endpoint.bicep"}
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_parses_without_error_nodes(path):
+    assert bc.errors(path.read_text()) == []
+
+
+def test_parser_does_flag_broken_bicep():
+    assert bc.errors("resource sa 'Microsoft.Storage/storageAccounts@2023-05-01' = {\n  name: \n}\nparam = 3\n")
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_module_references_and_role_keys_resolve(path):
+    src = path.read_text()
+    for ref in re.findall(r"^module \w+ '([^']+)'", src, re.M):
+        assert (path.parent / ref).is_file(), ref
+    for ref in re.findall(r"loadJsonContent\('([^']+)'\)", src):
+        assert (path.parent / ref).resolve() == INFRA / "roles.json"
+    for kind, key in re.findall(r"roles\.(builtIn|custom)\.(\w+)", src):
+        assert key in ROLES[kind], f"{path.name}: roles.{kind}.{key} is not in roles.json"
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_security_invariants_hold(path):
+    assert bc.violations(bc.parse(path)) == []
+
+
+def grants(f):
+    return {(g.principal, f.container_name(g.scope) or g.scope, g.role, g.condition) for g in f.grants}
+
+
+def test_silo_grants_are_exactly_the_security_table():
+    assert grants(SILO) == {
+        ("siloIdentity", "data", "StorageBlobDataReader", None),
+        ("siloIdentity", "outbox", "StorageBlobDataContributor", None),
+        ("siloIdentity", "models", "StorageBlobDataReader", None),
+        ("param:orchestratorPrincipalId", "outbox", "StorageBlobDataReader", None),
+    }
+    assert SILO.resources["modelsContainer"].existing  # the orchestrator's, not created by the silo
+
+
+def test_orchestrator_grants():
+    assert grants(MAIN) == {
+        ("orchestratorIdentity", "storage", "StorageBlobDataOwner", None),
+        ("orchestratorIdentity", "storage", "StorageQueueDataContributor", None),
+        ("orchestratorIdentity", "storage", "StorageTableDataContributor", None),
+        ("orchestratorIdentity", "workspace", "custom:JobSubmitter", None),
+        ("orchestratorIdentity", bc.DEPLOYMENT_SCOPE, "custom:SiloProvisioner", "(appMayOnboard)"),
+        ("param:scientistPrincipalIds", "workspace", "Reader", "(!scientistsMaySubmitJobs)"),
+        ("param:scientistPrincipalIds", "workspace", "AzureMLDataScientist", "(scientistsMaySubmitJobs)"),
+    }
+
+
+def test_only_the_orchestrator_may_submit_jobs_by_default():
+    submitters = {g.principal for g in MAIN.grants + SILO.grants
+                  if g.role in ("custom:JobSubmitter", "AzureMLDataScientist") and g.condition is None}
+    assert submitters == {"orchestratorIdentity"}
+    assert "jobs/*" in " ".join(ROLES["custom"]["JobSubmitter"]["actions"])
+
+
+def test_storage_accounts_are_all_checked():
+    accounts = [r for f in (MAIN, SILO) for r in f.resources.values() if r.type == bc.STORAGE and not r.existing]
+    assert len(accounts) == 3  # orchestrator, workspace, silo: each must pass the shared-key rule above
+
+
+def test_outbox_events_reach_on_update_with_subject_filters():
+    subs = SILO.resources["toOnUpdate"]
+    props = bc.text(subs.body["properties"])
+    assert "'${functionAppId}/functions/on_update'" in props
+    assert "includedEventTypes: [ 'Microsoft.Storage.BlobCreated' ]" in props
+    assert "subjectBeginsWith: '/blobServices/default/containers/outbox/blobs/runs/'" in props
+    ends = bc.text(SILO.variables["outboxSubscriptions"])
+    assert "'.safetensors'" in ends and "'/failed.json'" in ends
+    assert bc._props(SILO.resources["outboxEvents"].body["properties"])["source"].text == b"storage.id"
+
+
+def test_job_failures_reach_on_job_status():
+    props = bc.text(MAIN.resources["toOnJobStatus"].body["properties"])
+    assert "/functions/on_job_status'" in props and "Microsoft.MachineLearningServices.RunStatusChanged" in props
+    assert "[ 'Failed', 'Canceled' ]" in props
+
+
+def test_function_app_sets_every_required_setting():
+    settings = set(re.findall(r"\{ name: '([A-Za-z0-9_]+)'", bc.text(MAIN.resources["functionApp"].body["properties"])))
+    required = {f.alias for f in AmlSettings.model_fields.values()}
+    assert required <= settings, required - settings
+    assert {"FEDFUNC_STORAGE__blobServiceUri", "FEDFUNC_STORAGE__tableServiceUri", "FEDFUNC_JOB_BACKEND"} <= settings
+    assert "FEDFUNC_STORAGE" not in settings  # no connection string (it would carry a key)
+
+
+BAD = """
+var roles = loadJsonContent('../roles.json')
+param orchestratorPrincipalId string
+resource me 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = { name: 'me' }
+resource sa 'Microsoft.Storage/storageAccounts@2023-05-01' = {
+  name: 'mine'
+  properties: { allowSharedKeyAccess: true }
+}
+resource bs 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01' = { parent: sa, name: 'default' }
+resource data 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = { parent: bs, name: 'data' }
+resource outbox 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = { parent: bs, name: 'outbox' }
+resource other 'Microsoft.Storage/storageAccounts@2023-05-01' existing = { name: 'othersilo' }
+resource otherBlobs 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01' existing = { parent: other, name: 'default' }
+resource otherData 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' existing = { parent: otherBlobs, name: 'data' }
+resource crossSilo 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid('a')
+  scope: otherData
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.builtIn.StorageBlobDataReader)
+    principalId: me.properties.principalId
+  }
+}
+resource orchestratorOnData 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid('b')
+  scope: data
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.builtIn.StorageBlobDataReader)
+    principalId: orchestratorPrincipalId
+  }
+}
+resource orchestratorWritesOutbox 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid('c')
+  scope: outbox
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.builtIn.StorageBlobDataContributor)
+    principalId: orchestratorPrincipalId
+  }
+}
+resource orchestratorOnGroup 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid('d')
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.builtIn.Reader)
+    principalId: orchestratorPrincipalId
+  }
+}
+output accountKey string = sa.listKeys().keys[0].value
+"""
+
+
+def test_checker_flags_a_bad_silo():
+    found = "\n".join(bc.violations(bc.parse("bad.bicep", BAD)))
+    assert "storage account sa does not set allowSharedKeyAccess: false" in found
+    assert "crossSilo gives me StorageBlobDataReader on otherData: an identity may only get roles on storage declared beside it" in found
+    assert "orchestratorOnData gives param:orchestratorPrincipalId StorageBlobDataReader on data: only the silo's own identity" in found
+    assert "orchestratorWritesOutbox gives param:orchestratorPrincipalId StorageBlobDataContributor on outbox: the orchestrator may only read" in found
+    assert "orchestratorOnGroup gives param:orchestratorPrincipalId Reader on <deployment scope>: only the silo's own identity" in found
+    assert "listKeys(...) reads keys" in found
+    assert "output accountKey looks like a secret" in found
+
+
+def test_checker_refuses_what_it_cannot_resolve():
+    src = BAD.replace("principalId: me.properties.principalId", "principalId: someFunction()")
+    assert any("cannot resolve it statically" in v for v in bc.violations(bc.parse("bad.bicep", src)))
