@@ -10,6 +10,8 @@ app = typer.Typer(no_args_is_help=True, add_completion=False,
 def _register() -> None:
     from fedfunc.host.cli import register as register_host
     register_host(app)
+    from fedfunc.silo.cli import register as register_silo
+    register_silo(app)
 
 
 def main() -> None:

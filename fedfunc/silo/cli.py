@@ -1,0 +1,74 @@
+"""``fedfunc silo-job``: the command a silo job runs, the same locally and on AML.
+
+The command is a thin supervisor: it runs the real job in a child process and, if that child dies
+without reporting (segfault, OOM kill), publishes ``failed.json`` for it, so the orchestrator always
+hears back. ``--worker`` (internal) is the child.
+"""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from fedfunc import layout
+from fedfunc.backends import SiloJobRequest
+
+
+def _io(aml: bool, data: Path | None, model: Path | None, outbox: Path | None, policy: Path | None):
+    from fedfunc.silo.io import BlobSiloIO, MountedSiloIO
+
+    if aml:
+        missing = [n for n, v in (("--data", data), ("--model", model), ("--outbox", outbox)) if v is None]
+        if missing:
+            raise typer.BadParameter(f"--aml needs {', '.join(missing)}")
+        return MountedSiloIO(data, model, outbox, policy)
+    from fedfunc.silo.home import home_from_env, read_credentials
+
+    creds = read_credentials(home_from_env())
+    return BlobSiloIO(creds.connection_string, creds.models_sas)
+
+
+def _crash_reason(returncode: int) -> str:
+    if returncode < 0:
+        name = signal.Signals(-returncode).name
+        return f"silo job process was killed by signal {name} (crash or out of memory)"
+    return f"silo job process exited with code {returncode} without reporting"
+
+
+def silo_job(
+    request: Path = typer.Option(..., "--request", exists=True, dir_okay=False, help="the SiloJobRequest JSON"),
+    aml: bool = typer.Option(False, "--aml", help="inputs mounted by AML instead of the silo home's storage"),
+    data: Optional[Path] = typer.Option(None, "--data", help="AML: the silo's data container, mounted"),
+    model: Optional[Path] = typer.Option(None, "--model", help="AML: the global model file"),
+    outbox: Optional[Path] = typer.Option(None, "--outbox", help="AML: the silo's outbox container, mounted rw"),
+    policy: Optional[Path] = typer.Option(None, "--policy", help="AML: the silo's policy/policy.json"),
+    worker: bool = typer.Option(False, "--worker", hidden=True),
+) -> None:
+    """Run one silo training job from a job request."""
+    from fedfunc.silo.runner import JobFailed, report_failure, run_job
+
+    req = SiloJobRequest.model_validate_json(request.read_text())
+    if worker:
+        try:
+            run_job(req, _io(aml, data, model, outbox, policy))
+        except JobFailed as e:
+            typer.echo(f"silo job {req.job_key} failed: {e.reason}", err=True)
+            raise typer.Exit(1) from None
+        typer.echo(f"silo job {req.job_key}: update published")
+        return
+    args = ["--request", str(request)] + (["--aml"] if aml else []) + [
+        a for flag, v in (("--data", data), ("--model", model), ("--outbox", outbox), ("--policy", policy))
+        if v is not None for a in (flag, str(v))]
+    child = subprocess.run([sys.executable, "-m", "fedfunc", "silo-job", *args, "--worker"])
+    if child.returncode != 0:
+        prefix = layout.outbox_prefix(req.run_id, req.round, req.silo)
+        report_failure(_io(aml, data, model, outbox, policy).outbox, prefix, _crash_reason(child.returncode), None)
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("silo-job")(silo_job)

@@ -1,0 +1,54 @@
+"""A local silo's home folder: the only secrets a local silo job gets.
+
+``credentials.json`` holds the silo's own storage connection string and a read-only SAS on the
+orchestrator's ``models`` container, nothing of any other silo. It is written mode 0600.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+HOME_ENV = "FEDFUNC_SILO_HOME"
+CREDENTIALS = "credentials.json"
+
+
+class SiloCredentials(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    silo: str
+    account: str
+    connection_string: str  # the silo's own account only
+    models_sas: str         # query string of a read-only SAS on the orchestrator's models container
+
+
+def silo_home(home_root: Path, silo: str) -> Path:
+    return Path(home_root) / "silos" / silo
+
+
+def write_credentials(home: Path, creds: SiloCredentials) -> Path:
+    """Write atomically with mode 0600 (created with that mode, never world-readable in between)."""
+    home.mkdir(parents=True, exist_ok=True)
+    os.chmod(home, 0o700)
+    path, tmp = home / CREDENTIALS, home / f".{CREDENTIALS}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(creds.model_dump_json(indent=2))
+    tmp.replace(path)
+    return path
+
+
+def read_credentials(home: Path) -> SiloCredentials:
+    path = Path(home) / CREDENTIALS
+    if not path.is_file():
+        raise FileNotFoundError(f"silo home {home} has no {CREDENTIALS}; was the silo provisioned?")
+    return SiloCredentials.model_validate(json.loads(path.read_text()))
+
+
+def home_from_env() -> Path:
+    value = os.environ.get(HOME_ENV)
+    if not value:
+        raise RuntimeError(f"{HOME_ENV} is not set: a local silo job needs its silo home folder")
+    return Path(value)

@@ -1,0 +1,141 @@
+"""Where a silo job reads and writes: the silo's own storage account (local) or AML-mounted folders.
+
+Both give the runner the same four things: its data, the global model, its policy, and its outbox.
+The outbox is create-only: a blob is written once; writing the same bytes again (a re-run of the same
+job) is a no-op, writing different bytes is refused, so nothing already published is ever replaced.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Protocol
+
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.storage.blob import BlobClient, BlobServiceClient, ContainerClient
+
+from fedfunc import layout
+from fedfunc.backends import SiloJobRequest
+
+POLICY_CONTAINER = "policy"
+POLICY_BLOB = "policy.json"
+
+
+class OutboxConflict(RuntimeError):
+    """The outbox already holds different bytes under this name."""
+
+
+def _same_bytes(existing: bytes, new: bytes, name: str) -> None:
+    if hashlib.sha256(existing).digest() != hashlib.sha256(new).digest():
+        raise OutboxConflict(f"outbox already holds a different {name}; refusing to overwrite it")
+
+
+class Outbox(Protocol):
+    def create(self, path: str, data: bytes) -> None: ...
+    def read(self, path: str) -> bytes | None: ...
+    def append_line(self, path: str, line: str) -> None: ...
+
+
+class SiloIO(Protocol):
+    outbox: Outbox
+    def read_data(self, task: str) -> bytes: ...
+    def read_model(self, request: SiloJobRequest) -> bytes: ...
+    def read_policy(self) -> bytes | None: ...
+
+
+class BlobOutbox:
+    def __init__(self, container: ContainerClient):
+        self.container = container
+
+    def create(self, path: str, data: bytes) -> None:
+        blob = self.container.get_blob_client(path)
+        try:
+            blob.upload_blob(data, overwrite=False)
+        except ResourceExistsError:
+            _same_bytes(blob.download_blob().readall(), data, path)
+
+    def read(self, path: str) -> bytes | None:
+        try:
+            return self.container.get_blob_client(path).download_blob().readall()
+        except ResourceNotFoundError:
+            return None
+
+    def append_line(self, path: str, line: str) -> None:
+        blob = self.container.get_blob_client(path)
+        try:
+            blob.create_append_blob(if_none_match="*")
+        except ResourceExistsError:
+            pass
+        blob.append_block((line.rstrip("\n") + "\n").encode())
+
+
+class BlobSiloIO:
+    """A local silo job: the silo's own account via its connection string; the model via a read SAS."""
+
+    def __init__(self, connection_string: str, models_sas: str):
+        self.service = BlobServiceClient.from_connection_string(connection_string)
+        self.models_sas = models_sas
+        self.outbox = BlobOutbox(self.service.get_container_client(layout.OUTBOX))
+
+    def read_data(self, task: str) -> bytes:
+        blob = self.service.get_blob_client(layout.DATA, layout.silo_data(task))
+        try:
+            return blob.download_blob().readall()
+        except ResourceNotFoundError:
+            raise FileNotFoundError(f"this silo has no training data for task {task!r} "
+                                    f"(data/{layout.silo_data(task)})") from None
+
+    def read_model(self, request: SiloJobRequest) -> bytes:
+        url = request.model_url if "?" in request.model_url else f"{request.model_url}?{self.models_sas}"
+        return BlobClient.from_blob_url(url).download_blob().readall()
+
+    def read_policy(self) -> bytes | None:
+        try:
+            return self.service.get_blob_client(POLICY_CONTAINER, POLICY_BLOB).download_blob().readall()
+        except ResourceNotFoundError:
+            return None
+
+
+class DirOutbox:
+    """The outbox container mounted read-write as a folder (AML ``rw_mount``)."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def create(self, path: str, data: bytes) -> None:
+        target = self.root / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(target, "xb") as f:
+                f.write(data)
+        except FileExistsError:
+            _same_bytes(target.read_bytes(), data, path)
+
+    def read(self, path: str) -> bytes | None:
+        target = self.root / path
+        return target.read_bytes() if target.is_file() else None
+
+    def append_line(self, path: str, line: str) -> None:
+        target = self.root / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "a") as f:
+            f.write(line.rstrip("\n") + "\n")
+
+
+class MountedSiloIO:
+    """An AML silo job: data container, model file, policy file and outbox container mounted by AML."""
+
+    def __init__(self, data: Path, model: Path, outbox: Path, policy: Path | None):
+        self.data, self.model, self.policy = Path(data), Path(model), policy
+        self.outbox = DirOutbox(outbox)
+
+    def read_data(self, task: str) -> bytes:
+        path = self.data / layout.silo_data(task)
+        if not path.is_file():
+            raise FileNotFoundError(f"this silo has no training data for task {task!r} ({path})")
+        return path.read_bytes()
+
+    def read_model(self, request: SiloJobRequest) -> bytes:
+        return self.model.read_bytes()
+
+    def read_policy(self) -> bytes | None:
+        return self.policy.read_bytes() if self.policy and self.policy.is_file() else None

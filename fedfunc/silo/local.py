@@ -1,0 +1,123 @@
+"""Local provisioning: what onboarding does on the local backend, standing in for a silo owner.
+
+A local silo is one account of Azurite's pool (its own random key). Provisioning claims an account,
+creates the silo's containers with the silo's own key, gives the silo job a home holding only that
+key plus a read-only SAS on the orchestrator's ``models``, and gives the orchestrator a read+list SAS on
+the silo's ``outbox`` only — tied to a stored access policy, so ``release_local_silo`` revokes it.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.storage.blob import (AccessPolicy, BlobServiceClient, ContainerSasPermissions,
+                                generate_container_sas)
+
+from fedfunc import layout
+from fedfunc.azurite import ORCHESTRATOR_ACCOUNT, Account
+from fedfunc.registry import TABLE, SiloRecord
+from fedfunc.silo.home import SiloCredentials, read_credentials, silo_home, write_credentials
+from fedfunc.silo.io import POLICY_BLOB, POLICY_CONTAINER
+from fedfunc.storage import table_service
+from fedfunc.weights import encode
+
+CLAIM_PARTITION = "account-claim"  # rows in the registry table, invisible to SiloRegistry.list
+OUTBOX_POLICY_ID = "orchestrator-read"
+SAS_LIFETIME = timedelta(days=365)
+
+
+class NoFreeAccount(RuntimeError):
+    pass
+
+
+def _conn_parts(conn: str) -> dict[str, str]:
+    return dict(p.split("=", 1) for p in conn.split(";") if "=" in p)
+
+
+def _pool(azurite_home: Path) -> dict:
+    return json.loads((Path(azurite_home) / "accounts.json").read_text())
+
+
+def _account(cfg: dict, name: str) -> Account:
+    return Account(name, cfg["keys"][name], cfg["blob_port"], cfg["table_port"])
+
+
+def claim_account(name: str, *, azurite_home: Path, orchestrator_conn: str) -> str:
+    """The pool account of silo ``name``: the one it already claimed, else the first free one (atomic)."""
+    table = table_service(orchestrator_conn).create_table_if_not_exists(TABLE)
+    mine = list(table.query_entities("PartitionKey eq @p and silo eq @s", parameters={"p": CLAIM_PARTITION, "s": name}))
+    if mine:
+        return mine[0]["RowKey"]
+    pool = sorted(n for n in _pool(azurite_home)["keys"] if n != ORCHESTRATOR_ACCOUNT)
+    for account in pool:
+        try:
+            table.create_entity({"PartitionKey": CLAIM_PARTITION, "RowKey": account, "silo": name})
+            return account
+        except ResourceExistsError:
+            continue
+    raise NoFreeAccount(f"cannot provision silo {name!r}: all {len(pool)} Azurite pool accounts are claimed")
+
+
+def _orchestrator_models_sas(orchestrator_conn: str) -> str:
+    parts = _conn_parts(orchestrator_conn)
+    now = datetime.now(timezone.utc)
+    return generate_container_sas(parts["AccountName"], layout.MODELS, account_key=parts["AccountKey"],
+                                  permission=ContainerSasPermissions(read=True),
+                                  start=now - timedelta(minutes=5), expiry=now + SAS_LIFETIME)
+
+
+def _outbox_read_sas(service: BlobServiceClient, account: Account) -> str:
+    now = datetime.now(timezone.utc)
+    outbox = service.get_container_client(layout.OUTBOX)
+    outbox.set_container_access_policy({OUTBOX_POLICY_ID: AccessPolicy(
+        permission=ContainerSasPermissions(read=True, list=True), start=now - timedelta(minutes=5),
+        expiry=now + SAS_LIFETIME)})
+    return generate_container_sas(account.name, layout.OUTBOX, account_key=account.key, policy_id=OUTBOX_POLICY_ID)
+
+
+def provision_local_silo(name: str, *, azurite_home: Path, orchestrator_conn: str, home_root: Path,
+                         compute: str = "local") -> SiloRecord:
+    """Provision (or re-provision, idempotently) local silo ``name``; returns its record, status onboarding."""
+    account = _account(_pool(azurite_home), claim_account(name, azurite_home=azurite_home,
+                                                          orchestrator_conn=orchestrator_conn))
+    service = BlobServiceClient.from_connection_string(account.connection_string)
+    for container in (layout.DATA, layout.OUTBOX, POLICY_CONTAINER):
+        try:
+            service.create_container(container)
+        except ResourceExistsError:
+            pass
+    write_credentials(silo_home(home_root, name), SiloCredentials(
+        silo=name, account=account.name, connection_string=account.connection_string,
+        models_sas=_orchestrator_models_sas(orchestrator_conn)))
+    return SiloRecord(name=name, account=account.name, blob_url=account.blob_url, compute=compute,
+                      policy_ref=f"{account.blob_url}/{POLICY_CONTAINER}/{POLICY_BLOB}",
+                      outbox_read_sas=_outbox_read_sas(service, account))
+
+
+def release_local_silo(name: str, *, azurite_home: Path, orchestrator_conn: str, home_root: Path) -> None:
+    """Undo provisioning: revoke the outbox SAS, delete the silo's containers and home, free the account."""
+    table = table_service(orchestrator_conn).create_table_if_not_exists(TABLE)
+    claims = list(table.query_entities("PartitionKey eq @p and silo eq @s", parameters={"p": CLAIM_PARTITION, "s": name}))
+    for claim in claims:
+        service = BlobServiceClient.from_connection_string(_account(_pool(azurite_home), claim["RowKey"]).connection_string)
+        for container in (layout.DATA, layout.OUTBOX, POLICY_CONTAINER):
+            try:
+                service.delete_container(container)
+            except ResourceNotFoundError:
+                pass
+        table.delete_entity(CLAIM_PARTITION, claim["RowKey"])
+    shutil.rmtree(silo_home(home_root, name), ignore_errors=True)
+
+
+def upload_silo_data(home: Path, task: str, x: np.ndarray, y: np.ndarray) -> str:
+    """The silo owner uploads its partition with its own key; returns the blob path in ``data``."""
+    creds = read_credentials(home)
+    path = layout.silo_data(task)
+    blob = BlobServiceClient.from_connection_string(creds.connection_string).get_blob_client(layout.DATA, path)
+    blob.upload_blob(encode({"x": np.asarray(x, dtype=np.float32), "y": np.asarray(y, dtype=np.int64)}),
+                     overwrite=True)
+    return path
