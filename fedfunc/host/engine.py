@@ -454,8 +454,9 @@ class Engine:
                 text = ActivityTriggerConverter.encode(result, expected_type=None).value
             done = ev.event(ev.TASK_COMPLETED, TaskScheduledId=task_id, Result=text)
         except Exception as exc:
+            details = "" if isinstance(exc, UnknownFunction) else traceback.format_exc()
             done = ev.event(ev.TASK_FAILED, TaskScheduledId=task_id,
-                            Reason=f"Activity function '{name}' failed: {exc}", Details=traceback.format_exc())
+                            Reason=f"Activity function '{name}' failed: {exc}", Details=details)
         with self.store.tx() as db:
             gone = db.execute("DELETE FROM activities WHERE instance_id=? AND execution=? AND task_id=?",
                               (instance_id, execution, task_id)).rowcount == 0

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from pathlib import Path
 
 from aiohttp import web
@@ -33,6 +34,7 @@ class Host:
         self._services: list = []
 
     async def start(self) -> None:
+        os.environ["FEDFUNC_HOST_URL"] = self.origin  # for app code that calls the host (subscriptions)
         self.store = Store(self.state_path)  # fails clearly on a foreign or corrupt file
         self.app: App = load_app(self.app_dir)
         self.management = Management(None, self.origin)
@@ -46,6 +48,7 @@ class Host:
             service.add_routes(web_app)
             self._services.append(service)
         self.http = HttpTriggers(self.app, self.invoker)
+        web_app.router.add_get("/admin/host/status", self._status)
         web_app.router.add_route("*", "/{tail:.*}", self.http.handle)
         self._runner = web.AppRunner(web_app, access_log=None)
         await self._runner.setup()
@@ -55,6 +58,10 @@ class Host:
         for service in self._services:
             await service.start()
         log.info("fedfunc host ready on %s (state %s)", self.origin, self.state_path)
+
+    async def _status(self, request: web.Request) -> web.Response:
+        """Readiness probe (anonymous on this dev host)."""
+        return web.json_response({"state": "Running", "functions": sorted(self.app.functions)})
 
     def _make_services(self) -> list:
         from fedfunc.host.eventgrid import EventGrid
