@@ -32,6 +32,8 @@ class HostProcess:
         self.app_dir, self.state = Path(app_dir), Path(state)
         self.port = port or free_port()
         self.env = {**os.environ, **(env or {})}
+        repo = str(Path(__file__).resolve().parents[2])  # `python -m fedfunc` works uninstalled too
+        self.env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, self.env.get("PYTHONPATH")) if p)
         self.args = args
         self.log_path = self.state.with_suffix(".log")
         self.proc: subprocess.Popen | None = None

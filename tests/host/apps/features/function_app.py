@@ -102,7 +102,7 @@ def retrying(context: df.DurableOrchestrationContext):
         yield context.call_activity_with_retry("flaky", df.RetryOptions(50, 2), {"key": key + "-x", "fail_times": 9})
         exhausted = "no error?"
     except Exception as exc:
-        exhausted = str(exc).split("\n")[0]
+        exhausted = str(exc).split("\n")[0].strip()
     parallel = yield context.task_all([
         context.call_activity_with_retry("flaky", df.RetryOptions(30, 4), {"key": f"{key}-p{i}", "fail_times": i})
         for i in range(3)])
@@ -130,7 +130,7 @@ def parent(context: df.DurableOrchestrationContext):
         yield context.call_sub_orchestrator("explode", None, f"{context.instance_id}-bad")
         failure = None
     except Exception as exc:
-        failure = str(exc).split("\n")[0]
+        failure = str(exc).split("\n")[0].strip()
     return {"children": results, "failure": failure}
 
 
