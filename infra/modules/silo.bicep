@@ -1,4 +1,4 @@
-// One silo: its own storage (data + outbox, shared-key access off), a compute whose user-assigned
+// One silo: its own storage (data, outbox, policy; shared-key access off), a compute whose user-assigned
 // identity is the only principal that can read the silo's data, identity-based datastores, the role
 // assignments of the security table in DESIGN.md, and Event Grid wiring from the outbox to on_update.
 // Deploy after the Function App is published (Event Grid validates the function endpoint).
@@ -73,6 +73,14 @@ resource outboxContainer 'Microsoft.Storage/storageAccounts/blobServices/contain
   properties: { publicAccess: 'None' }
 }
 
+// The silo owner's policy (trusted signers, allowed tasks, privacy floor): the silo job reads it,
+// the orchestrator cannot touch it.
+resource policyContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
+  parent: blobService
+  name: 'policy'
+  properties: { publicAccess: 'None' }
+}
+
 resource orchestratorStorage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: orchestratorStorageName
 }
@@ -116,39 +124,38 @@ resource compute 'Microsoft.MachineLearningServices/workspaces/computes@2024-10-
   }
 }
 
-resource dataDatastore 'Microsoft.MachineLearningServices/workspaces/datastores@2024-10-01' = {
+var siloContainers = [ 'data', 'outbox', 'policy' ]
+
+resource datastores 'Microsoft.MachineLearningServices/workspaces/datastores@2024-10-01' = [for c in siloContainers: {
   parent: workspace
-  name: '${datastorePrefix}_data'
+  name: '${datastorePrefix}_${c}'
   properties: {
     datastoreType: 'AzureBlob'
     accountName: storage.name
-    containerName: dataContainer.name
+    containerName: c
     endpoint: environment().suffixes.storage
     protocol: 'https'
     credentials: { credentialsType: 'None' }
     serviceDataAccessAuthIdentity: 'None'
   }
-}
+  dependsOn: [ dataContainer, outboxContainer, policyContainer ]
+}]
 
-resource outboxDatastore 'Microsoft.MachineLearningServices/workspaces/datastores@2024-10-01' = {
-  parent: workspace
-  name: '${datastorePrefix}_outbox'
-  properties: {
-    datastoreType: 'AzureBlob'
-    accountName: storage.name
-    containerName: outboxContainer.name
-    endpoint: environment().suffixes.storage
-    protocol: 'https'
-    credentials: { credentialsType: 'None' }
-    serviceDataAccessAuthIdentity: 'None'
-  }
-}
-
-// The security table: the silo identity reads its data, writes its outbox, reads global models;
+// The security table: the silo identity reads its data and policy, writes its outbox, reads global models;
 // the orchestrator reads this outbox and nothing else in this silo.
 resource siloReadsData 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(dataContainer.id, siloIdentity.id, roles.builtIn.StorageBlobDataReader)
   scope: dataContainer
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.builtIn.StorageBlobDataReader)
+    principalId: siloIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource siloReadsPolicy 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(policyContainer.id, siloIdentity.id, roles.builtIn.StorageBlobDataReader)
+  scope: policyContainer
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.builtIn.StorageBlobDataReader)
     principalId: siloIdentity.properties.principalId
@@ -243,5 +250,4 @@ output identityClientId string = siloIdentity.properties.clientId
 output storageAccountName string = storage.name
 output blobUrl string = storage.properties.primaryEndpoints.blob
 output computeName string = compute.name
-output dataDatastore string = dataDatastore.name
-output outboxDatastore string = outboxDatastore.name
+output datastores array = [for (c, i) in siloContainers: datastores[i].name]

@@ -1,0 +1,130 @@
+"""Silo jobs as Azure ML command jobs: one per silo per round, on that silo's compute.
+
+The job spec (what ``build_job`` returns and the tests check):
+
+- ``compute``: the silo's compute (AmlCompute with the silo's user-assigned identity, or an attached
+  Arc Kubernetes compute), from the silo registry;
+- ``identity``: ``ManagedIdentityConfiguration()`` — the job reads and writes storage as the compute's
+  identity, which is the only principal with access to the silo's ``data`` (infra/modules/silo.bicep);
+- inputs: ``data`` = the silo's ``data`` container (uri_folder, read-only mount of
+  ``azureml://datastores/<silo>_data/paths/``), ``model`` = the global model (uri_file on the
+  orchestrator's models datastore), ``policy`` = the silo owner's ``policy.json`` (uri_file on
+  ``<silo>_policy``, which the orchestrator cannot write);
+- output ``outbox`` = the silo's ``outbox`` container, read-write mount, so ``metrics.json`` lands before
+  ``update.safetensors`` (whose BlobCreated event is what the round waits for);
+- ``code`` = the signed code bundle (``FEDFUNC_AML_CODE``), ``environment`` = a pinned ``name:version``
+  (``FEDFUNC_AML_ENVIRONMENT``);
+- ``name`` = ``fedfunc.azure.naming.job_name(run, round, silo)``: resubmitting finds the same job;
+  tags ``fedfunc.run`` / ``fedfunc.round`` / ``fedfunc.silo`` map AML status events back to the round.
+
+The contract with the silo runner (``fedfunc silo-job``), the exact command the job runs::
+
+    printf %s "$FEDFUNC_SILO_JOB_REQUEST" > request.json && python -m fedfunc silo-job --aml
+      --request request.json --data ${{inputs.data}} --model ${{inputs.model}}
+      --policy ${{inputs.policy}} --outbox ${{outputs.outbox}}
+
+The ``SiloJobRequest`` travels as JSON in the job's environment variable ``FEDFUNC_SILO_JOB_REQUEST``:
+unlike a literal input or argument it needs no shell quoting (``"$VAR"`` passes any bytes), it is part
+of the job definition (auditable in studio), and the runner keeps its ``--request <file>`` contract.
+``--data`` and ``--outbox`` are container roots: the runner reads ``{task}/train.safetensors`` and writes
+``runs/{run}/rounds/{r}/silos/{silo}/...`` below them. Nothing secret is in the request: the ticket is
+signed, not secret, and ``model_url`` on Azure is a plain URL (the job reads through the model input).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from urllib.parse import unquote, urlparse
+
+from fedfunc import layout
+from fedfunc.azure import naming
+from fedfunc.azure.gateway import AzureGateway, JobExists
+from fedfunc.backends import SiloJobRequest
+from fedfunc.settings import Settings
+
+REQUEST_ENV = "FEDFUNC_SILO_JOB_REQUEST"
+COMMAND = (
+    f'printf %s "${REQUEST_ENV}" > request.json && python -m fedfunc silo-job --aml --request request.json'
+    " --data ${{inputs.data}} --model ${{inputs.model}} --policy ${{inputs.policy}} --outbox ${{outputs.outbox}}"
+)
+POLICY_CONTAINER, POLICY_FILE = "policy", "policy.json"
+TAG_RUN, TAG_ROUND, TAG_SILO = "fedfunc.run", "fedfunc.round", "fedfunc.silo"
+
+
+def _datastore_uri(datastore: str, path: str = "") -> str:
+    return f"azureml://datastores/{datastore}/paths/{path}"
+
+
+def model_path(model_url: str) -> str:
+    """Blob path inside ``models`` of the request's global model (its URL may carry a SAS locally)."""
+    parts = unquote(urlparse(model_url).path).lstrip("/").split("/")
+    if parts[0] != layout.MODELS:  # account host: https://<account>.blob.core.windows.net/models/...
+        parts = parts[1:]          # Azurite-style path: /<account>/models/...
+    if len(parts) < 2 or parts[0] != layout.MODELS:
+        raise ValueError(f"model_url: {model_url!r} is not a blob in the {layout.MODELS!r} container")
+    return "/".join(parts[1:])
+
+
+class AmlSiloJobBackend:
+    """``SiloJobBackend`` over an ``AzureGateway``; ``compute_for(silo)`` names the silo's compute."""
+
+    def __init__(self, gateway: AzureGateway, settings: Settings,
+                 compute_for: Callable[[str], str] = naming.compute):
+        if settings.aml is None:
+            raise ValueError("FEDFUNC_JOB_BACKEND: the aml backend needs the FEDFUNC_AML_* settings")
+        self.gateway, self.aml, self.compute_for = gateway, settings.aml, compute_for
+
+    def build_job(self, request: SiloJobRequest):
+        from azure.ai.ml import Input, Output, command
+        from azure.ai.ml.entities import ManagedIdentityConfiguration
+
+        silo, env = request.silo, self.aml.environment
+        return command(
+            name=naming.job_name(request.run_id, request.round, silo),
+            display_name=f"{request.run_id} round {request.round} {silo}",
+            experiment_name=f"fedfunc-{request.run_id}"[:250],
+            description="fedfunc silo job: verify code + ticket, train on local data, publish the update",
+            compute=self.compute_for(silo),
+            code=self.aml.code,
+            environment=env if env.startswith("azureml:") else f"azureml:{env}",
+            command=COMMAND,
+            environment_variables={REQUEST_ENV: request.model_dump_json()},
+            inputs={
+                "data": Input(type="uri_folder", mode="ro_mount",
+                              path=_datastore_uri(naming.datastore(silo, layout.DATA))),
+                "model": Input(type="uri_file", mode="download",
+                               path=_datastore_uri(self.aml.models_datastore, model_path(request.model_url))),
+                "policy": Input(type="uri_file", mode="download",
+                                path=_datastore_uri(naming.datastore(silo, POLICY_CONTAINER), POLICY_FILE)),
+            },
+            outputs={"outbox": Output(type="uri_folder", mode="rw_mount",
+                                      path=_datastore_uri(naming.datastore(silo, layout.OUTBOX)))},
+            identity=ManagedIdentityConfiguration(),
+            tags={TAG_RUN: request.run_id, TAG_ROUND: str(request.round), TAG_SILO: silo},
+        )
+
+    def submit(self, request: SiloJobRequest) -> str:
+        """Submit once: an existing job of the same name (a retried activity) is the job.
+
+        ``AzureCallError`` (AML's message) propagates; the round reports the silo failed and goes on.
+        """
+        job = self.build_job(request)
+        if self.gateway.job_status(job.name) is not None:
+            return job.name
+        try:
+            return self.gateway.create_job(job)
+        except JobExists:
+            return job.name
+
+    def cancel(self, job_id: str) -> None:
+        self.gateway.cancel_job(job_id)
+
+
+def backend_from_settings(settings: Settings) -> AmlSiloJobBackend:
+    """The production wiring: real gateway, managed identity, compute names from the silo registry."""
+    from fedfunc.azure.gateway import AzureMLGateway
+    from fedfunc.registry import TABLE, SiloRegistry
+    from fedfunc.storage import credential, table_service
+
+    registry = SiloRegistry(table_service(settings).get_table_client(TABLE))  # no I/O until a lookup
+    return AmlSiloJobBackend(AzureMLGateway(settings.aml, credential()), settings,
+                             compute_for=lambda silo: registry.get(silo).compute)
