@@ -82,9 +82,15 @@ class Settings(BaseModel):
     local_home: Path = Field(Path(".fedfunc"), alias="FEDFUNC_LOCAL_HOME")
     api_keys: dict[str, Literal["admin", "scientist"]] = Field(default_factory=dict, alias="FEDFUNC_API_KEYS")
     retrain_schedule: str | None = Field(None, alias="FEDFUNC_RETRAIN_SCHEDULE")
+    # The run spec scheduled and data-triggered retraining starts (JSON); retraining is off without it.
+    retrain_spec: dict | None = Field(None, alias="FEDFUNC_RETRAIN_SPEC")
+    # Ed25519 private key (PEM text or a file path) that signs job tickets; on Azure a Key Vault reference.
+    orchestrator_key: str | None = Field(None, alias="FEDFUNC_ORCHESTRATOR_KEY")
+    # Local backend only: Azurite's folder (its accounts.json), from which onboarding claims silo accounts.
+    azurite_home: Path | None = Field(None, alias="FEDFUNC_AZURITE_HOME")
     aml: AmlSettings | None = None
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "retrain_spec", mode="before")
     @classmethod
     def _json(cls, v):
         return json.loads(v) if isinstance(v, str) else v
