@@ -39,6 +39,7 @@ from fedfunc import layout
 from fedfunc.azure import naming
 from fedfunc.azure.gateway import AzureGateway, JobExists
 from fedfunc.backends import SiloJobRequest
+from fedfunc.security.policy import POLICY_BLOB, POLICY_CONTAINER
 from fedfunc.settings import Settings
 
 REQUEST_ENV = "FEDFUNC_SILO_JOB_REQUEST"
@@ -46,7 +47,6 @@ COMMAND = (
     f'printf %s "${REQUEST_ENV}" > request.json && python -m fedfunc silo-job --aml --request request.json'
     " --data ${{inputs.data}} --model ${{inputs.model}} --policy ${{inputs.policy}} --outbox ${{outputs.outbox}}"
 )
-POLICY_CONTAINER, POLICY_FILE = "policy", "policy.json"
 TAG_RUN, TAG_ROUND, TAG_SILO = "fedfunc.run", "fedfunc.round", "fedfunc.silo"
 
 
@@ -94,7 +94,7 @@ class AmlSiloJobBackend:
                 "model": Input(type="uri_file", mode="download",
                                path=_datastore_uri(self.aml.models_datastore, model_path(request.model_url))),
                 "policy": Input(type="uri_file", mode="download",
-                                path=_datastore_uri(naming.datastore(silo, POLICY_CONTAINER), POLICY_FILE)),
+                                path=_datastore_uri(naming.datastore(silo, POLICY_CONTAINER), POLICY_BLOB)),
             },
             outputs={"outbox": Output(type="uri_folder", mode="rw_mount",
                                       path=_datastore_uri(naming.datastore(silo, layout.OUTBOX)))},

@@ -53,6 +53,7 @@ def grants(f):
 def test_silo_grants_are_exactly_the_security_table():
     assert grants(SILO) == {
         ("siloIdentity", "data", "StorageBlobDataReader", None),
+        ("siloIdentity", "policy", "StorageBlobDataReader", None),
         ("siloIdentity", "outbox", "StorageBlobDataContributor", None),
         ("siloIdentity", "models", "StorageBlobDataReader", None),
         ("param:orchestratorPrincipalId", "outbox", "StorageBlobDataReader", None),
@@ -172,3 +173,42 @@ def test_checker_flags_a_bad_silo():
 def test_checker_refuses_what_it_cannot_resolve():
     src = BAD.replace("principalId: me.properties.principalId", "principalId: someFunction()")
     assert any("cannot resolve it statically" in v for v in bc.violations(bc.parse("bad.bicep", src)))
+
+
+def test_python_names_agree_with_silo_bicep():
+    """silo.bicep and fedfunc.azure.naming derive identity and datastore names the same way."""
+    from fedfunc.azure import naming
+    src = SILO.source
+    assert "var datastorePrefix = replace(siloName, '-', '_')" in src
+    assert "name: '${datastorePrefix}_${c}'" in src
+    assert naming.datastore("north-eu", "data") == "north_eu_data"
+    assert "name: 'id-fl-${siloName}'" in src and naming.identity("north-eu") == "id-fl-north-eu"
+    assert bc.text(SILO.variables["siloContainers"]) == "[ 'data', 'outbox', 'policy' ]"
+    assert "name: 'fedfunc_models'" in MAIN.source and AmlSettings.model_fields["models_datastore"].default == "fedfunc_models"
+
+
+def test_runtime_onboarding_grants_what_silo_bicep_grants():
+    """The onboard_silo ensure-steps and silo.bicep are two routes to one security table."""
+    from fedfunc.azure import onboarding
+
+    aml = AmlSettings.model_validate({f.alias: v for f, v in zip(AmlSettings.model_fields.values(), [
+        "00000000-0000-0000-0000-000000000001", "rg", "mlw-fl", "env:1", "azureml:code:1", "westeurope",
+        "00000000-0000-0000-0000-0000000000aa",
+        "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Storage/storageAccounts/orchsa",
+        "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Web/sites/app"])})
+    plan = onboarding.SiloPlan.for_silo("north-eu", aml)
+    who = {"silo-principal": "siloIdentity", aml.orchestrator_principal_id: "param:orchestratorPrincipalId"}
+    python = {(who[g.principal_id], g.scope.rsplit("/", 1)[1], g.role, None)
+              for g in onboarding.role_grants(plan, "silo-principal")}
+    assert python == grants(SILO)
+
+
+def test_runtime_onboarding_event_filters_match_silo_bicep():
+    from fedfunc.azure import onboarding
+
+    props = bc.text(SILO.resources["toOnUpdate"].body["properties"])
+    assert f"subjectBeginsWith: '{onboarding.SUBJECT_BEGINS_WITH}'" in props
+    assert f"/functions/{onboarding.UPDATE_FUNCTION}'" in props
+    ends = dict(re.findall(r"(\w+): '([^']+)'", bc.text(SILO.variables["outboxSubscriptions"])))
+    assert ends == onboarding.OUTBOX_SUBSCRIPTIONS
+    assert tuple(re.findall(r"'(\w+)'", bc.text(SILO.variables["siloContainers"]))) == onboarding.CONTAINERS
