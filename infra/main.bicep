@@ -22,8 +22,8 @@ param appMayOnboard bool = false
 param wireEvents bool = false
 @description('Pinned Azure ML environment for silo jobs, name:version.')
 param amlEnvironment string = 'fedfunc-silo:1'
-@description('Signed code bundle registered as an Azure ML code asset, azureml:name:version.')
-param amlCode string = 'azureml:fedfunc-bundle:1'
+@description('Code the silo jobs run: a folder in the published app (uploaded by the app, content-addressed) or a registered code asset azureml:name:version. The runner still verifies every file against the signed bundle in the request.')
+param amlCode string = 'aml-code'
 param siloVmSize string = 'Standard_DS3_v2'
 
 var suffix = uniqueString(resourceGroup().id, prefix)
@@ -264,6 +264,17 @@ resource orchestratorSubmitsJobs 'Microsoft.Authorization/roleAssignments@2022-0
   scope: workspace
   properties: {
     roleDefinitionId: jobSubmitterRole.id
+    principalId: orchestratorIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// Submitting a job with a local code folder uploads it to the workspace's own storage as the app.
+resource orchestratorUploadsCode 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(workspaceStorage.id, orchestratorIdentity.id, roles.builtIn.StorageBlobDataContributor)
+  scope: workspaceStorage
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.builtIn.StorageBlobDataContributor)
     principalId: orchestratorIdentity.properties.principalId
     principalType: 'ServicePrincipal'
   }

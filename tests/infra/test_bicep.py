@@ -67,6 +67,7 @@ def test_orchestrator_grants():
         ("orchestratorIdentity", "storage", "StorageQueueDataContributor", None),
         ("orchestratorIdentity", "storage", "StorageTableDataContributor", None),
         ("orchestratorIdentity", "workspace", "custom:JobSubmitter", None),
+        ("orchestratorIdentity", "workspaceStorage", "StorageBlobDataContributor", None),
         ("orchestratorIdentity", bc.DEPLOYMENT_SCOPE, "custom:SiloProvisioner", "(appMayOnboard)"),
         ("param:scientistPrincipalIds", "workspace", "Reader", "(!scientistsMaySubmitJobs)"),
         ("param:scientistPrincipalIds", "workspace", "AzureMLDataScientist", "(scientistsMaySubmitJobs)"),
