@@ -1,0 +1,1 @@
+"""Activities: thin adapters from Durable inputs to ``fedfunc.coordinator`` (idempotent, re-runnable)."""

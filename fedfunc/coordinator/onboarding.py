@@ -1,0 +1,137 @@
+"""Onboarding steps, each an idempotent ensure-step on the local or the Azure backend.
+
+Local: the silo's storage is an Azurite pool account (keys stay in the silo's home), access is an
+outbox read SAS for the orchestrator plus a local Event Grid subscription. Azure: ARM/AML ensure-steps
+(``fedfunc.azure.onboarding``) — storage, identity, compute, datastores, role assignments, Event Grid.
+"""
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fedfunc import layout
+from fedfunc.coordinator.services import Services
+from fedfunc.registry import SILO_NAME, SiloRecord, UnknownSilo
+from fedfunc.security.keys import public_b64
+from fedfunc.security.policy import MinPrivacy, SiloPolicy
+
+AZURE_PROVISION = ("storage", "containers", "identity", "compute", "datastores")
+AZURE_GRANT = ("role_assignments", "event_subscriptions")
+OUTBOX_EVENTS = f"/blobServices/default/containers/{layout.OUTBOX}/blobs/runs/"
+
+
+class InitialPolicy(BaseModel):
+    """What the admin proposes for the silo owner's first policy; an existing policy in the silo wins."""
+
+    model_config = ConfigDict(extra="forbid")
+    trusted_signers: list[str] = Field(default_factory=list)
+    allowed_tasks: list[str] = Field(default_factory=list)
+    min_privacy: MinPrivacy | None = None
+    max_rounds_per_day: int | None = Field(None, ge=0)
+
+
+class SiloRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=SILO_NAME)
+    compute: str = Field("local", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
+    policy: InitialPolicy = Field(default_factory=InitialPolicy)
+
+
+class OnboardingError(ValueError):
+    pass
+
+
+def parse_request(body: object) -> SiloRequest:
+    """Validated onboarding request; the message names each bad field."""
+    if not isinstance(body, dict):
+        raise OnboardingError("the body must be a JSON object with name, compute and policy")
+    try:
+        return SiloRequest.model_validate(body)
+    except ValidationError as e:
+        raise OnboardingError("invalid silo: " + "; ".join(
+            f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())) from None
+
+
+def validate(svc: Services, request: SiloRequest) -> SiloRequest:
+    backend = svc.settings.job_backend
+    if backend == "local" and request.compute != "local":
+        raise OnboardingError(f"compute: {request.compute!r} — the local backend runs silos on compute 'local'")
+    try:
+        existing = svc.registry.get(request.name)
+    except UnknownSilo:
+        return request
+    if existing.compute != request.compute:
+        raise OnboardingError(f"silo {request.name!r} exists on compute {existing.compute!r}, not {request.compute!r}")
+    return request
+
+
+def provision(svc: Services, request: SiloRequest) -> dict:
+    try:  # re-onboarding a ready or disabled silo keeps its status until mark_ready
+        status = svc.registry.get(request.name).status
+    except UnknownSilo:
+        status = "onboarding"
+    if svc.settings.job_backend == "local":
+        from fedfunc.silo.local import provision_local_silo
+
+        if svc.settings.azurite_home is None:
+            raise OnboardingError("FEDFUNC_AZURITE_HOME: missing; local onboarding claims accounts from Azurite's pool")
+        policy = SiloPolicy(silo=request.name, orchestrator_keys=[public_b64(svc.ticket_key.public_key())],
+                            **request.policy.model_dump())
+        record = provision_local_silo(request.name, azurite_home=svc.settings.azurite_home,
+                                      orchestrator_conn=svc.settings.storage.connection_string,
+                                      home_root=svc.settings.local_home, initial_policy=policy,
+                                      compute=request.compute)
+    else:
+        from fedfunc.azure.onboarding import ensure, silo_record
+
+        for step in AZURE_PROVISION:
+            ensure(svc.azure_gateway, svc.settings.aml, request.name, step)
+        record = silo_record(svc.settings.aml, request.name, request.policy.trusted_signers)
+    svc.registry.put(record.model_copy(update={"status": status}))
+    return {"account": record.account, "blob_url": record.blob_url}
+
+
+def grant(svc: Services, request: SiloRequest) -> dict:
+    """Let the orchestrator hear about (and read) the silo's outbox, and nothing else of the silo."""
+    record: SiloRecord = svc.registry.get(request.name)
+    if svc.settings.job_backend == "local":
+        from fedfunc.host.subscriptions import put_subscription
+
+        put_subscription(subscription_name(request.name), "on_update",
+                         f"{record.blob_url}?{record.outbox_read_sas}", layout.OUTBOX,
+                         subject_begins_with=OUTBOX_EVENTS)
+        return {"event_subscription": subscription_name(request.name)}
+    from fedfunc.azure.onboarding import ensure
+
+    return {step: ensure(svc.azure_gateway, svc.settings.aml, request.name, step) for step in AZURE_GRANT}
+
+
+def subscription_name(silo: str) -> str:
+    return f"outbox-{silo}"
+
+
+def smoke(svc: Services, request: SiloRequest, smoke_id: str) -> dict:
+    """A non-ML job on the silo's compute: reads its data, writes its outbox, and is refused elsewhere."""
+    if svc.settings.job_backend != "local":
+        raise OnboardingError("the smoke job on AML compute is not built yet; onboard, then run a 1-round run")
+    result = svc.backend.smoke(request.name, smoke_id)
+    if not result.get("ok"):
+        failed = [k for k, passed in result.get("checks", {}).items() if not passed]
+        raise OnboardingError(f"smoke job on silo {request.name!r} failed checks {failed} {result.get('reason', '')}")
+    return result
+
+
+def mark_ready(svc: Services, request: SiloRequest) -> dict:
+    return {"status": svc.registry.set_status(request.name, "ready").status}
+
+
+def abandon(svc: Services, request: SiloRequest) -> None:
+    """Undo a failed onboarding's registration; a silo that was ready before stays as it was."""
+    try:
+        record = svc.registry.get(request.name)
+    except UnknownSilo:
+        return
+    if record.status == "onboarding":
+        svc.registry.remove(request.name)
+        if svc.settings.job_backend == "local":
+            from fedfunc.host.subscriptions import delete_subscription
+            delete_subscription(subscription_name(request.name))

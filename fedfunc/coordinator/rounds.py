@@ -1,0 +1,160 @@
+"""Orchestrator-side steps of a run: initial model, round manifest, silo job requests, aggregation, evaluation."""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from azure.core.exceptions import AzureError
+
+from fedfunc import layout, weights
+from fedfunc.aggregation import get_strategy
+from fedfunc.backends import Hyperparams, SiloJobBackend, SiloJobRequest
+from fedfunc.coordinator.store import RunStore, to_json
+from fedfunc.spec import RunSpec
+from fedfunc.tasks.registry import get_task
+
+# Reads one update blob from a silo's outbox: (silo, path, max_bytes) -> bytes.
+UpdateReader = Callable[[str, str, int], bytes]
+
+
+def model_ref(path: str, data: bytes) -> dict:
+    return {"path": path, "sha256": weights.sha256(data)}
+
+
+def ensure_eval_set(store: RunStore, task_name: str) -> None:
+    """The held-out set the orchestrator evaluates on. Built-in tasks ship one; it never goes to silos."""
+    path = layout.eval_set(task_name)
+    if store.get_bytes(layout.EVALDATA, path) is None:
+        ds = get_task(task_name).load_dataset()
+        store.create_once(layout.EVALDATA, path, weights.encode({"x": ds.x_test, "y": ds.y_test}))
+
+
+def init_run(store: RunStore, run_id: str, spec: RunSpec) -> dict:
+    """Write the spec and the round-0 global model (once: a retry finds and returns the first one)."""
+    path = layout.global_model(run_id, 0)
+    model = get_task(spec.task).build_model(spec.seed)
+    store.create_once(layout.MODELS, path, weights.encode(weights.model_to_arrays(model), {"run": run_id, "round": "0"}))
+    store.put_json(layout.RUNS, layout.run_spec(run_id), spec.model_dump(mode="json"))
+    ensure_eval_set(store, spec.task)
+    return model_ref(path, store.get_bytes(layout.MODELS, path))
+
+
+def prepare_round(store: RunStore, ready_silos: list[str], job: dict) -> dict:
+    """Fix the round's silos and write its manifest. A retry returns the manifest already written,
+    so the silo set cannot change between attempts even if the registry did."""
+    spec = RunSpec.model_validate(job["spec"])
+    path = layout.round_manifest(job["run_id"], job["round"])
+    existing = store.get_json(layout.RUNS, path)
+    if existing and existing["nonce"] == job["nonce"]:
+        return {"silos": existing["silos"], "manifest": path}
+    if spec.silos == "all":
+        silos, excluded = sorted(ready_silos), {}
+    else:
+        silos = [s for s in spec.silos if s in ready_silos]
+        excluded = {s: "not ready (disabled, onboarding or removed)" for s in spec.silos if s not in ready_silos}
+    store.put_json(layout.RUNS, path, {
+        "run": job["run_id"], "round": job["round"], "nonce": job["nonce"], "model": job["model"],
+        "deadline": job["deadline"], "silos": silos, "excluded": excluded, "needed": spec.needed(len(silos)),
+    })
+    return {"silos": silos, "manifest": path}
+
+
+def local_hyperparams(spec: RunSpec) -> Hyperparams:
+    """What every silo trains with: the spec's (equal to the signed bundle's), else the task's defaults.
+    Silo jobs derive their own per-round shuffling seed from it, so it is the same for every job."""
+    if spec.hyperparams is not None:
+        return spec.hyperparams
+    return Hyperparams(**get_task(spec.task).default_hyperparams.as_dict(), seed=spec.seed)
+
+
+def silo_job_request(store: RunStore, job: dict, silo: str, ticket: str | None) -> SiloJobRequest:
+    spec = RunSpec.model_validate(job["spec"])
+    return SiloJobRequest(
+        run_id=job["run_id"], round=job["round"], silo=silo, nonce=job["nonce"], task=spec.task,
+        hyperparams=local_hyperparams(spec),
+        model_url=store.model_read_url(job["model"]["path"]), model_sha256=job["model"]["sha256"],
+        outbox_prefix=layout.outbox_prefix(job["run_id"], job["round"], silo), ticket=ticket, bundle=spec.bundle)
+
+
+def start_silo_job(backend: SiloJobBackend, request: SiloJobRequest) -> dict:
+    """Submit; a submission error makes the silo fail this round (with the backend's message), not the round."""
+    try:
+        return {"silo": request.silo, "job_id": backend.submit(request)}
+    except Exception as e:  # any backend error: the round goes on at quorum
+        return {"silo": request.silo, "error": f"job submission failed: {type(e).__name__}: {e}"}
+
+
+def load_global(store: RunStore, ref: dict) -> dict:
+    data = store.get_bytes(layout.MODELS, ref["path"])
+    if data is None:
+        raise FileNotFoundError(f"global model {ref['path']} is missing from {layout.MODELS}")
+    if weights.sha256(data) != ref["sha256"]:
+        raise ValueError(f"global model {ref['path']} does not match its recorded sha256")
+    arrays, _ = weights.decode(data)
+    return arrays
+
+
+def aggregate_round(store: RunStore, read_update: UpdateReader, job: dict, updates: list[dict]) -> dict:
+    """Validate every update and stream the accepted ones through the run's strategy.
+
+    Exactly once per round: the result is recorded create-only in ``aggregate.json``; a re-run
+    (after a crash, or a duplicate activity) returns that record instead of aggregating again.
+    Below quorum, nothing is written: the last good global model stays the run's model.
+    """
+    run_id, round_ = job["run_id"], job["round"]
+    record_path = layout.aggregate_record(run_id, round_)
+    done = store.get_json(layout.RUNS, record_path)
+    if done is not None:
+        return done
+    spec = RunSpec.model_validate(job["spec"])
+    manifest_doc = store.get_json(layout.RUNS, job["manifest"])
+    global_arrays = load_global(store, job["model"])
+    manifest = weights.ModelManifest.from_arrays(global_arrays)
+    max_bytes = int(spec.max_update_mb * 2**20)
+    rejected: list[dict] = []
+    samples: dict[str, int] = {}
+
+    def accepted() -> Iterator[weights.ValidatedUpdate]:
+        for u in updates:
+            expected = {"run": run_id, "round": round_, "silo": u["silo"], "nonce": job["nonce"],
+                        "silos": manifest_doc["silos"]}
+            try:
+                data = read_update(u["silo"], u["path"], max_bytes)
+                update = weights.validate_update(data, manifest, expected=expected, global_arrays=global_arrays,
+                                                 max_bytes=max_bytes, max_norm=spec.max_update_norm)
+            except (weights.UpdateRejected, AzureError, ValueError) as e:
+                rejected.append({"silo": u["silo"], "reason": str(e)})
+                continue
+            samples[u["silo"]] = update.num_samples
+            yield update
+
+    needed = manifest_doc["needed"]
+    strategy = get_strategy(spec.aggregator)
+    result = {"accepted": [], "rejected": rejected, "samples": samples, "num_samples": 0, "model": None}
+    try:
+        new_arrays = strategy.aggregate(global_arrays, accepted())
+    except ValueError:
+        if samples:  # a real aggregation error, not "no update accepted"
+            raise
+        return result
+    result.update(accepted=sorted(samples), num_samples=sum(samples.values()))
+    if len(samples) < needed:
+        return result
+    path = layout.global_model(run_id, round_ + 1)
+    data = weights.encode(new_arrays, {"run": run_id, "round": str(round_ + 1)})
+    store.put_bytes(layout.MODELS, path, data)
+    result["model"] = model_ref(path, data)
+    if not store.create_once(layout.RUNS, record_path, to_json(result)):
+        return store.get_json(layout.RUNS, record_path)
+    return result
+
+
+def evaluate(store: RunStore, task_name: str, ref: dict) -> dict:
+    """The global model's loss and accuracy on the orchestrator's held-out set."""
+    task = get_task(task_name)
+    data = store.get_bytes(layout.EVALDATA, layout.eval_set(task_name))
+    if data is None:
+        raise FileNotFoundError(f"no held-out set at {layout.EVALDATA}/{layout.eval_set(task_name)}")
+    arrays, _ = weights.decode(data)
+    model = task.build_model(0)
+    weights.load_arrays_into(model, load_global(store, ref))
+    return task.evaluate(model, arrays["x"], arrays["y"])

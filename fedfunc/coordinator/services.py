@@ -1,0 +1,66 @@
+"""The orchestrator's backends, built once per process from validated settings.
+
+Only this module chooses implementations: ``FEDFUNC_JOB_BACKEND`` picks local processes or Azure ML,
+the storage setting picks Azurite keys or managed identity. Orchestrations never see the choice.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cached_property, lru_cache
+
+from azure.storage.blob import ContainerClient
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from fedfunc import layout
+from fedfunc.backends import SiloJobBackend
+from fedfunc.coordinator.store import RunStore
+from fedfunc.registry import SiloRecord, SiloRegistry
+from fedfunc.security.keys import load_private
+from fedfunc.settings import Settings, SettingsError, load_settings
+from fedfunc.storage import blob_service, credential, table_service
+
+
+@dataclass
+class Services:
+    settings: Settings
+
+    @cached_property
+    def store(self) -> RunStore:
+        return RunStore(blob_service(self.settings))
+
+    @cached_property
+    def registry(self) -> SiloRegistry:
+        return SiloRegistry.create(table_service(self.settings))
+
+    @cached_property
+    def ticket_key(self) -> Ed25519PrivateKey:
+        if not self.settings.orchestrator_key:
+            raise SettingsError("FEDFUNC_ORCHESTRATOR_KEY: missing; silos run only jobs with a ticket signed by it")
+        return load_private(self.settings.orchestrator_key)
+
+    @cached_property
+    def backend(self) -> SiloJobBackend:
+        if self.settings.job_backend == "aml":
+            from fedfunc.backends.aml import backend_from_settings
+            return backend_from_settings(self.settings)
+        from fedfunc.backends.local import LocalProcessBackend
+        return LocalProcessBackend(self.settings.local_home)
+
+    def outbox(self, record: SiloRecord) -> ContainerClient:
+        """Read access to one silo's outbox: a read+list SAS locally, the app's managed identity on Azure."""
+        cred = record.outbox_read_sas or credential()
+        return ContainerClient(record.blob_url, layout.OUTBOX, credential=cred)
+
+    def read_update(self, silo: str, path: str, max_bytes: int) -> bytes:
+        """Download an update from the silo's own outbox, refusing oversize blobs before reading them."""
+        blob = self.outbox(self.registry.get(silo)).get_blob_client(path)
+        size = blob.get_blob_properties().size
+        if size > max_bytes:
+            raise ValueError(f"size: {path} is {size} bytes, over the {max_bytes}-byte bound")
+        return blob.download_blob().readall()
+
+
+@lru_cache(maxsize=1)
+def services() -> Services:
+    return Services(load_settings(os.environ))

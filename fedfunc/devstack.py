@@ -1,0 +1,144 @@
+"""The whole system on one machine: Azurite, the Function App on ``fedfunc host``, keys, local silos.
+
+Used by ``fedfunc demo``, the end-to-end tests and the benches. Everything goes through the same
+surfaces a deployment has: the app's HTTP API (runs, silos), the silo owner's own storage key
+(data uploads), and a scientist's signing key (code bundles).
+"""
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from pathlib import Path
+
+import requests
+
+from fedfunc.azurite import REPO_ROOT, Azurite
+from fedfunc.host.testing import HostProcess
+from fedfunc.security import keys
+from fedfunc.security.bundle import build_bundle, sign_bundle
+from fedfunc.silo.home import silo_home
+from fedfunc.silo.local import upload_silo_data
+
+TERMINAL = ("Completed", "Failed", "Terminated")
+
+
+class ApiError(RuntimeError):
+    def __init__(self, status: int, body: str):
+        super().__init__(f"HTTP {status}: {body}")
+        self.status, self.body = status, body
+
+
+class DevStack:
+    def __init__(self, root: Path, port: int | None = None, extra_settings: dict | None = None):
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.azurite = Azurite(self.root / "azurite")
+        self.home = self.root / "home"
+        self.admin_key, self.scientist_key = self._api_keys()
+        self.orchestrator_key_path = self._key("orchestrator")
+        self.scientist_signing_key = keys.load_private(self._key("scientist"))
+        self.host = HostProcess(REPO_ROOT, state=self.root / "host" / "state.sqlite", port=port,
+                                env={**self.settings(), **(extra_settings or {})})
+
+    def _api_keys(self) -> tuple[str, str]:
+        path = self.root / "api-keys.json"
+        if not path.exists():
+            path.write_text(json.dumps({"admin": secrets.token_urlsafe(24), "scientist": secrets.token_urlsafe(24)}))
+            path.chmod(0o600)
+        k = json.loads(path.read_text())
+        return k["admin"], k["scientist"]
+
+    def _key(self, who: str) -> Path:
+        stem = self.root / "keys" / who
+        if not stem.with_suffix(".pem").exists():
+            stem.parent.mkdir(parents=True, exist_ok=True)
+            keys.save_keypair(keys.generate(), stem)
+        return stem.with_suffix(".pem")
+
+    def settings(self) -> dict[str, str]:
+        """The Function App's settings for this stack (what local.settings.json would hold)."""
+        return {
+            "FEDFUNC_STORAGE": self.azurite.orchestrator.connection_string,
+            "FEDFUNC_JOB_BACKEND": "local",
+            "FEDFUNC_LOCAL_HOME": str(self.home),
+            "FEDFUNC_AZURITE_HOME": str(self.azurite.location),
+            "FEDFUNC_API_KEYS": json.dumps({self.admin_key: "admin", self.scientist_key: "scientist"}),
+            "FEDFUNC_ORCHESTRATOR_KEY": str(self.orchestrator_key_path),
+            "FEDFUNC_RETRAIN_SCHEDULE": "0 0 3 * * *",
+            "AzureWebJobs.scheduled_retraining.Disabled": "true",
+        }
+
+    # --- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> "DevStack":
+        self.azurite.start()
+        try:
+            self.host.start(timeout=60)
+        except Exception:
+            self.azurite.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        self.host.stop()
+        self.azurite.stop()
+
+    def __enter__(self) -> "DevStack":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # --- the HTTP API ----------------------------------------------------------------------------
+    def api(self, method: str, path: str, body: object | None = None, *, role: str = "scientist",
+            expect: tuple[int, ...] = (200, 201, 202)) -> dict:
+        key = {"admin": self.admin_key, "scientist": self.scientist_key}.get(role)
+        headers = {"x-api-key": key} if key else {}
+        r = requests.request(method, self.host.url(path), json=body, headers=headers, timeout=60)
+        if r.status_code not in expect:
+            raise ApiError(r.status_code, r.text)
+        return r.json() if r.content else {}
+
+    # --- silos -----------------------------------------------------------------------------------
+    def silo_policy(self, **extra) -> dict:
+        """The silo owner's first policy: trust this stack's scientist key for code."""
+        return {"trusted_signers": [keys.public_b64(self.scientist_signing_key.public_key())], **extra}
+
+    def add_silo(self, name: str, *, policy: dict | None = None, timeout: float = 60) -> dict:
+        """Onboard through the admin API and wait until the silo is ready (or onboarding failed)."""
+        started = self.api("POST", "/api/silos", {"name": name, "compute": "local",
+                                                   "policy": policy or self.silo_policy()}, role="admin")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = self.api("GET", f"/api/silos/{name}/onboarding", role="admin")
+            if status["runtime_status"] in TERMINAL:
+                if status["runtime_status"] != "Completed":
+                    raise RuntimeError(f"onboarding {name} {status['runtime_status']}: {status.get('error')}")
+                return status
+            time.sleep(0.2)
+        raise TimeoutError(f"onboarding {name} did not finish within {timeout:.0f}s ({started})")
+
+    def upload_data(self, silo: str, task: str, x, y) -> str:
+        """What the silo owner does: upload its own partition with its own key."""
+        return upload_silo_data(silo_home(self.home, silo), task, x, y)
+
+    # --- runs ------------------------------------------------------------------------------------
+    def signed_bundle(self, task: str, hyperparams: dict) -> dict:
+        return sign_bundle(build_bundle(task, {"hyperparams": hyperparams}), self.scientist_signing_key).model_dump(mode="json")
+
+    def start_run(self, spec: dict) -> str:
+        return self.api("POST", "/api/runs", spec)["run"]
+
+    def run_status(self, run_id: str) -> dict:
+        return self.api("GET", f"/api/runs/{run_id}")
+
+    def wait_run(self, run_id: str, timeout: float = 600, on_status=None, interval: float = 0.3) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = self.run_status(run_id)
+            if on_status:
+                on_status(status)
+            if status["runtime_status"] in TERMINAL:
+                return status
+            time.sleep(interval)
+        raise TimeoutError(f"run {run_id} not finished within {timeout:.0f}s")

@@ -1,0 +1,1 @@
+"""The round protocol as Durable orchestrations: deterministic, references and metrics only."""

@@ -1,0 +1,22 @@
+"""Role checks for HTTP routes: ``admin`` for silos and policy, ``scientist`` for runs."""
+from __future__ import annotations
+
+import functools
+
+from fedfunc.coordinator.services import services
+from fedfunc.security.roles import AuthError, Role, require
+from triggers.http_util import respond
+
+
+def requires(*roles: Role):
+    """Answer 401 (anonymous) or 403 (wrong role) with a JSON body naming the rule, before the route runs."""
+    def decorate(route):
+        @functools.wraps(route)
+        async def guarded(req, *args, **kwargs):
+            try:
+                require(roles, req.headers, services().settings.api_keys)
+            except AuthError as e:
+                return respond(e.status, e.body)
+            return await route(req, *args, **kwargs)
+        return guarded
+    return decorate

@@ -1,0 +1,149 @@
+"""HTTP API for runs: start, list, status, cancel."""
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+
+import azure.durable_functions as df
+import azure.functions as func
+
+from fedfunc.aggregation import UnknownStrategy, get_strategy
+from fedfunc.coordinator.services import services
+from fedfunc.protocol import round_instance_id
+from fedfunc.registry import UnknownSilo
+from fedfunc.security.bundle import BundleConfig, SignedBundle
+from fedfunc.spec import RUN_ID, RunSpec, SpecError, parse_spec
+from fedfunc.tasks.registry import UnknownTask, get_task
+from triggers.auth import requires
+from triggers.http_util import BadRequest, error, json_body, respond
+
+bp = df.Blueprint()
+log = logging.getLogger("fedfunc.runs")
+RUN_ORCHESTRATOR = "federated_training"
+
+
+def validate_run_request(body: object) -> tuple[str, RunSpec]:
+    """The run id (given or new) and the spec; errors name the field, task, silo or aggregator."""
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object: a run spec, optionally with \"run_id\"")
+    body = dict(body)
+    run_id = body.pop("run_id", None) or f"run-{uuid.uuid4().hex[:12]}"
+    if not (isinstance(run_id, str) and RUN_ID.match(run_id)):
+        raise BadRequest("run_id: 1-63 letters, digits, '_', '.' or '-', starting with a letter or digit")
+    try:
+        spec = parse_spec(body)
+        get_task(spec.task)
+        get_strategy(spec.aggregator)
+    except (SpecError, UnknownTask, UnknownStrategy) as e:
+        raise BadRequest(str(e)) from None
+    spec = _with_signed_hyperparams(spec)
+    if isinstance(spec.silos, list):
+        for silo in spec.silos:
+            try:
+                services().registry.get(silo)
+            except UnknownSilo as e:
+                raise BadRequest(f"silos: {e}") from None
+    return run_id, spec
+
+
+def _with_signed_hyperparams(spec: RunSpec) -> RunSpec:
+    """Silos train only with the signed config, so a spec that asks otherwise is refused here, early."""
+    if spec.bundle is None:
+        raise BadRequest("bundle: a run needs a code bundle signed by a scientist (`fedfunc sign`); "
+                         "silos refuse unsigned code")
+    try:
+        signed = SignedBundle.model_validate(spec.bundle)
+    except ValueError as e:
+        raise BadRequest(f"bundle: not a signed bundle ({e.__class__.__name__})") from None
+    if signed.bundle.task != spec.task:
+        raise BadRequest(f"bundle: signed for task {signed.bundle.task!r}, the spec asks for {spec.task!r}")
+    hyperparams = BundleConfig.model_validate(signed.bundle.config).hyperparams
+    if spec.hyperparams is not None and spec.hyperparams != hyperparams:
+        raise BadRequest(f"hyperparams: {spec.hyperparams.model_dump()} differ from the signed bundle's "
+                         f"{hyperparams.model_dump()}")
+    return spec.model_copy(update={"hyperparams": hyperparams})
+
+
+async def start_training(client: df.DurableOrchestrationClient, run_id: str, spec: RunSpec) -> str:
+    return await client.start_new(RUN_ORCHESTRATOR, run_id, {"run_id": run_id, "spec": spec.model_dump(mode="json")})
+
+
+@bp.route(route="runs", methods=["POST"])
+@bp.durable_client_input(client_name="client")
+@requires("scientist", "admin")
+async def start_run(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
+    try:
+        run_id, spec = validate_run_request(json_body(req))
+    except BadRequest as e:
+        return error(400, str(e))
+    existing = await client.get_status(run_id)
+    if existing and existing.runtime_status is not None:
+        return error(409, f"run {run_id!r} already exists ({existing.runtime_status.value})")
+    await start_training(client, run_id, spec)
+    links = json.loads(client.create_check_status_response(req, run_id).get_body())
+    return respond(202, {"run": run_id, "status": f"/api/runs/{run_id}", "durable": links},
+                   headers={"Location": f"/api/runs/{run_id}"})
+
+
+def _run_view(status: df.DurableOrchestrationStatus) -> dict:
+    custom = status.custom_status or {}
+    return {
+        "run": status.instance_id, "runtime_status": status.runtime_status.value if status.runtime_status else None,
+        "created": status.created_time, "updated": status.last_updated_time,
+        "phase": custom.get("phase"), "round": custom.get("round"), "rounds": custom.get("rounds"),
+        "metrics": custom.get("metrics"), "error": custom.get("error"),
+    }
+
+
+@bp.route(route="runs", methods=["GET"])
+@bp.durable_client_input(client_name="client")
+@requires("scientist", "admin")
+async def list_runs(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
+    runs = [s for s in await client.get_status_all() if s.name == RUN_ORCHESTRATOR]
+    return respond(200, {"runs": [_run_view(s) for s in sorted(runs, key=lambda s: str(s.created_time))]})
+
+
+@bp.route(route="runs/{run_id}", methods=["GET"])
+@bp.durable_client_input(client_name="client")
+@requires("scientist", "admin")
+async def get_run(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
+    run_id = req.route_params["run_id"]
+    status = await client.get_status(run_id)
+    if not status or status.runtime_status is None or status.name != RUN_ORCHESTRATOR:
+        return error(404, f"no run {run_id!r}")
+    custom = status.custom_status or {}
+    view = {**_run_view(status), "history": custom.get("history", []), "report": custom.get("report"),
+            "output": status.output, "current_round": None}
+    if view["runtime_status"] in ("Running", "Pending") and custom.get("round") is not None:
+        round_status = await client.get_status(round_instance_id(run_id, custom["round"]))
+        if round_status and round_status.runtime_status is not None:
+            view["current_round"] = {"runtime_status": round_status.runtime_status.value,
+                                     **(round_status.custom_status or {})}
+    return respond(200, view)
+
+
+@bp.route(route="runs/{run_id}/cancel", methods=["POST"])
+@bp.durable_client_input(client_name="client")
+@requires("scientist", "admin")
+async def cancel_run(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
+    """Terminate the run and its current round, and cancel that round's silo jobs."""
+    run_id = req.route_params["run_id"]
+    status = await client.get_status(run_id)
+    if not status or status.runtime_status is None or status.name != RUN_ORCHESTRATOR:
+        return error(404, f"no run {run_id!r}")
+    if status.runtime_status.value not in ("Running", "Pending"):
+        return error(409, f"run {run_id!r} is {status.runtime_status.value}, not running")
+    reason = "cancelled through the API"
+    await client.terminate(run_id, reason)
+    cancelled_jobs = []
+    round_ = (status.custom_status or {}).get("round")
+    if round_ is not None:
+        round_id = round_instance_id(run_id, round_)
+        round_status = await client.get_status(round_id)
+        if round_status and round_status.runtime_status and round_status.runtime_status.value == "Running":
+            await client.terminate(round_id, reason)
+            for job_id in ((round_status.custom_status or {}).get("jobs") or {}).values():
+                services().backend.cancel(job_id)
+                cancelled_jobs.append(job_id)
+    return respond(202, {"run": run_id, "cancelled": True, "cancelled_jobs": cancelled_jobs})

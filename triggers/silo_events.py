@@ -1,0 +1,90 @@
+"""Event Grid: a silo's update (or failure note) landed in its outbox → raise the round's event.
+
+Event Grid delivers at least once and in any order, so this is written to be harmless on repeats:
+a duplicate ``update:{silo}`` is buffered and never read by the round (it waits once per silo), and
+an event for a finished round meets a completed instance and is dropped.
+"""
+from __future__ import annotations
+
+import json
+import logging
+
+import azure.durable_functions as df
+import azure.functions as func
+
+from fedfunc import layout
+from fedfunc.coordinator.services import services
+from fedfunc.protocol import failed_event, round_instance_id, update_event
+from fedfunc.registry import UnknownSilo
+
+bp = df.Blueprint()
+log = logging.getLogger("fedfunc.events")
+BLOB_PREFIX = "/blobServices/default/containers/"
+MAX_FAILURE_NOTE = 64 * 1024
+
+
+def blob_of(subject: str) -> tuple[str, str] | None:
+    """``/blobServices/default/containers/{c}/blobs/{path}`` → (container, path)."""
+    if not subject.startswith(BLOB_PREFIX) or "/blobs/" not in subject:
+        return None
+    container, _, path = subject[len(BLOB_PREFIX):].partition("/blobs/")
+    return container, path
+
+
+def account_of(topic: str) -> str:
+    return topic.rstrip("/").rsplit("/", 1)[-1]
+
+
+def route_outbox_event(event: func.EventGridEvent) -> tuple[str, str, dict] | None:
+    """(round instance, event name, payload) for an update or failure note from a registered silo's
+    own outbox; None (with the reason logged) for anything else."""
+    blob = blob_of(event.subject or "")
+    parsed = layout.parse_outbox_blob(blob[1]) if blob and blob[0] == layout.OUTBOX else None
+    if event.event_type != "Microsoft.Storage.BlobCreated" or not parsed:
+        log.info("ignored event %s (%s %s): not an outbox artifact", event.id, event.event_type, event.subject)
+        return None
+    if parsed["name"] not in (layout.UPDATE, layout.FAILED):
+        return None
+    silo = parsed["silo"]
+    try:
+        record = services().registry.get(silo)
+    except UnknownSilo:
+        log.warning("ignored event %s: %s names unknown silo %r", event.id, event.subject, silo)
+        return None
+    account = account_of(event.topic or "")
+    if account != record.account:
+        log.warning("ignored event %s: from storage account %r, but silo %r's outbox is in %r",
+                    event.id, account, silo, record.account)
+        return None
+    instance = round_instance_id(parsed["run"], parsed["round"])
+    data = event.get_json() or {}
+    if parsed["name"] == layout.UPDATE:
+        return instance, update_event(silo), {"path": blob[1], "etag": data.get("eTag"),
+                                              "size": data.get("contentLength")}
+    return instance, failed_event(silo), {"reason": _failure_reason(record, blob[1])}
+
+
+def _failure_reason(record, path: str) -> str:
+    """The silo's own failure note (bounded read); the event still counts if the note is unreadable."""
+    try:
+        blob = services().outbox(record).get_blob_client(path)
+        note = json.loads(blob.download_blob(length=MAX_FAILURE_NOTE).readall())
+        return str(note.get("reason", "job failed (no reason given)"))
+    except Exception as e:  # the failure still ends the silo's wait
+        return f"job failed (failure note unreadable: {type(e).__name__})"
+
+
+async def raise_to_round(client: df.DurableOrchestrationClient, instance: str, name: str, payload: dict) -> None:
+    try:
+        await client.raise_event(instance, name, payload)
+        log.info("raised %s on %s", name, instance)
+    except Exception as e:  # finished or unknown round: a late or duplicate delivery, harmless
+        log.info("dropped %s for %s: %s", name, instance, e)
+
+
+@bp.event_grid_trigger(arg_name="event")
+@bp.durable_client_input(client_name="client")
+async def on_update(event: func.EventGridEvent, client: df.DurableOrchestrationClient) -> None:
+    routed = route_outbox_event(event)
+    if routed:
+        await raise_to_round(client, *routed)

@@ -1,0 +1,87 @@
+"""HTTP API for silos (admin only): onboard, list, show onboarding, disable, remove."""
+from __future__ import annotations
+
+import azure.durable_functions as df
+import azure.functions as func
+
+from fedfunc.coordinator import onboarding
+from fedfunc.coordinator.services import services
+from fedfunc.registry import UnknownSilo
+from triggers.auth import requires
+from triggers.http_util import BadRequest, error, json_body, respond
+
+bp = df.Blueprint()
+
+
+def onboarding_instance(silo: str) -> str:
+    return f"onboard:{silo}"
+
+
+def _public(record) -> dict:
+    """A registry record without the orchestrator's outbox SAS (a credential, never returned)."""
+    return record.model_dump(mode="json", exclude={"outbox_read_sas"})
+
+
+@bp.route(route="silos", methods=["POST"])
+@bp.durable_client_input(client_name="client")
+@requires("admin")
+async def add_silo(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
+    try:
+        request = onboarding.parse_request(json_body(req))
+        onboarding.validate(services(), request)
+    except (BadRequest, onboarding.OnboardingError) as e:
+        return error(400, str(e))
+    instance = onboarding_instance(request.name)
+    current = await client.get_status(instance)
+    if current and current.runtime_status and current.runtime_status.value in ("Running", "Pending"):
+        return respond(202, {"silo": request.name, "onboarding": f"/api/silos/{request.name}/onboarding",
+                             "note": "onboarding already in progress"})
+    if current and current.runtime_status:
+        await client.purge_instance_history(instance)
+    await client.start_new("onboard_silo", instance, request.model_dump(mode="json"))
+    return respond(202, {"silo": request.name, "onboarding": f"/api/silos/{request.name}/onboarding"})
+
+
+@bp.route(route="silos", methods=["GET"])
+@requires("admin", "scientist")
+async def list_silos(req: func.HttpRequest) -> func.HttpResponse:
+    return respond(200, {"silos": [_public(r) for r in services().registry.list()]})
+
+
+@bp.route(route="silos/{name}/onboarding", methods=["GET"])
+@bp.durable_client_input(client_name="client")
+@requires("admin")
+async def onboarding_status(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
+    name = req.route_params["name"]
+    status = await client.get_status(onboarding_instance(name))
+    if not status or status.runtime_status is None:
+        return error(404, f"no onboarding of silo {name!r}")
+    custom = status.custom_status or {}
+    return respond(200, {"silo": name, "runtime_status": status.runtime_status.value, "step": custom.get("step"),
+                         "done": custom.get("done"), "error": custom.get("error"), "output": status.output})
+
+
+@bp.route(route="silos/{name}/disable", methods=["POST"])
+@requires("admin")
+async def disable_silo(req: func.HttpRequest) -> func.HttpResponse:
+    """A disabled silo is left out from the next round on; the round in progress is not disturbed."""
+    try:
+        record = services().registry.set_status(req.route_params["name"], "disabled")
+    except UnknownSilo as e:
+        return error(404, str(e))
+    return respond(200, _public(record))
+
+
+@bp.route(route="silos/{name}", methods=["DELETE"])
+@requires("admin")
+async def remove_silo(req: func.HttpRequest) -> func.HttpResponse:
+    name = req.route_params["name"]
+    try:
+        services().registry.get(name)
+    except UnknownSilo as e:
+        return error(404, str(e))
+    services().registry.remove(name)
+    if services().settings.job_backend == "local":
+        from fedfunc.host.subscriptions import delete_subscription
+        delete_subscription(onboarding.subscription_name(name))
+    return respond(200, {"silo": name, "removed": True})
