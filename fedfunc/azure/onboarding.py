@@ -36,9 +36,14 @@ class SiloPlan:
     compute: str
 
     @classmethod
-    def for_silo(cls, silo: str, aml: AmlSettings) -> "SiloPlan":
+    def for_silo(cls, silo: str, aml: AmlSettings, compute: str | None = None) -> "SiloPlan":
+        """``compute`` names an already attached compute (Arc Kubernetes); by default onboarding creates one."""
         rg = f"/subscriptions/{aml.subscription_id}/resourceGroups/{aml.resource_group}"
-        return cls(silo, aml, naming.storage_account(silo, rg), naming.compute(silo))
+        return cls(silo, aml, naming.storage_account(silo, rg), compute or naming.compute(silo))
+
+    @property
+    def attached(self) -> bool:
+        return self.compute != naming.compute(self.silo)
 
     @property
     def group_id(self) -> str:
@@ -115,7 +120,13 @@ def _identity(gw: AzureGateway, p: SiloPlan) -> dict:
 
 
 def _compute(gw: AzureGateway, p: SiloPlan) -> dict:
-    gw.put_resource(f"{p.workspace_id}/computes/{p.compute}", ML_API, {
+    compute_id = f"{p.workspace_id}/computes/{p.compute}"
+    if p.attached:  # other tenant / on-prem: the admin attached it with the silo identity (docs/azure.md)
+        found = gw.get_resource(compute_id, ML_API)
+        if found is None:
+            raise AzureCallError(f"compute: {p.compute!r} is not attached to workspace {p.aml.workspace!r}")
+        return {"compute": p.compute, "attached": found.get("properties", {}).get("computeType")}
+    gw.put_resource(compute_id, ML_API, {
         "location": p.aml.location,
         "identity": {"type": "UserAssigned", "userAssignedIdentities": {p.identity_id: {}}},
         "properties": {"computeType": "AmlCompute", "description": f"FL silo {p.silo}", "properties": {
@@ -173,16 +184,19 @@ _STEP_FUNCTIONS = {"storage": _storage, "containers": _containers, "identity": _
                    "event_subscriptions": _event_subscriptions}
 
 
-def ensure(gw: AzureGateway, aml: AmlSettings, silo: str, step: str) -> dict:
-    """Run one onboarding step for ``silo`` (``step`` in ``STEPS``, in that order); returns a small summary."""
+def ensure(gw: AzureGateway, aml: AmlSettings, silo: str, step: str, compute: str | None = None) -> dict:
+    """Run one onboarding step for ``silo`` (``step`` in ``STEPS``, in that order); returns a small summary.
+
+    ``compute``: the name of an attached (Arc Kubernetes) compute, or None to create an AmlCompute.
+    """
     if step not in _STEP_FUNCTIONS:
         raise ValueError(f"step: {step!r} is not one of {', '.join(STEPS)}")
-    return _STEP_FUNCTIONS[step](gw, SiloPlan.for_silo(silo, aml))
+    return _STEP_FUNCTIONS[step](gw, SiloPlan.for_silo(silo, aml, compute))
 
 
-def silo_record(aml: AmlSettings, silo: str, trusted_signers: list[str]) -> SiloRecord:
+def silo_record(aml: AmlSettings, silo: str, trusted_signers: list[str], compute: str | None = None) -> SiloRecord:
     """The registry row for an Azure silo. No SAS: the app reads the outbox with its managed identity."""
-    p = SiloPlan.for_silo(silo, aml)
+    p = SiloPlan.for_silo(silo, aml, compute)
     return SiloRecord(name=silo, account=p.account, blob_url=p.blob_url, compute=p.compute,
                       trusted_signers=trusted_signers,
                       policy_ref=f"{p.blob_url}/{POLICY_CONTAINER}/{POLICY_BLOB}")

@@ -126,3 +126,15 @@ def test_registry_record_is_valid(aml, silo):
     assert isinstance(rec, SiloRecord) and rec.outbox_read_sas is None
     assert len(rec.account) <= 24 and len(rec.compute) <= 24 and rec.compute[0].isalpha()
     assert rec.policy_ref == f"https://{rec.account}.blob.core.windows.net/policy/policy.json"
+
+
+def test_attached_arc_compute_is_used_not_created(aml):
+    gw = RecordingGateway()
+    p = onboarding.SiloPlan.for_silo("north-eu", aml, "arc-hospital")
+    with pytest.raises(AzureCallError, match="compute: 'arc-hospital' is not attached"):
+        onboarding.ensure(gw, aml, "north-eu", "compute", compute="arc-hospital")
+    gw.resources[f"{p.workspace_id}/computes/arc-hospital"] = {"properties": {"computeType": "Kubernetes"}}
+    assert onboarding.ensure(gw, aml, "north-eu", "compute", compute="arc-hospital") == {
+        "compute": "arc-hospital", "attached": "Kubernetes"}
+    assert gw.puts == []
+    assert onboarding.silo_record(aml, "north-eu", [], compute="arc-hospital").compute == "arc-hospital"
