@@ -27,7 +27,7 @@ from azure.storage.blob import BlobServiceClient
 from fedfunc.host import events as ev
 from fedfunc.host.app_loader import App, Function, resolve_settings
 from fedfunc.host.http import MASTER_KEY_SETTING, auth_error
-from fedfunc.host.invoke import Invoker, logged
+from fedfunc.host.invoke import Invoker, background, logged
 from fedfunc.host.store import Store
 
 log = logging.getLogger("fedfunc.host")
@@ -142,6 +142,7 @@ class EventGrid:
         self._tasks: list[asyncio.Task] = []
         self._inflight: set[int] = set()
         self._wake = asyncio.Event()
+        self._problems: dict[str, str] = {}
 
     # ---- subscriptions ---------------------------------------------------------------------
     def put(self, sub: Subscription) -> None:
@@ -180,7 +181,7 @@ class EventGrid:
                 self.put(blob_trigger_subscription(f))
         from fedfunc.host import subscriptions
         subscriptions.ACTIVE = self
-        self._tasks = [asyncio.create_task(self._watch()), asyncio.create_task(self._deliver())]
+        self._tasks = [background(self._watch(), "event grid watcher"), background(self._deliver(), "event grid delivery")]
 
     async def stop(self) -> None:
         from fedfunc.host import subscriptions
@@ -210,7 +211,9 @@ class EventGrid:
                 client = blob_service(connection)
                 blobs = list(client.get_container_client(container).list_blobs())
             except Exception as exc:
-                if "ContainerNotFound" not in str(exc):
+                problem = f"{container}: {exc}"
+                if "ContainerNotFound" not in str(exc) and self._problems.get(connection) != problem:
+                    self._problems[connection] = problem  # once per distinct problem, not every poll
                     log.warning("event grid watcher: cannot list %s in %s: %s", container,
                                 _SECRET.sub(r"\1***", connection), exc)
                 continue

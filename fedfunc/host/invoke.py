@@ -42,6 +42,16 @@ def logged(kind: str, function: str, instance: str | None = None) -> Iterator[No
     log.info("%s %s%s %.1fms Succeeded", kind, function, where, ms)
 
 
+def background(coro, what: str) -> asyncio.Task:
+    """A long-running host task whose crash is logged rather than lost."""
+    def report(task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception():
+            log.error("%s stopped: %r", what, task.exception(), exc_info=task.exception())
+    task = asyncio.create_task(coro)
+    task.add_done_callback(report)
+    return task
+
+
 class Invoker:
     """Builds arguments for a function and runs it: sync code in a thread, async code on the loop."""
 

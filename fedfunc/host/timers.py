@@ -7,12 +7,12 @@ import logging
 import re
 from datetime import datetime, timedelta, timezone
 
-import azure.functions as func
+from azure.functions.timer import TimerRequest
 from croniter import croniter
 
 from fedfunc.host import events as ev
 from fedfunc.host.app_loader import App, AppLoadError, Function, resolve_settings
-from fedfunc.host.invoke import Invoker, logged
+from fedfunc.host.invoke import Invoker, background, logged
 from fedfunc.host.store import Store
 
 log = logging.getLogger("fedfunc.host")
@@ -54,7 +54,7 @@ class TimerTriggers:
 
     async def start(self) -> None:
         for f in self.functions:
-            self._tasks.append(asyncio.create_task(self._run(f)))
+            self._tasks.append(background(self._run(f), f"timer trigger '{f.name}'"))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -82,7 +82,7 @@ class TimerTriggers:
 
     async def _fire(self, f: Function, schedule: Schedule, past_due: bool, last: datetime) -> None:
         status = {"Last": ev.iso(last), "Next": ev.iso(schedule.next_after(last)), "LastUpdated": ev.iso(ev.utcnow())}
-        request = func.TimerRequest(past_due=past_due, schedule_status=status,
+        request = TimerRequest(past_due=past_due, schedule_status=status,
                                     schedule={"AdjustForDST": False})
         try:
             with logged("timer", f.name):

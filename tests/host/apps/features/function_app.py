@@ -212,9 +212,10 @@ def tick(timer: func.TimerRequest) -> None:
 @app.event_grid_trigger(arg_name="event")
 def on_event(event: func.EventGridEvent) -> None:
     data = event.get_json()
-    if data.get("fail_first") and count("on_event-fail") == 0:
-        record("on_event-fail", event.id)
-        raise RuntimeError("first delivery fails")
+    last = event.subject.rsplit("/", 1)[-1]
+    if last.startswith("fail-once") and count(f"failed-{last}") == 0:
+        record(f"failed-{last}", event.id)
+        raise RuntimeError(f"first delivery of {last} fails")
     record("on_event", {"id": event.id, "subject": event.subject, "type": event.event_type,
                         "topic": event.topic, "data": data})
 
