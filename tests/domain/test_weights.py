@@ -27,9 +27,9 @@ def blob(arrays=None, **meta_changes):
     return encode(good_arrays() if arrays is None else arrays, {k: v for k, v in meta.items() if v is not None})
 
 
-def rejected(data, **kwargs) -> UpdateRejected:
+def rejected(data, manifest=MANIFEST, **kwargs) -> UpdateRejected:
     with pytest.raises(UpdateRejected) as e:
-        validate_update(data, MANIFEST, expected=kwargs.pop("expected", EXPECTED), **kwargs)
+        validate_update(data, manifest, expected=kwargs.pop("expected", EXPECTED), **kwargs)
     return e.value
 
 
@@ -192,3 +192,23 @@ def test_load_arrays_into_refuses_mismatch():
     m = torch.nn.Linear(4, 3)
     with pytest.raises(RuntimeError, match="bias"):
         load_arrays_into(m, {"weight": np.zeros((3, 4), np.float32)})
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float64, np.int64])
+def test_norm_of_other_dtypes(dtype):
+    arrays = {"t": np.full(4, 300, dtype)}  # ‖t‖ = 600; its square overflows float16
+    data = encode(arrays, META)
+    m = ModelManifest.from_arrays(arrays)
+    validate_update(data, m, expected=EXPECTED, max_norm=601.0)
+    e = rejected(data, m, max_norm=599.0)
+    assert e.rule == "norm" and "600" in str(e)
+
+
+def test_norm_spans_chunks():
+    from fedfunc.weights import CHUNK
+
+    arrays = {"t": np.ones(CHUNK + 7, np.float32)}
+    m = ModelManifest.from_arrays(arrays)
+    bound = np.sqrt(CHUNK + 7)
+    validate_update(encode(arrays, META), m, expected=EXPECTED, max_norm=bound * (1 + 1e-6))
+    assert rejected(encode(arrays, META), m, max_norm=bound * (1 - 1e-4)).rule == "norm"
