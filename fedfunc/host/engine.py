@@ -284,6 +284,9 @@ class Engine:
         appended = context["history"][len(history):]
         children: list[str] = []
         with self.store.tx() as db:
+            now_row = db.execute("SELECT execution, status FROM instances WHERE id=?", (instance_id,)).fetchone()
+            if now_row is None or now_row["execution"] != execution or now_row["status"] in TERMINAL:
+                return True  # purged, restarted or terminated while this episode ran: discard it
             self._drop(db, stale + [s for s, _ in batch])
             if error is None:
                 error = self._apply_actions(db, inst, engine, state, scheduled, work, children)

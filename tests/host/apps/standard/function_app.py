@@ -103,3 +103,24 @@ def monitor(context):
 def check_status(context):
     value = yield context.call_activity("hello", f"cycle {context.get_input()}")
     return value
+
+
+# Error handling: automatic retry on failure
+ATTEMPTS = {}
+
+
+@myApp.orchestration_trigger(context_name="context")
+def retry_orchestrator(context):
+    first_retry_interval_in_milliseconds = 100
+    max_number_of_attempts = 3
+    retry_options = df.RetryOptions(first_retry_interval_in_milliseconds, max_number_of_attempts)
+    result = yield context.call_activity_with_retry("flaky_activity", retry_options, context.instance_id)
+    return result
+
+
+@myApp.activity_trigger(input_name="key")
+def flaky_activity(key: str):
+    ATTEMPTS[key] = ATTEMPTS.get(key, 0) + 1
+    if ATTEMPTS[key] < 3:
+        raise Exception(f"transient failure {ATTEMPTS[key]}")
+    return f"succeeded after {ATTEMPTS[key]} attempts"
