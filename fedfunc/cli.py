@@ -12,6 +12,8 @@ def _register() -> None:
     register_host(app)
     from fedfunc.silo.cli import register as register_silo
     register_silo(app)
+    from fedfunc.demo import register as register_demo
+    register_demo(app)
 
 
 def main() -> None:

@@ -100,9 +100,10 @@ class DevStack:
         return r.json() if r.content else {}
 
     # --- silos -----------------------------------------------------------------------------------
-    def silo_policy(self, **extra) -> dict:
-        """The silo owner's first policy: trust this stack's scientist key for code."""
-        return {"trusted_signers": [keys.public_b64(self.scientist_signing_key.public_key())], **extra}
+    def silo_policy(self, tasks: tuple[str, ...] = ("digits", "breast_cancer"), **extra) -> dict:
+        """The silo owner's first policy: trust this stack's scientist key for code, allow ``tasks``."""
+        return {"trusted_signers": [keys.public_b64(self.scientist_signing_key.public_key())],
+                "allowed_tasks": list(tasks), **extra}
 
     def add_silo(self, name: str, *, policy: dict | None = None, timeout: float = 60) -> dict:
         """Onboard through the admin API and wait until the silo is ready (or onboarding failed)."""
@@ -121,6 +122,12 @@ class DevStack:
     def upload_data(self, silo: str, task: str, x, y) -> str:
         """What the silo owner does: upload its own partition with its own key."""
         return upload_silo_data(silo_home(self.home, silo), task, x, y)
+
+    def download(self, container: str, path: str) -> bytes:
+        """Read from the orchestrator's storage (reports, models)."""
+        from fedfunc.storage import blob_service
+        return blob_service(self.azurite.orchestrator.connection_string).get_blob_client(
+            container, path).download_blob().readall()
 
     # --- runs ------------------------------------------------------------------------------------
     def signed_bundle(self, task: str, hyperparams: dict) -> dict:

@@ -68,7 +68,7 @@ def _failure_reason(record, path: str) -> str:
     """The silo's own failure note (bounded read); the event still counts if the note is unreadable."""
     try:
         blob = services().outbox(record).get_blob_client(path)
-        note = json.loads(blob.download_blob(length=MAX_FAILURE_NOTE).readall())
+        note = json.loads(blob.download_blob(offset=0, length=MAX_FAILURE_NOTE).readall())
         return str(note.get("reason", "job failed (no reason given)"))
     except Exception as e:  # the failure still ends the silo's wait
         return f"job failed (failure note unreadable: {type(e).__name__})"
