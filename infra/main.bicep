@@ -32,6 +32,9 @@ var workspaceStorageName = take('${prefix}mlws${suffix}', 24)
 var functionAppName = '${prefix}-func-${suffix}'
 var workspaceName = '${prefix}-mlw-${suffix}'
 var deploymentContainer = 'app-package'
+// The Ed25519 key that signs job tickets: a Key Vault secret the admin sets (docs/azure.md), read by the
+// app through a Key Vault reference with its own identity.
+var ticketKeySecret = 'orchestrator-ticket-key'
 var orchestratorContainers = [ 'models', 'runs', 'evaldata', deploymentContainer ]
 
 module network 'modules/network.bicep' = if (privateNetworking) {
@@ -172,6 +175,7 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
   properties: {
     serverFarmId: plan.id
     httpsOnly: true
+    keyVaultReferenceIdentity: orchestratorIdentity.id
     virtualNetworkSubnetId: privateNetworking ? network.outputs.functionsSubnetId : null
     functionAppConfig: {
       deployment: {
@@ -214,6 +218,7 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
         { name: 'FEDFUNC_AML_FUNCTION_APP_ID', value: resourceId('Microsoft.Web/sites', functionAppName) }
         { name: 'FEDFUNC_AML_MODELS_DATASTORE', value: modelsDatastore.name }
         { name: 'FEDFUNC_AML_SILO_VM_SIZE', value: siloVmSize }
+        { name: 'FEDFUNC_ORCHESTRATOR_KEY', value: '@Microsoft.KeyVault(VaultName=${vault.name};SecretName=${ticketKeySecret})' }
       ]
     }
   }
@@ -264,6 +269,16 @@ resource orchestratorSubmitsJobs 'Microsoft.Authorization/roleAssignments@2022-0
   scope: workspace
   properties: {
     roleDefinitionId: jobSubmitterRole.id
+    principalId: orchestratorIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource orchestratorReadsTicketKey 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(vault.id, orchestratorIdentity.id, roles.builtIn.KeyVaultSecretsUser)
+  scope: vault
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.builtIn.KeyVaultSecretsUser)
     principalId: orchestratorIdentity.properties.principalId
     principalType: 'ServicePrincipal'
   }
@@ -366,6 +381,7 @@ output functionAppName string = functionApp.name
 output orchestratorPrincipalId string = orchestratorIdentity.properties.principalId
 output orchestratorStorageName string = storage.name
 output workspaceName string = workspace.name
+output keyVaultName string = vault.name
 output endpointsSubnetId string = privateNetworking ? network.outputs.endpointsSubnetId : ''
 output computeSubnetId string = privateNetworking ? network.outputs.computeSubnetId : ''
 output blobDnsZoneId string = privateNetworking ? network.outputs.dnsZoneIds.blob : ''

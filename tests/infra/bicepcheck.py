@@ -190,7 +190,7 @@ def violations(f: BicepFile) -> list[str]:
     for m in re.finditer(r"\blist\w*\s*\(", f.source):
         out.append(f"{f.path}: {m[0]}...) reads keys or SAS tokens; identities only")
     for name, value in f.outputs.items():
-        if re.search(r"key|secret|sas|connectionstring|password", name, re.I) or \
+        if re.search(r"keys?$|secret|sas(token|url)?$|connectionstring|password", name, re.I) or \
                 re.search(r"connectionstring|accountkey|sastoken", text(value), re.I):
             out.append(f"{f.path}: output {name} looks like a secret")
     data_accounts = {f.account_of(s) for s, r in f.resources.items() if r.type == CONTAINER and r.name == "data"}

@@ -68,6 +68,7 @@ def test_orchestrator_grants():
         ("orchestratorIdentity", "storage", "StorageTableDataContributor", None),
         ("orchestratorIdentity", "workspace", "custom:JobSubmitter", None),
         ("orchestratorIdentity", "workspaceStorage", "StorageBlobDataContributor", None),
+        ("orchestratorIdentity", "vault", "KeyVaultSecretsUser", None),
         ("orchestratorIdentity", bc.DEPLOYMENT_SCOPE, "custom:SiloProvisioner", "(appMayOnboard)"),
         ("param:scientistPrincipalIds", "workspace", "Reader", "(!scientistsMaySubmitJobs)"),
         ("param:scientistPrincipalIds", "workspace", "AzureMLDataScientist", "(scientistsMaySubmitJobs)"),
@@ -109,6 +110,7 @@ def test_function_app_sets_every_required_setting():
     assert required <= settings, required - settings
     assert {"FEDFUNC_STORAGE__blobServiceUri", "FEDFUNC_STORAGE__tableServiceUri", "FEDFUNC_JOB_BACKEND"} <= settings
     assert "FEDFUNC_STORAGE" not in settings  # no connection string (it would carry a key)
+    assert "FEDFUNC_ORCHESTRATOR_KEY" in settings  # a Key Vault reference, never the key itself
 
 
 BAD = """
