@@ -57,6 +57,21 @@ class LocalProcessBackend:
         pid_file.write_text(json.dumps({"pid": proc.pid}))
         return job_id
 
+    def smoke(self, silo: str, smoke_id: str, timeout: float = 120.0) -> dict:
+        """Run the onboarding smoke job as the silo (same minimal environment) and wait for its verdict.
+
+        Returns ``{"ok", "checks"}``; a job that crashes counts as not ok, with its output as the reason.
+        """
+        home = silo_home(self.home_root, silo)
+        proc = subprocess.run([sys.executable, "-m", "fedfunc", "silo-smoke", "--id", smoke_id],
+                              env=self._environment(silo), cwd=home, capture_output=True, text=True,
+                              timeout=timeout)
+        lines = proc.stdout.strip().splitlines()
+        try:
+            return json.loads(lines[-1])
+        except (IndexError, json.JSONDecodeError):
+            return {"ok": False, "checks": {}, "reason": (proc.stderr or proc.stdout).strip()[-2000:]}
+
     def cancel(self, job_id: str) -> None:
         """Kill the job's process group if it is still this job's (the pid may have been reused)."""
         request_file, pid_file, _ = self._paths(job_id)

@@ -6,6 +6,7 @@ hears back. ``--worker`` (internal) is the child.
 """
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -70,5 +71,17 @@ def silo_job(
         raise typer.Exit(1)
 
 
+def silo_smoke(smoke_id: str = typer.Option(..., "--id", help="onboarding attempt id")) -> None:
+    """Onboarding smoke job: this silo can read its data and write its outbox, and nothing else."""
+    from fedfunc.silo.home import home_from_env, read_credentials
+    from fedfunc.silo.smoke import run_smoke
+
+    result = run_smoke(read_credentials(home_from_env()), smoke_id)
+    typer.echo(json.dumps(result, sort_keys=True))
+    if not result["ok"]:
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
     app.command("silo-job")(silo_job)
+    app.command("silo-smoke")(silo_smoke)

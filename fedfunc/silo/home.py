@@ -21,7 +21,11 @@ class SiloCredentials(BaseModel):
     silo: str
     account: str
     connection_string: str  # the silo's own account only
-    models_sas: str         # query string of a read-only SAS on the orchestrator's models container
+    models_url: str         # the orchestrator's models container URL with a read-only SAS
+
+    @property
+    def models_sas(self) -> str:
+        return self.models_url.partition("?")[2]
 
 
 def silo_home(home_root: Path, silo: str) -> Path:

@@ -15,9 +15,7 @@ from azure.storage.blob import BlobClient, BlobServiceClient, ContainerClient
 
 from fedfunc import layout
 from fedfunc.backends import SiloJobRequest
-
-POLICY_CONTAINER = "policy"
-POLICY_BLOB = "policy.json"
+from fedfunc.security.policy import POLICY_BLOB, POLICY_CONTAINER
 
 
 class OutboxConflict(RuntimeError):

@@ -12,7 +12,6 @@ import shutil
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-import numpy as np
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import (AccessPolicy, BlobServiceClient, ContainerSasPermissions,
                                 generate_container_sas)
@@ -21,9 +20,8 @@ from fedfunc import layout
 from fedfunc.azurite import ORCHESTRATOR_ACCOUNT, Account
 from fedfunc.registry import TABLE, SiloRecord
 from fedfunc.silo.home import SiloCredentials, read_credentials, silo_home, write_credentials
-from fedfunc.silo.io import POLICY_BLOB, POLICY_CONTAINER
+from fedfunc.security.policy import POLICY_BLOB, POLICY_CONTAINER, SiloPolicy, write_policy
 from fedfunc.storage import table_service
-from fedfunc.weights import encode
 
 CLAIM_PARTITION = "account-claim"  # rows in the registry table, invisible to SiloRegistry.list
 OUTBOX_POLICY_ID = "orchestrator-read"
@@ -62,12 +60,15 @@ def claim_account(name: str, *, azurite_home: Path, orchestrator_conn: str) -> s
     raise NoFreeAccount(f"cannot provision silo {name!r}: all {len(pool)} Azurite pool accounts are claimed")
 
 
-def _orchestrator_models_sas(orchestrator_conn: str) -> str:
+def _models_read_url(orchestrator_conn: str) -> str:
+    """The orchestrator's ``models`` container URL with a read-only SAS."""
+    models = BlobServiceClient.from_connection_string(orchestrator_conn).get_container_client(layout.MODELS)
     parts = _conn_parts(orchestrator_conn)
     now = datetime.now(timezone.utc)
-    return generate_container_sas(parts["AccountName"], layout.MODELS, account_key=parts["AccountKey"],
-                                  permission=ContainerSasPermissions(read=True),
-                                  start=now - timedelta(minutes=5), expiry=now + SAS_LIFETIME)
+    sas = generate_container_sas(parts["AccountName"], layout.MODELS, account_key=parts["AccountKey"],
+                                 permission=ContainerSasPermissions(read=True),
+                                 start=now - timedelta(minutes=5), expiry=now + SAS_LIFETIME)
+    return f"{models.url}?{sas}"
 
 
 def _outbox_read_sas(service: BlobServiceClient, account: Account) -> str:
@@ -80,8 +81,14 @@ def _outbox_read_sas(service: BlobServiceClient, account: Account) -> str:
 
 
 def provision_local_silo(name: str, *, azurite_home: Path, orchestrator_conn: str, home_root: Path,
-                         compute: str = "local") -> SiloRecord:
-    """Provision (or re-provision, idempotently) local silo ``name``; returns its record, status onboarding."""
+                         initial_policy: SiloPolicy, compute: str = "local") -> SiloRecord:
+    """Provision (or re-provision, idempotently) local silo ``name``; returns its record, status onboarding.
+
+    ``initial_policy`` stands in for the silo owner's first policy and is written only if the silo has
+    none: a policy already in the silo's storage (the owner's word) is never replaced by onboarding.
+    """
+    if initial_policy.silo != name:
+        raise ValueError(f"initial_policy is for silo {initial_policy.silo!r}, not {name!r}")
     account = _account(_pool(azurite_home), claim_account(name, azurite_home=azurite_home,
                                                           orchestrator_conn=orchestrator_conn))
     service = BlobServiceClient.from_connection_string(account.connection_string)
@@ -92,8 +99,10 @@ def provision_local_silo(name: str, *, azurite_home: Path, orchestrator_conn: st
             pass
     write_credentials(silo_home(home_root, name), SiloCredentials(
         silo=name, account=account.name, connection_string=account.connection_string,
-        models_sas=_orchestrator_models_sas(orchestrator_conn)))
+        models_url=_models_read_url(orchestrator_conn)))
+    policy = write_policy(account.connection_string, initial_policy, replace=False)
     return SiloRecord(name=name, account=account.name, blob_url=account.blob_url, compute=compute,
+                      trusted_signers=policy.signer_ids,
                       policy_ref=f"{account.blob_url}/{POLICY_CONTAINER}/{POLICY_BLOB}",
                       outbox_read_sas=_outbox_read_sas(service, account))
 
@@ -113,11 +122,12 @@ def release_local_silo(name: str, *, azurite_home: Path, orchestrator_conn: str,
     shutil.rmtree(silo_home(home_root, name), ignore_errors=True)
 
 
-def upload_silo_data(home: Path, task: str, x: np.ndarray, y: np.ndarray) -> str:
-    """The silo owner uploads its partition with its own key; returns the blob path in ``data``."""
+def upload_silo_data(home: Path, task: str, x, y) -> str:
+    """The silo owner uploads its partition (x float32, y int64) with its own key; returns the path in ``data``."""
+    from fedfunc.tasks.storage_format import xy_to_bytes
+
     creds = read_credentials(home)
     path = layout.silo_data(task)
     blob = BlobServiceClient.from_connection_string(creds.connection_string).get_blob_client(layout.DATA, path)
-    blob.upload_blob(encode({"x": np.asarray(x, dtype=np.float32), "y": np.asarray(y, dtype=np.int64)}),
-                     overwrite=True)
+    blob.upload_blob(xy_to_bytes(x, y), overwrite=True)
     return path

@@ -1,8 +1,11 @@
 """The silo job: the one pipeline every silo job runs, locally and on AML.
 
-read data → fetch the global model (sha256 pinned) → train → package the update and metrics →
-publish to the outbox (metrics first, then the update, whose BlobCreated event tells the orchestrator).
-Any failure publishes ``failed.json`` instead. The job never calls the orchestrator.
+admit (the silo's own policy → signed code bundle → orchestrator ticket, all before any data is read)
+→ read data → fetch the global model (sha256 pinned) → train → package update + metrics → egress check
+→ publish to the outbox (metrics first, then the update, whose BlobCreated event tells the orchestrator).
+Any failure or refusal publishes ``failed.json`` (with the rule) instead and nothing else; the silo's
+own audit trail records the start, the refusal or each artifact that left. The job never calls the
+orchestrator.
 """
 from __future__ import annotations
 
@@ -10,13 +13,20 @@ import hashlib
 import json
 import logging
 import math
+from datetime import datetime
 
 import numpy as np
 
 from fedfunc import layout
 from fedfunc.backends import SiloJobRequest
+from fedfunc.security import Refused
+from fedfunc.security.audit import SiloAuditTrail
+from fedfunc.security.bundle import check_installed_code, check_request, verify_bundle
+from fedfunc.security.egress import check_egress
+from fedfunc.security.policy import SiloPolicy, enforce, parse_policy, recent_usage
+from fedfunc.security.tickets import verify_ticket
 from fedfunc.silo.io import Outbox, OutboxConflict, SiloIO
-from fedfunc.weights import decode, encode, load_arrays_into, model_to_arrays, sha256
+from fedfunc.weights import ModelManifest, decode, encode, load_arrays_into, model_to_arrays, sha256
 
 log = logging.getLogger(__name__)
 
@@ -29,28 +39,44 @@ class JobFailed(RuntimeError):
         self.reason, self.rule = reason, rule
 
 
+def admit(request: SiloJobRequest, io: SiloIO, trail: SiloAuditTrail | None = None,
+          now: datetime | None = None) -> SiloPolicy:
+    """Refuse (``Refused``) unless the silo's policy, a trusted signed bundle and a valid ticket allow the job.
+
+    ``trail`` (the silo's audit trail) supplies the jobs already run today for the daily limit.
+    """
+    policy = parse_policy(io.read_policy())
+    usage = recent_usage(trail.recent(now), request.job_key, now) if trail else 0
+    enforce(policy, request, usage)
+    bundle = verify_bundle(request.bundle, policy.trusted_signers)
+    check_request(bundle, request)
+    check_installed_code(bundle)
+    verify_ticket(request.ticket, policy.orchestrator_keys, silo=policy.silo, run=request.run_id,
+                  round=request.round, code_hash=bundle.code_hash, nonce=request.nonce, now=now)
+    return policy
+
+
 def read_training_data(io: SiloIO, task: str) -> tuple[np.ndarray, np.ndarray]:
     """The silo's partition: ``x`` float32 (n, ...) and ``y`` int64 (n,)."""
-    arrays, _ = decode(io.read_data(task))
-    x, y = arrays.get("x"), arrays.get("y")
-    where = f"data/{layout.silo_data(task)}"
-    if x is None or y is None:
-        raise JobFailed(f"{where} must hold arrays 'x' and 'y', has {sorted(arrays)}", "data.schema")
-    if x.dtype != np.float32 or y.dtype != np.int64 or y.ndim != 1 or len(x) != len(y) or len(y) == 0:
-        raise JobFailed(f"{where}: need x float32 (n, ...) and y int64 (n,), n ≥ 1; got x {x.dtype}{x.shape}, "
-                        f"y {y.dtype}{y.shape}", "data.schema")
+    from fedfunc.tasks import xy_from_bytes
+
+    try:
+        x, y = xy_from_bytes(io.read_data(task))
+    except ValueError as e:
+        raise JobFailed(f"data/{layout.silo_data(task)}: {e}", "data.schema") from None
+    if len(y) == 0 or y.ndim != 1:
+        raise JobFailed(f"data/{layout.silo_data(task)}: need y of shape (n,), n ≥ 1; got {y.shape}", "data.schema")
     return x, y
 
 
-def fetch_global_model(io: SiloIO, request: SiloJobRequest) -> tuple[bytes, dict[str, np.ndarray]]:
-    """The global model's bytes and arrays, refused unless its sha256 is the one the round pinned."""
+def fetch_global_model(io: SiloIO, request: SiloJobRequest) -> dict[str, np.ndarray]:
+    """The global model's arrays, refused unless its sha256 is the one the round pinned."""
     data = io.read_model(request)
     digest = sha256(data)
     if digest != request.model_sha256:
         raise JobFailed(f"global model {request.model_url.split('?')[0]} has sha256 {digest}, "
                         f"the round pinned {request.model_sha256}", "model.sha256")
-    arrays, _ = decode(data)
-    return data, arrays
+    return decode(data)[0]
 
 
 def _train_seed(request: SiloJobRequest) -> int:
@@ -64,7 +90,7 @@ def train(request: SiloJobRequest, global_arrays: dict[str, np.ndarray], x: np.n
     """Local training from the global weights; deterministic (one thread, derived seed)."""
     import torch
 
-    from fedfunc.tasks.registry import get_task
+    from fedfunc.tasks import get_task
 
     torch.set_num_threads(1)
     task = get_task(request.task)
@@ -103,19 +129,39 @@ def report_failure(outbox: Outbox, prefix: str, reason: str, rule: str | None) -
         log.info("an earlier failed.json stays at %s", prefix)
 
 
-def run_job(request: SiloJobRequest, io: SiloIO) -> dict[str, bytes]:
-    """Run the pipeline; on failure publish ``failed.json`` and raise ``JobFailed``."""
+def run_job(request: SiloJobRequest, io: SiloIO, now: datetime | None = None) -> dict[str, bytes]:
+    """Run the pipeline; on failure publish ``failed.json`` and raise ``JobFailed``.
+
+    A re-run of a job whose update is already published does nothing and returns the published artifacts
+    (safetensors does not promise byte-identical output, so retraining could not rewrite the same bytes).
+    """
     prefix = layout.outbox_prefix(request.run_id, request.round, request.silo)
+    published = {name: io.outbox.read(prefix + name) for name in (layout.METRICS, layout.UPDATE)}
+    if published[layout.UPDATE] is not None:
+        return published
+    trail = SiloAuditTrail(io.outbox, request.silo)
+    where = dict(run=request.run_id, round=request.round, job=request.job_key)
     try:
         if request.outbox_prefix != prefix:
-            raise JobFailed(f"outbox_prefix {request.outbox_prefix!r} is not this job's {prefix!r}", "request.outbox")
+            raise Refused("request.outbox_prefix", request.outbox_prefix, f"this job's outbox prefix is {prefix!r}")
+        admit(request, io, trail, now)
+        trail.append("job_started", **where)
         x, y = read_training_data(io, request.task)
-        _, global_arrays = fetch_global_model(io, request)
+        global_arrays = fetch_global_model(io, request)
         arrays, metrics = train(request, global_arrays, x, y)
         artifacts = package(request, arrays, metrics)
+        check_egress(artifacts, manifest=ModelManifest.from_arrays(global_arrays),
+                     expected={"run": request.run_id, "round": request.round, "silo": request.silo,
+                               "nonce": request.nonce})
         publish(io.outbox, prefix, artifacts)
+        for name, data in artifacts.items():
+            trail.append("artifact_egress", **where, name=prefix + name, sha256=sha256(data), size=len(data))
         return artifacts
     except Exception as e:
-        failure = e if isinstance(e, JobFailed) else JobFailed(f"{type(e).__name__}: {e}")
+        if isinstance(e, Refused):
+            failure = JobFailed(str(e), e.rule)
+            trail.append("job_refused", **where, rule=e.rule, object=e.object, message=e.message)
+        else:
+            failure = e if isinstance(e, JobFailed) else JobFailed(f"{type(e).__name__}: {e}")
         report_failure(io.outbox, prefix, failure.reason, failure.rule)
         raise failure from e

@@ -1,5 +1,8 @@
-"""Silo fixtures: provisioned local silos on the session's Azurite, a global model in ``models``."""
+"""Silo fixtures: provisioned local silos on the session's Azurite, keys, signed bundles, tickets, jobs."""
 from __future__ import annotations
+
+import time
+from types import SimpleNamespace
 
 import pytest
 from azure.core.exceptions import ResourceExistsError
@@ -8,11 +11,33 @@ from azure.storage.blob import BlobServiceClient
 from fedfunc import layout
 from fedfunc.backends import Hyperparams, SiloJobRequest
 from fedfunc.registry import SiloRegistry
+from fedfunc.security import keys
+from fedfunc.security.bundle import build_bundle, sign_bundle
+from fedfunc.security.policy import SiloPolicy
+from fedfunc.security.tickets import issue_ticket
 from fedfunc.silo.home import read_credentials, silo_home
 from fedfunc.silo.local import provision_local_silo, release_local_silo, upload_silo_data
 from fedfunc.storage import read_url_for, table_service
-from fedfunc.tasks.registry import get_task
+from fedfunc.tasks import get_task
 from fedfunc.weights import encode, model_to_arrays, sha256
+
+HYPERPARAMS = Hyperparams(epochs=1, lr=0.05, batch_size=32)
+
+
+@pytest.fixture(scope="session")
+def trust():
+    """The orchestrator's ticket key and a data scientist's code-signing key."""
+    return SimpleNamespace(orchestrator=keys.generate(), scientist=keys.generate())
+
+
+@pytest.fixture(scope="session")
+def policy_for(trust):
+    """``policy_for(silo, **overrides)``: a policy trusting ``trust``'s keys for task digits."""
+    def make(name: str, **overrides) -> SiloPolicy:
+        fields = dict(silo=name, orchestrator_keys=[keys.public_b64(trust.orchestrator.public_key())],
+                      trusted_signers=[keys.public_b64(trust.scientist.public_key())], allowed_tasks=["digits"])
+        return SiloPolicy(**{**fields, **overrides})
+    return make
 
 
 @pytest.fixture
@@ -26,13 +51,13 @@ def registry(orch_conn) -> SiloRegistry:
 
 
 @pytest.fixture
-def silos(azurite, orch_conn, tmp_path):
-    """``silos(name)`` provisions a local silo under a per-test home root; all are released after the test."""
+def silos(azurite, orch_conn, tmp_path, policy_for):
+    """``silos(name, **policy)`` provisions a local silo (policy trusting ``trust``); released after the test."""
     made = []
 
-    def make(name: str):
+    def make(name: str, **policy):
         record = provision_local_silo(name, azurite_home=azurite.location, orchestrator_conn=orch_conn,
-                                      home_root=tmp_path)
+                                      home_root=tmp_path, initial_policy=policy_for(name, **policy))
         made.append(name)
         return record
 
@@ -48,35 +73,11 @@ def digits_partition(n: int = 120, offset: int = 0):
 
 
 @pytest.fixture
-def job_factory(orch_conn, silos):
-    """``job_factory(silo, run)`` → a SiloJobRequest for round 0 of ``run`` with a real global model."""
-    service = BlobServiceClient.from_connection_string(orch_conn)
-    try:
-        service.create_container(layout.MODELS)
-    except ResourceExistsError:
-        pass
-
-    def make(silo: str, run: str, **overrides) -> SiloJobRequest:
-        model = get_task("digits").build_model(seed=0)
-        data = encode(model_to_arrays(model))
-        blob = service.get_blob_client(layout.MODELS, layout.global_model(run, 0))
-        blob.upload_blob(data, overwrite=True)
-        fields = dict(run_id=run, round=0, silo=silo, nonce="n0nce", task="digits",
-                      hyperparams=Hyperparams(epochs=1, lr=0.05, batch_size=32), model_url=read_url_for(blob),
-                      model_sha256=sha256(data), outbox_prefix=layout.outbox_prefix(run, 0, silo))
-        fields.update(overrides)
-        return SiloJobRequest(**fields)
-
-    make.orch_conn = orch_conn
-    return make
-
-
-@pytest.fixture
 def silo_with_data(silos):
-    """``silo_with_data(name, offset)`` provisions a silo and uploads a digits partition with its own key."""
-    def make(name: str, offset: int = 0):
-        record = silos(name)
-        x, y = digits_partition(offset=offset)
+    """``silo_with_data(name, **policy)`` provisions a silo and uploads a digits partition with its own key."""
+    def make(name: str, **policy):
+        record = silos(name, **policy)
+        x, y = digits_partition()
         upload_silo_data(silo_home(silos.home_root, name), "digits", x, y)
         return record
     return make
@@ -89,3 +90,48 @@ def own_service(silos):
         return BlobServiceClient.from_connection_string(
             read_credentials(silo_home(silos.home_root, name)).connection_string)
     return make
+
+
+@pytest.fixture(scope="session")
+def signed_bundle(trust):
+    return sign_bundle(build_bundle("digits", {"hyperparams": HYPERPARAMS.model_dump()}), trust.scientist)
+
+
+@pytest.fixture
+def job_factory(orch_conn, silos, trust, signed_bundle):
+    """``job_factory(silo, run, **overrides)`` → a signed, ticketed request for round 0 with a real global model."""
+    service = BlobServiceClient.from_connection_string(orch_conn)
+    try:
+        service.create_container(layout.MODELS)
+    except ResourceExistsError:
+        pass
+
+    def make(silo: str, run: str, **overrides) -> SiloJobRequest:
+        data = encode(model_to_arrays(get_task("digits").build_model(seed=0)))
+        blob = service.get_blob_client(layout.MODELS, layout.global_model(run, 0))
+        blob.upload_blob(data, overwrite=True)
+        ticket = issue_ticket(trust.orchestrator, run=run, round=0, silo=silo, code_hash=signed_bundle.code_hash,
+                              nonce="n0nce")
+        fields = dict(run_id=run, round=0, silo=silo, nonce="n0nce", task="digits", hyperparams=HYPERPARAMS,
+                      model_url=read_url_for(blob), model_sha256=sha256(data),
+                      outbox_prefix=layout.outbox_prefix(run, 0, silo), ticket=ticket,
+                      bundle=signed_bundle.model_dump(mode="json"))
+        fields.update(overrides)
+        return SiloJobRequest(**fields)
+
+    make.orch_conn = orch_conn
+    return make
+
+
+@pytest.fixture
+def wait_outbox():
+    """``wait_outbox(service, prefix, names)``: poll the outbox until one of ``names`` exists; returns it."""
+    def wait(service: BlobServiceClient, prefix: str, names: tuple[str, ...], timeout: float = 90) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for name in names:
+                if service.get_blob_client(layout.OUTBOX, prefix + name).exists():
+                    return name
+            time.sleep(0.2)
+        raise TimeoutError(f"none of {names} appeared under outbox/{prefix} within {timeout}s")
+    return wait

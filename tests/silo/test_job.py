@@ -15,26 +15,16 @@ from fedfunc.backends.local import LocalProcessBackend
 from fedfunc.weights import ModelManifest, decode, validate_update
 
 
-def wait_for_blob(service: BlobServiceClient, prefix: str, names: tuple[str, ...], timeout: float = 90) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for name in names:
-            if service.get_blob_client(layout.OUTBOX, prefix + name).exists():
-                return name
-        time.sleep(0.2)
-    raise TimeoutError(f"none of {names} appeared under outbox/{prefix} within {timeout}s")
-
-
 def _read(service, path: str) -> bytes:
     return service.get_blob_client(layout.OUTBOX, path).download_blob().readall()
 
 
-def test_job_trains_and_publishes_metrics_and_a_valid_update(silo_with_data, own_service, job_factory, silos):
+def test_job_trains_and_publishes_metrics_and_a_valid_update(silo_with_data, own_service, job_factory, silos, wait_outbox):
     silo_with_data("job-a")
     request = job_factory("job-a", "run-ok")
     LocalProcessBackend(silos.home_root).submit(request)
     service = own_service("job-a")
-    assert wait_for_blob(service, request.outbox_prefix, (layout.UPDATE, layout.FAILED)) == layout.UPDATE
+    assert wait_outbox(service, request.outbox_prefix, (layout.UPDATE, layout.FAILED)) == layout.UPDATE
     update = _read(service, request.outbox_prefix + layout.UPDATE)
     metrics = json.loads(_read(service, request.outbox_prefix + layout.METRICS))
     global_arrays, _ = decode(BlobServiceClient.from_connection_string(job_factory.orch_conn)
@@ -45,25 +35,25 @@ def test_job_trains_and_publishes_metrics_and_a_valid_update(silo_with_data, own
     assert any((checked.arrays[k] != global_arrays[k]).any() for k in global_arrays), "training changed nothing"
 
 
-def test_submit_is_idempotent_per_job_key(silo_with_data, own_service, job_factory, silos):
+def test_submit_is_idempotent_per_job_key(silo_with_data, own_service, job_factory, silos, wait_outbox):
     silo_with_data("job-b")
     backend = LocalProcessBackend(silos.home_root)
     request = job_factory("job-b", "run-idem")
     first = backend.submit(request)
     pid = backend.pid(first)
     assert backend.submit(request) == first and backend.pid(first) == pid
-    wait_for_blob(own_service("job-b"), request.outbox_prefix, (layout.UPDATE,))
+    wait_outbox(own_service("job-b"), request.outbox_prefix, (layout.UPDATE,))
     assert backend.submit(request) == first and backend.pid(first) == pid
     log = (silos.home_root / "jobs" / f"{first}.log").read_text()
     assert log.count("update published") == 1
 
 
-def test_wrong_model_hash_fails_with_the_rule(silo_with_data, own_service, job_factory, silos):
+def test_wrong_model_hash_fails_with_the_rule(silo_with_data, own_service, job_factory, silos, wait_outbox):
     silo_with_data("job-c")
     request = job_factory("job-c", "run-badhash", model_sha256="0" * 64)
     LocalProcessBackend(silos.home_root).submit(request)
     service = own_service("job-c")
-    assert wait_for_blob(service, request.outbox_prefix, (layout.UPDATE, layout.FAILED)) == layout.FAILED
+    assert wait_outbox(service, request.outbox_prefix, (layout.UPDATE, layout.FAILED)) == layout.FAILED
     failed = json.loads(_read(service, request.outbox_prefix + layout.FAILED))
     assert failed["rule"] == "model.sha256" and "0" * 64 in failed["reason"]
     assert not service.get_blob_client(layout.OUTBOX, request.outbox_prefix + layout.METRICS).exists()
@@ -94,7 +84,7 @@ def _children(pid: int) -> list[int]:
 
 
 def test_a_hard_crash_of_the_job_still_publishes_failed_json(silo_with_data, own_service, job_factory, silos,
-                                                             hanging_server):
+                                                             hanging_server, wait_outbox):
     silo_with_data("job-d")
     request = job_factory("job-d", "run-crash",
                           model_url=f"{hanging_server}/fedorch/models/run-crash/round-0000/global.safetensors?sig=x")
@@ -107,6 +97,6 @@ def test_a_hard_crash_of_the_job_still_publishes_failed_json(silo_with_data, own
     time.sleep(1.0)
     os.kill(workers[0], signal.SIGKILL)  # what the OOM killer does
     service = own_service("job-d")
-    assert wait_for_blob(service, request.outbox_prefix, (layout.UPDATE, layout.FAILED), 30) == layout.FAILED
+    assert wait_outbox(service, request.outbox_prefix, (layout.UPDATE, layout.FAILED), 30) == layout.FAILED
     failed = json.loads(_read(service, request.outbox_prefix + layout.FAILED))
     assert "SIGKILL" in failed["reason"]

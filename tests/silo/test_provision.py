@@ -8,17 +8,32 @@ from azure.storage.blob import BlobServiceClient, ContainerClient
 
 from fedfunc import layout
 from fedfunc.silo.home import read_credentials, silo_home
+from fedfunc.security import keys
+from fedfunc.security.policy import SiloPolicy
 from fedfunc.silo.local import provision_local_silo
 
 DENIED = (ClientAuthenticationError, HttpResponseError)
 
 
-def test_provisioning_is_idempotent_and_gives_each_silo_its_own_account(silos, azurite, orch_conn):
+def test_provisioning_is_idempotent_and_gives_each_silo_its_own_account(silos, azurite, orch_conn, policy_for):
     a, b = silos("prov-a"), silos("prov-b")
     assert a.account != b.account
     again = provision_local_silo("prov-a", azurite_home=azurite.location, orchestrator_conn=orch_conn,
-                                 home_root=silos.home_root)
+                                 home_root=silos.home_root, initial_policy=policy_for("prov-a"))
     assert again.account == a.account and again.status == "onboarding"
+
+
+def test_onboarding_never_replaces_the_silo_owners_policy(silos, azurite, orch_conn, trust, policy_for, own_service):
+    first = silos("prov-p")
+    assert first.trusted_signers == [keys.key_id(trust.scientist.public_key())]
+    other_signer = keys.generate().public_key()
+    again = provision_local_silo("prov-p", azurite_home=azurite.location, orchestrator_conn=orch_conn,
+                                 home_root=silos.home_root,
+                                 initial_policy=policy_for("prov-p", trusted_signers=[keys.public_b64(other_signer)]))
+    assert again.trusted_signers == first.trusted_signers
+    stored = SiloPolicy.model_validate_json(own_service("prov-p").get_blob_client("policy", "policy.json")
+                                            .download_blob().readall())
+    assert stored.trusted_signers == [keys.public_b64(trust.scientist.public_key())]
 
 
 def test_silo_home_holds_only_its_own_key_mode_0600(silos, azurite):

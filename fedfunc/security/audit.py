@@ -1,0 +1,118 @@
+"""The audit trail, in two append-only logs, each written only by the party whose actions it records.
+
+- The orchestrator's log: table ``audit`` in the orchestrator's account, written with ``create_entity``
+  only (never upsert/update/delete). Silos hold no credential for that account, so no silo can forge
+  or erase an orchestrator entry. Entries: tickets issued, jobs submitted / refused, artifacts received
+  (with the sha256 the orchestrator computed), onboarding steps.
+- Each silo's log: ``audit/YYYY-MM-DD.jsonl`` append blobs in the silo's own ``outbox``, written by
+  the silo runner with the silo's key: jobs started or refused (with the rule) and every artifact that
+  left (with its sha256). The orchestrator can read it (outbox read SAS / RBAC) but not write it, so it
+  cannot forge what a silo did; cross-checking the two logs' hashes shows any disagreement.
+
+On Azure, Table storage has no immutability policy: the guarantee is that no code path here updates or
+deletes an entry and that only the orchestrator identity has data access to the table.
+"""
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime, timedelta, timezone
+from typing import Literal
+
+from azure.core.exceptions import ResourceExistsError
+from azure.data.tables import TableClient
+from pydantic import BaseModel
+
+TABLE = "audit"
+SILO_LOG_DIR = "audit"
+Kind = Literal["ticket_issued", "job_submitted", "job_started", "job_refused", "artifact_egress",
+               "artifact_received", "update_rejected", "silo_onboarded", "silo_disabled", "silo_removed"]
+_NO_RUN = "-"
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class AuditEvent(BaseModel):
+    at: datetime
+    kind: Kind
+    source: str  # "orchestrator" or "silo:<name>"
+    run: str | None = None
+    round: int | None = None
+    silo: str | None = None
+    detail: dict = {}
+
+
+class AuditLog:
+    """The orchestrator's append-only log in its ``audit`` table."""
+
+    def __init__(self, table: TableClient):
+        self.table = table
+
+    @classmethod
+    def create(cls, table_service) -> "AuditLog":
+        return cls(table_service.create_table_if_not_exists(TABLE))
+
+    def record(self, kind: Kind, *, run: str | None = None, round: int | None = None, silo: str | None = None,
+               event_id: str | None = None, **detail) -> AuditEvent:
+        """Append one entry. With ``event_id`` a retried activity appends it once (the first entry stays)."""
+        event = AuditEvent(at=_now(), kind=kind, source="orchestrator", run=run, round=round, silo=silo,
+                           detail=detail)
+        row = event_id or f"{event.at:%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:12]}"
+        entity = {"PartitionKey": run or _NO_RUN, "RowKey": row, "at": event.at, "kind": kind,
+                  "source": event.source, "silo": silo or "", "round": -1 if round is None else round,
+                  "detail": json.dumps(detail, sort_keys=True)}
+        try:
+            self.table.create_entity(entity)
+        except ResourceExistsError:
+            pass
+        return event
+
+    def query(self, *, run: str | None = None, silo: str | None = None, kind: str | None = None,
+              since: datetime | None = None) -> list[AuditEvent]:
+        clauses, params = [], {}
+        for name, field, value in (("p", "PartitionKey", run), ("s", "silo", silo), ("k", "kind", kind)):
+            if value is not None:
+                clauses.append(f"{field} eq @{name}")
+                params[name] = value
+        if since is not None:
+            clauses.append("at ge @t")
+            params["t"] = since
+        rows = (self.table.query_entities(" and ".join(clauses), parameters=params) if clauses
+                else self.table.list_entities())
+        return sorted((_from_entity(r) for r in rows), key=lambda e: e.at)
+
+
+def _from_entity(row) -> AuditEvent:
+    return AuditEvent(at=row["at"], kind=row["kind"], source=row["source"],
+                      run=None if row["PartitionKey"] == _NO_RUN else row["PartitionKey"],
+                      round=None if row["round"] < 0 else row["round"], silo=row["silo"] or None,
+                      detail=json.loads(row["detail"]))
+
+
+class SiloAuditTrail:
+    """A silo's own log, day files of JSON lines in its outbox (anything with ``append_line``/``read``)."""
+
+    def __init__(self, outbox, silo: str):
+        self.outbox, self.silo = outbox, silo
+
+    @staticmethod
+    def path(day: datetime) -> str:
+        return f"{SILO_LOG_DIR}/{day:%Y-%m-%d}.jsonl"
+
+    def append(self, kind: Kind, *, run: str, round: int, job: str, **detail) -> dict:
+        at = _now()
+        line = {"at": at.isoformat(), "kind": kind, "source": f"silo:{self.silo}", "silo": self.silo,
+                "run": run, "round": round, "job": job, "detail": detail}
+        self.outbox.append_line(self.path(at), json.dumps(line, sort_keys=True))
+        return line
+
+    def recent(self, now: datetime | None = None, days: int = 2) -> list[dict]:
+        """Entries of the last ``days`` day files (enough for a 24 h window)."""
+        now = now or _now()
+        lines = []
+        for back in range(days - 1, -1, -1):
+            raw = self.outbox.read(self.path(now - timedelta(days=back)))
+            lines += [json.loads(line) for line in (raw or b"").decode().splitlines() if line.strip()]
+        return lines

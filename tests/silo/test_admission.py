@@ -1,0 +1,193 @@
+"""Every admission refusal, run as a real job against the silo's storage: the failure names the rule and
+the object, the silo's data is never read, and nothing but failed.json lands in the outbox."""
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from fedfunc import layout
+from fedfunc.backends import Hyperparams
+from fedfunc.backends.local import LocalProcessBackend
+from fedfunc.security import keys
+from fedfunc.security.audit import SiloAuditTrail
+from fedfunc.security.bundle import build_bundle, sign_bundle
+from fedfunc.security.tickets import issue_ticket
+from fedfunc.silo.home import read_credentials, silo_home
+from fedfunc.silo.io import BlobSiloIO
+from fedfunc.silo.runner import JobFailed, run_job
+
+
+class SpyIO(BlobSiloIO):
+    """The silo's real storage, counting reads of its training data."""
+    data_reads = 0
+
+    def read_data(self, task):
+        self.data_reads += 1
+        return super().read_data(task)
+
+
+@pytest.fixture
+def silo_io(silos):
+    def make(name: str) -> SpyIO:
+        creds = read_credentials(silo_home(silos.home_root, name))
+        return SpyIO(creds.connection_string, creds.models_sas)
+    return make
+
+
+def _outbox_names(io, request) -> list[str]:
+    return sorted(b.name.rsplit("/", 1)[1] for b in io.service.get_container_client(layout.OUTBOX)
+                  .list_blobs(name_starts_with=request.outbox_prefix))
+
+
+def _refused(io, request, rule: str, object_part: str) -> dict:
+    with pytest.raises(JobFailed) as err:
+        run_job(request, io)
+    assert err.value.rule == rule, err.value.reason
+    assert object_part in err.value.reason and rule in err.value.reason
+    assert io.data_reads == 0, "data was read before admission refused the job"
+    assert _outbox_names(io, request) == [layout.FAILED]
+    failed = json.loads(io.outbox.read(request.outbox_prefix + layout.FAILED))
+    assert failed["rule"] == rule
+    return failed
+
+
+def _ticket(trust_key, request, **over):
+    fields = dict(run=request.run_id, round=request.round, silo=request.silo,
+                  code_hash=request.bundle["code_hash"], nonce=request.nonce)
+    return issue_ticket(trust_key, **{**fields, **over})
+
+
+def test_valid_job_is_admitted_and_recorded_in_the_silos_trail(silo_with_data, silo_io, job_factory):
+    silo_with_data("adm-ok")
+    io, request = silo_io("adm-ok"), job_factory("adm-ok", "run-adm-ok")
+    run_job(request, io)
+    assert _outbox_names(io, request) == [layout.METRICS, layout.UPDATE] and io.data_reads == 1
+    trail = SiloAuditTrail(io.outbox, "adm-ok").recent()
+    egress = {e["detail"]["name"].rsplit("/", 1)[1]: e["detail"]["sha256"] for e in trail if e["kind"] == "artifact_egress"}
+    from fedfunc.weights import sha256
+    assert egress[layout.UPDATE] == sha256(io.outbox.read(request.outbox_prefix + layout.UPDATE))
+    assert [e["kind"] for e in trail if e["job"] == request.job_key][0] == "job_started"
+
+
+def test_forged_ticket_is_refused(silo_with_data, silo_io, job_factory):
+    silo_with_data("adm-a")
+    request = job_factory("adm-a", "run-forged")
+    forged = _ticket(keys.generate(), request)
+    failed = _refused(silo_io("adm-a"), request.model_copy(update={"ticket": forged}), "ticket.untrusted_issuer",
+                      "job ticket for run-forged/r0/adm-a")
+    assert "not an orchestrator key this silo's policy trusts" in failed["reason"]
+
+
+def test_ticket_with_edited_payload_is_refused(silo_with_data, silo_io, job_factory, trust):
+    import base64
+    silo_with_data("adm-b")
+    request = job_factory("adm-b", "run-edit")
+    prefix, payload, sig = request.ticket.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=="))
+    claims["expires_at"] += 10 ** 6
+    edited = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    _refused(silo_io("adm-b"), request.model_copy(update={"ticket": f"{prefix}.{edited}.{sig}"}),
+             "ticket.signature", "run-edit")
+
+
+@pytest.mark.parametrize("field, value, rule", [
+    ("silo", "someone-else", "ticket.silo"), ("round", 7, "ticket.round"), ("nonce", "old", "ticket.nonce"),
+    ("code_hash", "0" * 64, "ticket.code_hash"),
+])
+def test_ticket_for_another_job_is_refused(silo_with_data, silo_io, job_factory, trust, field, value, rule):
+    name = f"adm-t-{field.replace('_', '')}"
+    silo_with_data(name)
+    request = job_factory(name, f"run-{field.replace('_', '')}")
+    ticket = _ticket(trust.orchestrator, request, **{field: value})
+    _refused(silo_io(name), request.model_copy(update={"ticket": ticket}), rule, repr(value))
+
+
+def test_expired_and_missing_tickets_are_refused(silo_with_data, silo_io, job_factory, trust):
+    silo_with_data("adm-c")
+    request = job_factory("adm-c", "run-expired")
+    old = _ticket(trust.orchestrator, request, now=datetime.now(timezone.utc) - timedelta(hours=3))
+    _refused(silo_io("adm-c"), request.model_copy(update={"ticket": old}), "ticket.expired", "run-expired")
+    request = job_factory("adm-c", "run-noticket")
+    _refused(silo_io("adm-c"), request.model_copy(update={"ticket": None}), "ticket.missing", "run-noticket")
+
+
+def test_unsigned_and_untrusted_bundles_are_refused(silo_with_data, silo_io, job_factory, signed_bundle):
+    silo_with_data("adm-d")
+    request = job_factory("adm-d", "run-unsigned")
+    _refused(silo_io("adm-d"), request.model_copy(update={"bundle": None}), "bundle.unsigned", "code bundle")
+    request = job_factory("adm-d", "run-untrusted")
+    rogue = sign_bundle(signed_bundle.bundle, keys.generate()).model_dump(mode="json")
+    _refused(silo_io("adm-d"), request.model_copy(update={"bundle": rogue}), "bundle.untrusted_signer",
+             signed_bundle.code_hash[:16])
+
+
+def test_bundle_whose_manifest_was_edited_after_signing_is_refused(silo_with_data, silo_io, job_factory,
+                                                                  signed_bundle):
+    silo_with_data("adm-e")
+    request = job_factory("adm-e", "run-tamper")
+    tampered = signed_bundle.model_dump(mode="json")
+    tampered["bundle"]["files"]["fedfunc/tasks/digits.py"] = "0" * 64
+    _refused(silo_io("adm-e"), request.model_copy(update={"bundle": tampered}), "bundle.manifest", "task digits")
+
+
+def test_bundle_signed_for_other_code_than_installed_is_refused(silo_with_data, silo_io, job_factory, trust):
+    silo_with_data("adm-f")
+    bundle = build_bundle("digits", {"hyperparams": Hyperparams(epochs=1, lr=0.05, batch_size=32).model_dump()})
+    other = bundle.model_copy(update={"files": {**bundle.files, "fedfunc/tasks/digits.py": "1" * 64}})
+    signed = sign_bundle(other, trust.scientist)
+    request = job_factory("adm-f", "run-othercode", bundle=signed.model_dump(mode="json"))
+    request = request.model_copy(update={"ticket": _ticket(trust.orchestrator, request)})
+    _refused(silo_io("adm-f"), request, "bundle.code", "fedfunc/tasks/digits.py")
+
+
+def test_hyperparams_other_than_signed_are_refused(silo_with_data, silo_io, job_factory):
+    silo_with_data("adm-g")
+    request = job_factory("adm-g", "run-hp", hyperparams=Hyperparams(epochs=50, lr=0.05, batch_size=32))
+    _refused(silo_io("adm-g"), request, "bundle.config", "hyperparams")
+
+
+def test_policy_refusals_name_the_rule(silo_with_data, silo_io, job_factory):
+    silo_with_data("adm-h", allowed_tasks=["breast_cancer"])
+    _refused(silo_io("adm-h"), job_factory("adm-h", "run-task"), "policy.allowed_tasks", "task 'digits'")
+    silo_with_data("adm-i", min_privacy={"max_epsilon": 8.0})
+    failed = _refused(silo_io("adm-i"), job_factory("adm-i", "run-dp"), "policy.min_privacy", "run-dp")
+    assert "differential privacy is not available yet" in failed["reason"]
+
+
+def test_daily_round_limit(silo_with_data, silo_io, job_factory):
+    silo_with_data("adm-j", max_rounds_per_day=1)
+    io = silo_io("adm-j")
+    run_job(job_factory("adm-j", "run-day1"), io)
+    run_job(job_factory("adm-j", "run-day1"), silo_io("adm-j"))  # a re-run of a finished job is a no-op, not a new round
+    _refused(silo_io("adm-j"), job_factory("adm-j", "run-day2"), "policy.max_rounds_per_day", "limit 1")
+
+
+def test_a_job_for_another_silo_is_refused_by_this_silos_policy(silo_with_data, silo_io, job_factory, trust):
+    """Silo B's request run with silo A's home (A's key): A's policy refuses it before anything is read."""
+    silo_with_data("adm-k")
+    silo_with_data("adm-l")
+    request = job_factory("adm-l", "run-cross")
+    with pytest.raises(JobFailed) as err:
+        run_job(request, silo_io("adm-k"))
+    assert err.value.rule == "policy.silo" and "'adm-l'" in err.value.reason
+
+
+def test_missing_policy_refuses_everything(silo_with_data, silo_io, job_factory, own_service):
+    silo_with_data("adm-m")
+    own_service("adm-m").get_blob_client("policy", "policy.json").delete_blob()
+    _refused(silo_io("adm-m"), job_factory("adm-m", "run-nopolicy"), "policy.missing", "policy/policy.json")
+
+
+def test_forged_ticket_through_the_local_backend(silo_with_data, own_service, job_factory, silos, wait_outbox):
+    """The same refusal from a real detached silo process: failed.json names the rule, no update lands."""
+    silo_with_data("adm-n")
+    request = job_factory("adm-n", "run-forged-proc")
+    request = request.model_copy(update={"ticket": _ticket(keys.generate(), request)})
+    LocalProcessBackend(silos.home_root).submit(request)
+    service = own_service("adm-n")
+    assert wait_outbox(service, request.outbox_prefix, (layout.UPDATE, layout.FAILED)) == layout.FAILED
+    failed = json.loads(service.get_blob_client(layout.OUTBOX, request.outbox_prefix + layout.FAILED)
+                        .download_blob().readall())
+    assert failed["rule"] == "ticket.untrusted_issuer"
+    names = [b.name for b in service.get_container_client(layout.OUTBOX).list_blobs(name_starts_with=request.outbox_prefix)]
+    assert names == [request.outbox_prefix + layout.FAILED]
