@@ -102,7 +102,7 @@ class AzureMLGateway:
         status = self.job_status(name)
         if status is None or status in TERMINAL_JOB_STATES:
             return
-        self._ml.jobs.begin_cancel(name).result()
+        self._ml.jobs.begin_cancel(name).result(timeout=120)
 
     def _send(self, method: str, resource_id: str, api_version: str, body: dict | None = None):
         request = HttpRequest(method, f"{ARM}{resource_id}", params={"api-version": api_version}, json=body)

@@ -33,10 +33,20 @@ def storage_account(silo: str, resource_group_id: str) -> str:
     return f"fl{re.sub('[^a-z0-9]', '', silo)[:14]}{_digest(resource_group_id, silo)}"
 
 
+def _safe(text: str) -> str:
+    """AML job and experiment names: letters, digits, underscores and hyphens."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", text)
+
+
+def experiment(run: str) -> str:
+    """All of a run's silo jobs, grouped in AML studio."""
+    return _safe(f"fedfunc-{run}")[:250]
+
+
 def job_name(run: str, round_: int, silo: str) -> str:
     """Deterministic AML job name: resubmitting the same (run, round, silo) finds the same job.
 
     The digest keeps names distinct when sanitising the run id would make two of them equal.
     """
-    safe = re.sub(r"[^A-Za-z0-9_-]", "_", f"fedfunc-{run}-r{round_}-{silo}")[:200]
+    safe = _safe(f"fedfunc-{run}-r{round_}-{silo}")[:200]
     return f"{safe}-{_digest(run, str(round_), silo)}"

@@ -81,7 +81,7 @@ class AmlSiloJobBackend:
         return command(
             name=naming.job_name(request.run_id, request.round, silo),
             display_name=f"{request.run_id} round {request.round} {silo}",
-            experiment_name=f"fedfunc-{request.run_id}"[:250],
+            experiment_name=naming.experiment(request.run_id),
             description="fedfunc silo job: verify code + ticket, train on local data, publish the update",
             compute=self.compute_for(silo),
             code=self.aml.code,

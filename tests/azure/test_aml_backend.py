@@ -61,7 +61,7 @@ def test_job_spec(settings):
     backend = AmlSiloJobBackend(FakeGateway(), settings, compute_for=lambda silo: f"arc-{silo}")
     job = backend.build_job(request())
     spec = as_spec(job)
-    assert spec["type"] == "command"
+    assert spec["type"] == "command" and job.experiment_name == "fedfunc-run-7"
     assert job.name == spec["component"]["name"] == naming.job_name("run-7", 3, "north-eu")
     assert spec["compute"] == "azureml:arc-north-eu"
     assert spec["identity"] == {"type": "managed_identity"}

@@ -99,7 +99,7 @@ class Jobs:
 
     def begin_cancel(self, name):
         self.canceled.append(name)
-        return type("P", (), {"result": lambda self: None})()
+        return type("P", (), {"result": lambda self, timeout=None: None})()
 
 
 def with_jobs(tmp_path, jobs):
