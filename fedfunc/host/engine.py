@@ -90,8 +90,10 @@ class Engine:
         self._stopping = True
         with self._timer_wake:
             self._timer_wake.notify_all()
-        self._activities.shutdown(wait=False, cancel_futures=True)
-        self._episodes.shutdown(wait=False, cancel_futures=True)
+        self._episodes.shutdown(wait=True, cancel_futures=True)
+        self._activities.shutdown(wait=False, cancel_futures=True)  # unfinished ones re-run at restart
+        if self._timer_thread.is_alive():
+            self._timer_thread.join(5)
 
     # ---- client operations -------------------------------------------------------------------
     def start_new(self, name: str, instance_id: str | None = None, input_text: str | None = None) -> str:
@@ -460,6 +462,8 @@ class Engine:
             details = "" if isinstance(exc, UnknownFunction) else traceback.format_exc()
             done = ev.event(ev.TASK_FAILED, TaskScheduledId=task_id,
                             Reason=f"Activity function '{name}' failed: {exc}", Details=details)
+        if self._stopping:
+            return  # not recorded: it re-runs after restart (at-least-once)
         with self.store.tx() as db:
             gone = db.execute("DELETE FROM activities WHERE instance_id=? AND execution=? AND task_id=?",
                               (instance_id, execution, task_id)).rowcount == 0

@@ -123,3 +123,20 @@ def test_failed_delivery_is_retried(features, azurite):
     upload(account, "retry", "fail-once.bin", b"x")
     delivered = wait_until(lambda: [e for e in lines(features.out, "on_event") if e["subject"].endswith("/fail-once.bin")])
     assert len(delivered) == 1 and len(lines(features.out, "failed-fail-once.bin")) == 1
+
+
+def test_python_helper_in_process_and_over_http(features, azurite, monkeypatch):
+    from fedfunc.host import subscriptions
+    account = azurite.silo_accounts[4]
+    upload(account, "helper", "seed", b"")
+    time.sleep(1.1)
+    spec = {"function": "on_event", "connection": account.connection_string, "container": "helper"}
+    r = requests.post(features.url("/api/subscribe/from-app"), json=spec)  # in-process path
+    assert r.status_code == 200 and r.json()["name"] == "from-app"
+    monkeypatch.setenv("FEDFUNC_HOST_URL", features.origin)  # from another process: HTTP path
+    monkeypatch.setenv("FEDFUNC_HOST_MASTER_KEY", MASTER_KEY)
+    assert "from-app" in [s["name"] for s in subscriptions.list_subscriptions()]
+    upload(account, "helper", "x.bin", b"x")
+    wait_until(lambda: [e for e in lines(features.out, "on_event") if e["subject"].endswith("/helper/blobs/x.bin")])
+    assert subscriptions.delete_subscription("from-app") is True
+    assert subscriptions.delete_subscription("from-app") is False

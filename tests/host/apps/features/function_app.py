@@ -223,3 +223,11 @@ def on_event(event: func.EventGridEvent) -> None:
 @app.blob_trigger(arg_name="blob", path="uploads/{name}", connection="UPLOADS_CONN", source="EventGrid")
 def on_upload(blob: func.InputStream) -> None:
     record("on_upload", {"name": blob.name, "content": blob.read().decode()})
+
+
+@app.route(route="subscribe/{name}", methods=["POST"])
+def subscribe(req: func.HttpRequest) -> func.HttpResponse:
+    """App code creating a local Event Grid subscription in-process (as silo onboarding does)."""
+    from fedfunc.host.subscriptions import put_subscription
+    spec = req.get_json()
+    return func.HttpResponse(json.dumps(put_subscription(req.route_params["name"], **spec)), mimetype="application/json")
