@@ -76,9 +76,19 @@ def read_header(data: bytes) -> tuple[dict[str, dict], dict[str, str]]:
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise UpdateRejected("not_safetensors", "__metadata__ is not a string-to-string map")
     for name, entry in header.items():
-        if not (isinstance(entry, dict) and {"dtype", "shape", "data_offsets"} <= entry.keys()):
-            raise UpdateRejected("not_safetensors", "entry lacks dtype/shape/data_offsets", name)
+        if not _is_tensor_entry(entry):
+            raise UpdateRejected("not_safetensors", "entry is not {dtype: str, shape: [int ≥ 0], "
+                                 "data_offsets: [int, int]}", name)
     return header, metadata
+
+
+def _is_tensor_entry(entry: object) -> bool:
+    """Well-typed header entry, so later rules compare values instead of tripping on types."""
+    def ints(v: object) -> bool:
+        return isinstance(v, list) and all(type(i) is int and i >= 0 for i in v)
+
+    return (isinstance(entry, dict) and isinstance(entry.get("dtype"), str) and ints(entry.get("shape"))
+            and ints(entry.get("data_offsets")) and len(entry["data_offsets"]) == 2)
 
 
 def _load_tensors(data: bytes) -> dict[str, np.ndarray]:

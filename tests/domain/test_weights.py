@@ -75,6 +75,38 @@ def test_malformed_headers_are_rejected(data):
     assert rejected(data).rule == "not_safetensors"
 
 
+def _with_header(header: dict) -> bytes:
+    raw = json.dumps(header).encode()
+    return struct.pack("<Q", len(raw)) + raw + b"\0" * 8
+
+
+@pytest.mark.parametrize("entry", [
+    5, {"dtype": "F32", "shape": [2]}, {"dtype": 1, "shape": [2], "data_offsets": [0, 8]},
+    {"dtype": "F32", "shape": 2, "data_offsets": [0, 8]}, {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]},
+    {"dtype": "F32", "shape": [2.0], "data_offsets": [0, 8]}, {"dtype": "F32", "shape": [2], "data_offsets": [0]},
+])
+def test_ill_typed_header_entries_are_rejected_naming_the_tensor(entry):
+    e = rejected(_with_header({"__metadata__": META, "b": entry}))
+    assert (e.rule, e.tensor) == ("not_safetensors", "b")
+
+
+def test_non_string_metadata_is_not_safetensors():
+    assert rejected(_with_header({"__metadata__": {**META, "num_samples": 40}})).rule == "not_safetensors"
+
+
+def test_random_bytes_never_escape_as_other_errors():
+    rng = np.random.default_rng(0)
+    good = blob()
+    for _ in range(300):
+        data = bytearray(good)
+        for i in rng.integers(0, len(data), size=int(rng.integers(1, 4))):
+            data[i] = int(rng.integers(0, 256))
+        try:
+            validate_update(bytes(data), MANIFEST, expected=EXPECTED)
+        except UpdateRejected:
+            pass
+
+
 def test_data_offsets_beyond_buffer_are_rejected_on_load():
     good = blob()
     assert rejected(good[:-4]).rule == "not_safetensors"
