@@ -75,6 +75,14 @@ class AzureMLGateway:
         self._poll, self._timeout = poll_seconds, timeout_seconds
         self._ml_client = None
 
+    @classmethod
+    def from_settings(cls, settings) -> "AzureMLGateway":
+        """The app's gateway: its managed identity (``DefaultAzureCredential``) on the configured workspace."""
+        from fedfunc.storage import credential
+        if settings.aml is None:
+            raise ValueError("FEDFUNC_JOB_BACKEND: Azure calls need FEDFUNC_JOB_BACKEND=aml and the FEDFUNC_AML_* settings")
+        return cls(settings.aml, credential())
+
     @property
     def _ml(self):
         if self._ml_client is None:

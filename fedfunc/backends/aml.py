@@ -123,8 +123,8 @@ def backend_from_settings(settings: Settings) -> AmlSiloJobBackend:
     """The production wiring: real gateway, managed identity, compute names from the silo registry."""
     from fedfunc.azure.gateway import AzureMLGateway
     from fedfunc.registry import TABLE, SiloRegistry
-    from fedfunc.storage import credential, table_service
+    from fedfunc.storage import table_service
 
     registry = SiloRegistry(table_service(settings).get_table_client(TABLE))  # no I/O until a lookup
-    return AmlSiloJobBackend(AzureMLGateway(settings.aml, credential()), settings,
+    return AmlSiloJobBackend(AzureMLGateway.from_settings(settings), settings,
                              compute_for=lambda silo: registry.get(silo).compute)

@@ -127,3 +127,8 @@ def test_cancel_only_live_jobs(tmp_path, status, canceled):
     jobs = Jobs(status=status)
     with_jobs(tmp_path, jobs).cancel_job("j")
     assert jobs.canceled == (["j"] if canceled else [])
+
+
+def test_gateway_needs_aml_settings():
+    with pytest.raises(ValueError, match="FEDFUNC_JOB_BACKEND"):
+        AzureMLGateway.from_settings(load_settings({"FEDFUNC_STORAGE": "UseDevelopmentStorage=true"}))

@@ -82,6 +82,15 @@ def test_only_the_orchestrator_may_submit_jobs_by_default():
     assert "jobs/*" in " ".join(ROLES["custom"]["JobSubmitter"]["actions"])
 
 
+def test_group_wide_roles_carry_no_data_access():
+    """A role at resource-group scope reaches every silo account: it must be control-plane only."""
+    for g in MAIN.grants:
+        if g.scope == bc.DEPLOYMENT_SCOPE:
+            role = ROLES["custom"][g.role.removeprefix("custom:")]
+            assert "dataActions" not in role
+            assert not [a for a in role["actions"] if re.search(r"listKeys|listAccountSas|listServiceSas|/\*$", a)]
+
+
 def test_storage_accounts_are_all_checked():
     accounts = [r for f in (MAIN, SILO) for r in f.resources.values() if r.type == bc.STORAGE and not r.existing]
     assert len(accounts) == 3  # orchestrator, workspace, silo: each must pass the shared-key rule above
