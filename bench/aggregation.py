@@ -13,6 +13,7 @@ import tempfile
 import time
 import tracemalloc
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,18 +39,31 @@ def write_updates(folder: Path, n: int, global_arrays: dict[str, np.ndarray]) ->
     return paths
 
 
+@dataclass
+class Tally:
+    """Bytes consumed and seconds spent per stage over one aggregation."""
+    consumed: int = 0
+    read: float = 0.0
+    validate: float = 0.0
+
+
 def read_and_validate(path: Path, manifest: ModelManifest, global_arrays, silos: list[str],
-                      consumed: list[int]) -> ValidatedUpdate:
+                      tally: Tally) -> ValidatedUpdate:
     """What the aggregate activity does per silo (download → validate); the blob dies on return."""
+    t0 = time.perf_counter()
     data = path.read_bytes()
-    consumed.append(len(data))
-    return validate_update(data, manifest, expected={**RUN, "silo": path.stem, "silos": silos},
-                           global_arrays=global_arrays, max_norm=1e6)
+    t1 = time.perf_counter()
+    update = validate_update(data, manifest, expected={**RUN, "silo": path.stem, "silos": silos},
+                             global_arrays=global_arrays, max_norm=1e6)
+    tally.consumed += len(data)
+    tally.read += t1 - t0
+    tally.validate += time.perf_counter() - t1
+    return update
 
 
-def validated(paths: list[Path], manifest: ModelManifest, global_arrays, consumed: list[int]) -> Iterator[ValidatedUpdate]:
+def validated(paths: list[Path], manifest: ModelManifest, global_arrays, tally: Tally) -> Iterator[ValidatedUpdate]:
     silos = [p.stem for p in paths]
-    return (read_and_validate(p, manifest, global_arrays, silos, consumed) for p in paths)
+    return (read_and_validate(p, manifest, global_arrays, silos, tally) for p in paths)
 
 
 def reset_rss_high_water() -> bool:
@@ -67,18 +81,18 @@ def rss_high_water_mb() -> float:
     return float("nan")
 
 
-def aggregate_once(paths, manifest, global_arrays, trace: bool) -> tuple[float, int, int]:
-    """(seconds, bytes consumed, tracemalloc peak or 0)."""
-    consumed: list[int] = []
+def aggregate_once(paths, manifest, global_arrays, trace: bool) -> tuple[float, Tally, int]:
+    """(seconds, per-stage tally, tracemalloc peak or 0)."""
+    tally = Tally()
     if trace:
         tracemalloc.start()
     start = time.perf_counter()
-    get_strategy("fedavg").aggregate(global_arrays, validated(paths, manifest, global_arrays, consumed))
+    get_strategy("fedavg").aggregate(global_arrays, validated(paths, manifest, global_arrays, tally))
     seconds = time.perf_counter() - start
     peak = tracemalloc.get_traced_memory()[1] if trace else 0
     if trace:
         tracemalloc.stop()
-    return seconds, sum(consumed), peak
+    return seconds, tally, peak
 
 
 def numpy_add_bandwidth(n: int, repeats: int) -> float:
@@ -109,9 +123,13 @@ def main() -> None:
         runs = [aggregate_once(paths, manifest, global_arrays, trace=False) for _ in range(args.repeats)]
         rss_peak = rss_high_water_mb()
         _, _, traced_peak = aggregate_once(paths, manifest, global_arrays, trace=True)
-    seconds, consumed, _ = min(runs)
-    print(f"read + validate + FedAvg: {consumed / 1e9:.2f} GB in {seconds:.2f} s = {consumed / seconds / 1e9:.2f} GB/s "
+    seconds, tally, _ = min(runs, key=lambda r: r[0])
+    gb = tally.consumed / 1e9
+    print(f"read + validate + FedAvg: {gb:.2f} GB in {seconds:.2f} s = {gb / seconds:.2f} GB/s "
           f"(best of {args.repeats}: {', '.join(f'{r[0]:.2f}' for r in runs)} s)")
+    fedavg = seconds - tally.read - tally.validate
+    print(f"  by stage: read {tally.read:.2f} s ({gb / tally.read:.1f} GB/s), validate {tally.validate:.2f} s "
+          f"({gb / tally.validate:.1f} GB/s), FedAvg {fedavg:.2f} s ({gb / fedavg:.1f} GB/s)")
     print(f"numpy np.add(a, b, out=a), 10M float32: {numpy_add_bandwidth(10_000_000, 20):.2f} GB/s "
           f"(2 reads + 1 write, 80 MB working set)")
     print(f"numpy np.add(a, b, out=a), 100M float32: {numpy_add_bandwidth(100_000_000, 5):.2f} GB/s "
