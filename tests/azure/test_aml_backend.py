@@ -12,7 +12,7 @@ from fedfunc.backends import Hyperparams, SiloJobRequest
 from fedfunc.backends.aml import COMMAND, REQUEST_ENV, AmlSiloJobBackend, backend_from_settings, model_path
 from fedfunc.settings import load_settings
 
-from test_settings import aml_env
+from azure_env import aml_env
 
 
 class FakeGateway:

@@ -18,7 +18,7 @@ from azure.core.pipeline.transport import RequestsTransport
 from fedfunc.azure.gateway import AzureCallError, AzureMLGateway, JobExists
 from fedfunc.settings import load_settings
 
-from test_settings import aml_env
+from azure_env import aml_env
 
 RID = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Storage/storageAccounts/flsilo"
 

@@ -8,7 +8,7 @@ from fedfunc.azure.gateway import AzureCallError
 from fedfunc.registry import SiloRecord
 from fedfunc.settings import load_settings
 
-from test_settings import aml_env
+from azure_env import aml_env
 
 
 class RecordingGateway:
