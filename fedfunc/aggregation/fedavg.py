@@ -14,10 +14,11 @@ CHUNK = 1 << 20
 class FedAvg(Strategy):
     """Weighted mean of the updates by ``num_samples``, consuming one update at a time.
 
-    The accumulator is float64: updates arrive in whatever order Event Grid delivers them, and
-    summing thousands of float32 tensors weighted by sample counts in float32 loses ~7 digits,
-    enough for the result to depend on arrival order. In float64 the sum is order-independent up
-    to float32 rounding of the final cast. Memory: one float64 accumulator (2× a float32 model), an
+    The accumulator is float64: updates arrive in whatever order Event Grid delivers them, and a
+    float32 running sum rounds at every addition (~1e-7 relative each, growing with the number of
+    silos), so the aggregate would depend on arrival order. In float64 those rounding errors sit
+    ~9 digits below float32 resolution, so the result cast back to float32 is, in practice, the same
+    whatever the order (tested bit-for-bit). Memory: one float64 accumulator (2× a float32 model), an
     8 MB scratch, and the one update being read — O(model), not O(silos × model).
     """
 
@@ -36,6 +37,9 @@ class FedAvg(Strategy):
                 diff = sorted(update.arrays.keys() ^ acc.keys())
                 raise ValueError(f"update {count}: tensor names differ from the global model: {diff[:5]}")
             for name, a in update.arrays.items():
+                if np.shape(a) != acc[name].shape:
+                    raise ValueError(f"update {count}: tensor {name!r} has shape {np.shape(a)}, "
+                                     f"the global model {acc[name].shape}")
                 _add_scaled(acc[name].reshape(-1), np.asarray(a).reshape(-1), n, scratch)
             total += n
             del update  # before pulling the next one, so at most one update is alive

@@ -76,10 +76,12 @@ def test_fedavg_without_updates_fails_clearly():
         FedAvg().aggregate({"x": np.zeros(1, np.float32)}, [])
 
 
-def test_fedavg_refuses_mismatched_names_and_bad_counts():
+def test_fedavg_refuses_mismatched_names_shapes_and_bad_counts():
     g = {"x": np.zeros(1, np.float32)}
     with pytest.raises(ValueError, match="tensor names differ.*'y'"):
         FedAvg().aggregate(g, [Update({"x": np.zeros(1, np.float32), "y": np.zeros(1, np.float32)}, 1)])
+    with pytest.raises(ValueError, match=r"tensor 'x' has shape \(2,\)"):
+        FedAvg().aggregate(g, [Update({"x": np.zeros(2, np.float32)}, 1)])
     with pytest.raises(ValueError, match="num_samples=0"):
         FedAvg().aggregate(g, [Update({"x": np.zeros(1, np.float32)}, 0)])
 
