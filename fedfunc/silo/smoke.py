@@ -13,9 +13,10 @@ from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, 
 from azure.storage.blob import BlobServiceClient, ContainerClient
 
 from fedfunc import layout
-from fedfunc.security.policy import POLICY_BLOB, POLICY_CONTAINER, parse_policy
+from fedfunc.security import Refused
+from fedfunc.security.policy import parse_policy
 from fedfunc.silo.home import SiloCredentials
-from fedfunc.silo.io import BlobOutbox
+from fedfunc.silo.io import BlobSiloIO
 
 SMOKE_DIR = "smoke"
 
@@ -31,21 +32,28 @@ def _denied(action) -> bool:
     return False
 
 
+def _policy_problem(io: BlobSiloIO, silo: str) -> str | None:
+    try:
+        policy = parse_policy(io.read_policy())
+    except Refused as e:
+        return str(e)
+    return None if policy.silo == silo else f"policy is for silo {policy.silo!r}, not {silo!r}"
+
+
 def run_smoke(creds: SiloCredentials, smoke_id: str) -> dict:
-    """Run the checks; returns ``{"ok": bool, "checks": {name: passed}}`` and writes it to ``outbox/smoke/``."""
-    own = BlobServiceClient.from_connection_string(creds.connection_string)
+    """Run the checks; returns ``{"ok", "checks": {name: passed}, "reason"}`` and writes it to ``outbox/smoke/``."""
+    io = BlobSiloIO(creds.connection_string, creds.models_sas)
     models = ContainerClient.from_container_url(creds.models_url)
-    foreign = BlobServiceClient(models.url.rsplit("/", 1)[0], credential=own.credential)
-    policy = parse_policy(own.get_blob_client(POLICY_CONTAINER, POLICY_BLOB).download_blob().readall())
+    foreign = BlobServiceClient(models.url.rsplit("/", 1)[0], credential=io.service.credential)
+    problem = _policy_problem(io, creds.silo)
     checks = {
-        "policy_valid": policy.silo == creds.silo,
-        "data_readable": not _denied(lambda: list(own.get_container_client(layout.DATA).list_blobs())),
+        "policy_valid": problem is None,
+        "data_readable": not _denied(lambda: list(io.service.get_container_client(layout.DATA).list_blobs())),
         "models_write_refused": _denied(lambda: models.upload_blob(f"{SMOKE_DIR}/{smoke_id}", b"x")),
         "orchestrator_account_refused": _denied(lambda: list(foreign.list_containers())),
     }
-    report = {"silo": creds.silo, "smoke_id": smoke_id, "checks": checks}
+    report = {"silo": creds.silo, "smoke_id": smoke_id, "checks": checks, "reason": problem}
     # Deterministic bytes, so a retried smoke job with the same id rewrites the same blob.
-    BlobOutbox(own.get_container_client(layout.OUTBOX)).create(f"{SMOKE_DIR}/{smoke_id}.json",
-                                                               json.dumps(report, sort_keys=True).encode())
+    io.outbox.create(f"{SMOKE_DIR}/{smoke_id}.json", json.dumps(report, sort_keys=True).encode())
     checks["outbox_writable"] = True  # the write above raised otherwise
-    return {"ok": all(checks.values()), "checks": checks}
+    return {"ok": all(checks.values()), "checks": checks, "reason": problem}

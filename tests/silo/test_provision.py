@@ -81,3 +81,23 @@ def test_release_revokes_the_orchestrator_sas_and_frees_the_account(silos, azuri
         list(outbox.list_blobs())
     assert claim_account("prov-i", azurite_home=azurite.location, orchestrator_conn=orch_conn) == record.account
     release_local_silo("prov-i", azurite_home=azurite.location, orchestrator_conn=orch_conn, home_root=silos.home_root)
+
+
+def test_smoke_job_proves_access_and_isolation_from_the_silo_process(silos, own_service):
+    from fedfunc.backends.local import LocalProcessBackend
+
+    silos("prov-s")
+    result = LocalProcessBackend(silos.home_root).smoke("prov-s", "attempt-1")
+    assert result["ok"], result
+    assert result["checks"] == {"policy_valid": True, "data_readable": True, "models_write_refused": True,
+                                "orchestrator_account_refused": True, "outbox_writable": True}
+    assert own_service("prov-s").get_blob_client("outbox", "smoke/attempt-1.json").exists()
+
+
+def test_smoke_job_fails_without_a_policy(silos, own_service):
+    from fedfunc.backends.local import LocalProcessBackend
+
+    silos("prov-t")
+    own_service("prov-t").get_blob_client("policy", "policy.json").delete_blob()
+    result = LocalProcessBackend(silos.home_root).smoke("prov-t", "attempt-1")
+    assert not result["ok"] and "policy.missing" in result["reason"]
