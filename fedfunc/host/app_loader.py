@@ -5,14 +5,18 @@ from __future__ import annotations
 import enum
 import importlib.util
 import json
+import logging
 import os
 import re
 import sys
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from azure.functions.decorators.function_app import FunctionRegister
+
+log = logging.getLogger("fedfunc.host")
 
 
 class AppLoadError(RuntimeError):
@@ -104,7 +108,11 @@ def _import_app(directory: Path) -> FunctionRegister:
     spec = importlib.util.spec_from_file_location("function_app", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules["function_app"] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        log.error("importing %s failed:\n%s", path, traceback.format_exc())
+        raise AppLoadError(f"{path}: importing the app failed: {type(exc).__name__}: {exc}") from exc
     apps = [v for v in vars(module).values() if isinstance(v, FunctionRegister)]
     if len(apps) != 1:
         raise AppLoadError(f"{path} must define exactly one FunctionApp/DFApp, found {len(apps)}")

@@ -134,7 +134,7 @@ class Engine:
                 "SELECT event FROM history WHERE instance_id=? ORDER BY seq", (instance_id,))]
         return out
 
-    def list(self, statuses: list[str] | None = None, created_from: str | None = None,
+    def list_instances(self, statuses: list[str] | None = None, created_from: str | None = None,
              created_to: str | None = None, prefix: str | None = None, show_input: bool = False) -> list[dict]:
         sql, args = "SELECT id FROM instances WHERE 1=1", []
         if statuses:

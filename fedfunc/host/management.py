@@ -122,7 +122,7 @@ class Management:
         q = request.query
         statuses = [s for s in q.get("runtimeStatus", "").split(",") if s]
         try:
-            found = self.engine.list(statuses, q.get("createdTimeFrom"), q.get("createdTimeTo"),
+            found = self.engine.list_instances(statuses, q.get("createdTimeFrom"), q.get("createdTimeTo"),
                                      q.get("instanceIdPrefix"), _flag(q.get("showInput")))
         except ValueError as exc:
             return web.json_response({"error": f"bad filter: {exc}"}, status=400)
@@ -153,7 +153,7 @@ class Management:
     async def purge_by(self, request: web.Request, rpc: bool) -> web.Response:
         q = request.query
         statuses = [s for s in q.get("runtimeStatus", "").split(",") if s]
-        found = self.engine.list(statuses, q.get("createdTimeFrom"), q.get("createdTimeTo"), q.get("instanceIdPrefix"))
+        found = self.engine.list_instances(statuses, q.get("createdTimeFrom"), q.get("createdTimeTo"), q.get("instanceIdPrefix"))
         deleted = sum(self.engine.purge(s["instanceId"]) for s in found)
         return web.json_response({"instancesDeleted": deleted}, status=200 if deleted else 404)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import requests
 
-TERMINAL = ("Completed", "Failed", "Terminated")
+from fedfunc.host.engine import TERMINAL
 
 
 def free_port() -> int:
