@@ -140,3 +140,14 @@ def test_python_helper_in_process_and_over_http(features, azurite, monkeypatch):
     wait_until(lambda: [e for e in lines(features.out, "on_event") if e["subject"].endswith("/helper/blobs/x.bin")])
     assert subscriptions.delete_subscription("from-app") is True
     assert subscriptions.delete_subscription("from-app") is False
+
+
+def test_event_grid_function_with_durable_client_raises_an_event(features):
+    from host_helpers import finished, start
+    payload = start(features, "waiter", "eg-raise")
+    event = {"id": "r-1", "subject": "/runs/x/update.safetensors", "eventType": "Microsoft.Storage.BlobCreated",
+             "data": {"instance": "eg-raise"}}
+    r = requests.post(features.url("/runtime/webhooks/eventgrid"), params={"functionName": "raise_from_event"},
+                      json=[event], headers=KEY)
+    assert r.status_code == 200, r.text
+    assert finished(payload)["output"] == {"event": {"subject": "/runs/x/update.safetensors"}}

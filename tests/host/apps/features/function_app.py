@@ -231,3 +231,11 @@ def subscribe(req: func.HttpRequest) -> func.HttpResponse:
     from fedfunc.host.subscriptions import put_subscription
     spec = req.get_json()
     return func.HttpResponse(json.dumps(put_subscription(req.route_params["name"], **spec)), mimetype="application/json")
+
+
+@app.event_grid_trigger(arg_name="event")
+@app.durable_client_input(client_name="client")
+async def raise_from_event(event: func.EventGridEvent, client: df.DurableOrchestrationClient) -> None:
+    """The FL app's pattern: an Event Grid event becomes a raise_event on an orchestration."""
+    data = event.get_json()
+    await client.raise_event(data["instance"], "go", {"subject": event.subject})
