@@ -11,14 +11,15 @@ import azure.functions as func
 from activities import onboarding as onboarding_activities
 from activities import runs as run_activities
 from fedfunc.settings import load_settings
-from orchestrations import onboarding, training
+from orchestrations import onboarding, retraining, training
 from orchestrations import round as round_orchestration
+from triggers import retraining as retraining_triggers
 from triggers import runs_api, silo_events, silos_api
 
 load_settings(os.environ)
 
 # Routes check roles themselves (API keys locally, App Service Authentication on Azure).
 app = df.DFApp(http_auth_level=func.AuthLevel.ANONYMOUS)
-for blueprint in (training.bp, round_orchestration.bp, onboarding.bp, run_activities.bp, onboarding_activities.bp,
-                  runs_api.bp, silos_api.bp, silo_events.bp):
+for blueprint in (training.bp, round_orchestration.bp, onboarding.bp, retraining.bp, run_activities.bp,
+                  onboarding_activities.bp, runs_api.bp, silos_api.bp, silo_events.bp, retraining_triggers.bp):
     app.register_functions(blueprint)

@@ -84,6 +84,8 @@ class Settings(BaseModel):
     retrain_schedule: str | None = Field(None, alias="FEDFUNC_RETRAIN_SCHEDULE")
     # The run spec scheduled and data-triggered retraining starts (JSON); retraining is off without it.
     retrain_spec: dict | None = Field(None, alias="FEDFUNC_RETRAIN_SPEC")
+    # A burst of data uploads ends (and its one retraining run starts) after this many quiet seconds.
+    retrain_quiet_s: float = Field(30, gt=0, le=86400, alias="FEDFUNC_RETRAIN_QUIET_S")
     # Ed25519 private key (PEM text or a file path) that signs job tickets; on Azure a Key Vault reference.
     orchestrator_key: str | None = Field(None, alias="FEDFUNC_ORCHESTRATOR_KEY")
     # Local backend only: Azurite's folder (its accounts.json), from which onboarding claims silo accounts.

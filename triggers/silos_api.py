@@ -82,6 +82,5 @@ async def remove_silo(req: func.HttpRequest) -> func.HttpResponse:
         return error(404, str(e))
     services().registry.remove(name)
     if services().settings.job_backend == "local":
-        from fedfunc.host.subscriptions import delete_subscription
-        delete_subscription(onboarding.subscription_name(name))
+        onboarding.unsubscribe_local(name)
     return respond(200, {"silo": name, "removed": True})

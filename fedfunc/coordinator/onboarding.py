@@ -6,6 +6,9 @@ outbox read SAS for the orchestrator plus a local Event Grid subscription. Azure
 """
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
+
+from azure.storage.blob import ContainerSasPermissions, generate_container_sas
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fedfunc import layout
@@ -99,14 +102,32 @@ def grant(svc: Services, request: SiloRequest) -> dict:
         put_subscription(subscription_name(request.name), "on_update",
                          f"{record.blob_url}?{record.outbox_read_sas}", layout.OUTBOX,
                          subject_begins_with=OUTBOX_EVENTS)
-        return {"event_subscription": subscription_name(request.name)}
+        put_subscription(subscription_name(request.name, layout.DATA), "on_data_uploaded",
+                         _data_events_connection(svc, record), layout.DATA)
+        return {"event_subscriptions": [subscription_name(request.name), subscription_name(request.name, layout.DATA)]}
     from fedfunc.azure.onboarding import ensure
 
     return {step: ensure(svc.azure_gateway, svc.settings.aml, request.name, step) for step in AZURE_GRANT}
 
 
-def subscription_name(silo: str) -> str:
-    return f"outbox-{silo}"
+def subscription_name(silo: str, container: str = layout.OUTBOX) -> str:
+    return f"{container}-{silo}"
+
+
+def _data_events_connection(svc: Services, record: SiloRecord) -> str:
+    """A list-only SAS on the silo's ``data`` for the emulated Event Grid (names and sizes, never contents).
+
+    On Azure the storage account's system topic publishes these events itself; locally the host's
+    watcher stands in for it, and onboarding (the platform admin who created the account) hands it this.
+    """
+    from fedfunc.azurite import Azurite
+
+    account = Azurite(svc.settings.azurite_home).account(record.account)
+    now = datetime.now(timezone.utc)
+    sas = generate_container_sas(account.name, layout.DATA, account_key=account.key,
+                                 permission=ContainerSasPermissions(list=True),
+                                 start=now - timedelta(minutes=5), expiry=now + timedelta(days=365))
+    return f"{record.blob_url}?{sas}"
 
 
 def smoke(svc: Services, request: SiloRequest, smoke_id: str) -> dict:
@@ -133,5 +154,11 @@ def abandon(svc: Services, request: SiloRequest) -> None:
     if record.status == "onboarding":
         svc.registry.remove(request.name)
         if svc.settings.job_backend == "local":
-            from fedfunc.host.subscriptions import delete_subscription
-            delete_subscription(subscription_name(request.name))
+            unsubscribe_local(request.name)
+
+
+def unsubscribe_local(silo: str) -> None:
+    from fedfunc.host.subscriptions import delete_subscription
+
+    for container in (layout.OUTBOX, layout.DATA):
+        delete_subscription(subscription_name(silo, container))
