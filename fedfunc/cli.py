@@ -12,6 +12,8 @@ def _register() -> None:
     register_host(app)
     from fedfunc.silo.cli import register as register_silo
     register_silo(app)
+    from fedfunc.security.cli import register as register_security
+    register_security(app)
     from fedfunc.demo import register as register_demo
     register_demo(app)
 

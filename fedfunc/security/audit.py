@@ -116,3 +116,24 @@ class SiloAuditTrail:
             raw = self.outbox.read(self.path(now - timedelta(days=back)))
             lines += [json.loads(line) for line in (raw or b"").decode().splitlines() if line.strip()]
         return lines
+
+
+def silo_events(record, since: datetime | None = None) -> list[AuditEvent]:
+    """A silo's own log, read from its outbox with the orchestrator's read access (SAS locally, identity on Azure)."""
+    from azure.storage.blob import ContainerClient
+
+    from fedfunc.storage import credential
+
+    outbox = ContainerClient(record.blob_url, "outbox", credential=record.outbox_read_sas or credential())
+    first_day = f"{SILO_LOG_DIR}/{since:%Y-%m-%d}" if since else ""
+    events = []
+    for blob in outbox.list_blobs(name_starts_with=f"{SILO_LOG_DIR}/"):
+        if blob.name < first_day:
+            continue
+        for line in outbox.download_blob(blob.name).readall().decode().splitlines():
+            if line.strip():
+                e = json.loads(line)
+                event = AuditEvent.model_validate({k: e.get(k) for k in AuditEvent.model_fields})
+                if since is None or event.at >= since:
+                    events.append(event)
+    return events

@@ -83,5 +83,8 @@ def silo_smoke(smoke_id: str = typer.Option(..., "--id", help="onboarding attemp
 
 
 def register(app: typer.Typer) -> None:
+    from fedfunc.silo.admin_cli import silo_app
+
     app.command("silo-job")(silo_job)
     app.command("silo-smoke")(silo_smoke)
+    app.add_typer(silo_app, name="silo")

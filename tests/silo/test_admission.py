@@ -69,6 +69,21 @@ def test_valid_job_is_admitted_and_recorded_in_the_silos_trail(silo_with_data, s
     assert [e["kind"] for e in trail if e["job"] == request.job_key][0] == "job_started"
 
 
+def test_orchestrator_reads_the_silo_trail_with_its_outbox_sas_only(silo_with_data, silo_io, job_factory):
+    from azure.core.exceptions import HttpResponseError
+    from azure.storage.blob import ContainerClient
+    from fedfunc.security.audit import silo_events
+
+    record = silo_with_data("adm-trail")
+    run_job(job_factory("adm-trail", "run-trail"), silo_io("adm-trail"))
+    events = silo_events(record)
+    assert {e.kind for e in events} == {"job_started", "artifact_egress"}
+    assert all(e.source == "silo:adm-trail" for e in events)
+    outbox = ContainerClient.from_container_url(f"{record.blob_url}/{layout.OUTBOX}?{record.outbox_read_sas}")
+    with pytest.raises(HttpResponseError):  # the orchestrator cannot forge the silo's entries
+        outbox.get_blob_client(SiloAuditTrail.path(events[0].at)).append_block(b'{"kind": "job_started"}\n')
+
+
 def test_forged_ticket_is_refused(silo_with_data, silo_io, job_factory):
     silo_with_data("adm-a")
     request = job_factory("adm-a", "run-forged")

@@ -1,0 +1,119 @@
+"""``fedfunc silo add | list | disable | remove`` (an admin, through the HTTP API of a running host) and
+``fedfunc silo policy`` (a local silo's owner, with the silo's own key)."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+silo_app = typer.Typer(no_args_is_help=True, help="Onboard, list, disable and remove silos; a silo owner's policy.")
+
+HOST = typer.Option("http://127.0.0.1:7071", "--host", envvar="FEDFUNC_HOST", help="the Function App / fedfunc host")
+API_KEY = typer.Option(..., "--api-key", envvar="FEDFUNC_API_KEY", help="an admin API key (FEDFUNC_API_KEYS)")
+
+
+def _call(method: str, host: str, api_key: str, path: str, body: dict | None = None) -> dict:
+    import httpx
+
+    try:
+        r = httpx.request(method, f"{host.rstrip('/')}/api/{path}", json=body, headers={"x-api-key": api_key},
+                          timeout=30)
+    except httpx.HTTPError as e:
+        console.print(f"[red]cannot reach {host}: {e}[/]")
+        raise typer.Exit(2) from None
+    data = r.json() if r.headers.get("content-type", "").startswith("application/json") else {"message": r.text}
+    if r.status_code >= 400:
+        console.print(f"[red]{method} /api/{path} → {r.status_code}[/] {data.get('message') or data}")
+        raise typer.Exit(1)
+    return data
+
+
+def _public_key_b64(value: str) -> str:
+    from fedfunc.security.keys import load_public, public_b64
+    try:
+        return public_b64(load_public(value))
+    except (ValueError, OSError) as e:
+        raise typer.BadParameter(f"--trust-signer {value!r}: {e}") from None
+
+
+@silo_app.command("add")
+def add(
+    name: str = typer.Argument(...),
+    compute: str = typer.Option("local", "--compute"),
+    trust_signer: list[str] = typer.Option([], "--trust-signer", help="scientist public key (.pub file or base64)"),
+    allow_task: list[str] = typer.Option([], "--allow-task"),
+    max_rounds_per_day: Optional[int] = typer.Option(None, "--max-rounds-per-day"),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="follow onboarding until ready or failed"),
+    host: str = HOST, api_key: str = API_KEY,
+) -> None:
+    """Onboard a silo. The policy options are a proposal for a new silo; an existing silo policy wins."""
+    policy = {"trusted_signers": [_public_key_b64(k) for k in trust_signer], "allowed_tasks": allow_task,
+              "max_rounds_per_day": max_rounds_per_day}
+    started = time.monotonic()
+    _call("POST", host, api_key, "silos", {"name": name, "compute": compute, "policy": policy})
+    if not wait:
+        console.print(f"onboarding of [bold]{name}[/] started; follow it with GET /api/silos/{name}/onboarding")
+        return
+    with console.status(f"onboarding {name}") as status:
+        while True:
+            state = _call("GET", host, api_key, f"silos/{name}/onboarding")
+            status.update(f"onboarding {name}: {state.get('step') or state['runtime_status']}")
+            if state["runtime_status"] in ("Completed", "Failed", "Terminated"):
+                break
+            time.sleep(0.3)
+    if state["runtime_status"] != "Completed":
+        console.print(f"[red]onboarding {name} failed[/]: {state.get('error') or state.get('output')}")
+        raise typer.Exit(1)
+    console.print(f"silo [bold]{name}[/] is ready ({time.monotonic() - started:.1f} s); it trains from the next round")
+
+
+@silo_app.command("list")
+def list_(host: str = HOST, api_key: str = API_KEY) -> None:
+    """The silo registry."""
+    silos = _call("GET", host, api_key, "silos")["silos"]
+    table = Table(title=f"{len(silos)} silos")
+    for col in ("name", "status", "compute", "account", "trusted signers", "updated"):
+        table.add_column(col)
+    for s in silos:
+        table.add_row(s["name"], s["status"], s["compute"], s["account"], ", ".join(s["trusted_signers"]),
+                      s["updated_at"][:19])
+    console.print(table)
+
+
+@silo_app.command("disable")
+def disable(name: str, host: str = HOST, api_key: str = API_KEY) -> None:
+    """Leave a silo out from the next round on."""
+    _call("POST", host, api_key, f"silos/{name}/disable")
+    console.print(f"silo [bold]{name}[/] disabled")
+
+
+@silo_app.command("remove")
+def remove(name: str, host: str = HOST, api_key: str = API_KEY) -> None:
+    """Remove a silo from the registry."""
+    _call("DELETE", host, api_key, f"silos/{name}")
+    console.print(f"silo [bold]{name}[/] removed")
+
+
+@silo_app.command("policy")
+def policy(
+    name: str = typer.Argument(...),
+    local_home: Path = typer.Option(Path(".fedfunc"), "--local-home", envvar="FEDFUNC_LOCAL_HOME"),
+    set_: Optional[Path] = typer.Option(None, "--set", exists=True, dir_okay=False,
+                                        help="replace the policy with this JSON file"),
+) -> None:
+    """Show or set a local silo's policy, as its owner: with the silo's own key, not through the orchestrator."""
+    from fedfunc.security.policy import SiloPolicy, parse_policy, write_policy
+    from fedfunc.silo.home import read_credentials, silo_home
+    from fedfunc.silo.io import BlobSiloIO
+
+    creds = read_credentials(silo_home(local_home, name))
+    if set_ is not None:
+        write_policy(creds.connection_string, SiloPolicy.model_validate_json(set_.read_text()), replace=True)
+    current = parse_policy(BlobSiloIO(creds.connection_string, creds.models_sas).read_policy())
+    typer.echo(json.dumps(current.model_dump(mode="json"), indent=2))

@@ -1,0 +1,81 @@
+"""The security and silo commands as a new user runs them: keygen, sign, audit, silo add/list/disable/remove."""
+import json
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from fedfunc.cli import _register, app
+from fedfunc.security import keys
+from fedfunc.security.audit import AuditLog
+from fedfunc.security.bundle import SignedBundle, verify_bundle
+from fedfunc.storage import table_service
+
+runner = CliRunner()
+_register()
+
+
+def fedfunc(*args, env=None):
+    return runner.invoke(app, [str(a) for a in args], env=env)
+
+
+def test_keygen_and_sign(tmp_path):
+    r = fedfunc("keygen", tmp_path / "ada")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "ada.pem").exists() and (tmp_path / "ada.pub").exists()
+    assert fedfunc("keygen", tmp_path / "ada").exit_code != 0  # never overwrites a private key
+    r = fedfunc("sign", "--task", "digits", "--key", tmp_path / "ada.pem", "--out", tmp_path / "bundle.json")
+    assert r.exit_code == 0, r.output
+    signed = SignedBundle.model_validate_json((tmp_path / "bundle.json").read_text())
+    pub = keys.load_public(tmp_path / "ada.pub")
+    assert verify_bundle(signed, [keys.public_b64(pub)]).task == "digits"
+    assert signed.bundle.config["hyperparams"]["epochs"] >= 1
+    r = fedfunc("sign", "--task", "nope", "--key", tmp_path / "ada.pem", "--out", tmp_path / "b2.json")
+    assert r.exit_code != 0 and "unknown task" in r.output
+
+
+def test_audit_lists_and_filters(azurite):
+    conn = azurite.orchestrator.connection_string
+    log = AuditLog.create(table_service(conn))
+    log.record("ticket_issued", run="cli-run", round=0, silo="alpha", code_hash="ab" * 8)
+    log.record("job_refused", run="cli-run", round=0, silo="beta", rule="ticket.signature")
+    r = fedfunc("audit", "--run", "cli-run", "--kind", "job_refused", "--json", env={"FEDFUNC_STORAGE": conn})
+    assert r.exit_code == 0, r.output
+    events = json.loads(r.output)
+    assert [(e["silo"], e["detail"]["rule"]) for e in events] == [("beta", "ticket.signature")]
+    r = fedfunc("audit", "--run", "cli-run", "--since", "1h", env={"FEDFUNC_STORAGE": conn})
+    assert r.exit_code == 0 and "audit trail (2 entries)" in r.output
+    assert fedfunc("audit", "--since", "yesterday", env={"FEDFUNC_STORAGE": conn}).exit_code != 0
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    from fedfunc.devstack import DevStack
+    with DevStack(tmp_path_factory.mktemp("clistack")) as s:
+        yield s
+
+
+def test_silo_commands_against_a_running_host(stack):
+    host = ["--host", stack.host.origin]
+    admin, scientist = ["--api-key", stack.admin_key], ["--api-key", stack.scientist_key]
+    pub = keys.public_b64(stack.scientist_signing_key.public_key())
+    started = time.monotonic()
+    r = fedfunc("silo", "add", "cli-four", "--trust-signer", pub, "--allow-task", "digits", *host, *admin)
+    onboard_s = time.monotonic() - started
+    assert r.exit_code == 0, r.output
+    assert "is ready" in r.output
+    print(f"onboarding a local silo end to end through the CLI: {onboard_s:.2f} s")
+    r = fedfunc("silo", "list", *host, *scientist)
+    assert r.exit_code == 0 and "cli-four" in r.output and "ready" in r.output
+    r = fedfunc("silo", "add", "cli-five", *host, *scientist)
+    assert r.exit_code == 1 and "403" in r.output and "needs role admin" in r.output
+    r = fedfunc("silo", "list", *host, "--api-key", "nobody")
+    assert r.exit_code == 1 and "401" in r.output
+    assert fedfunc("silo", "disable", "cli-four", *host, *admin).exit_code == 0
+    assert "disabled" in fedfunc("silo", "list", *host, *admin).output
+    r = fedfunc("silo", "policy", "cli-four", "--local-home", stack.home)
+    assert r.exit_code == 0 and json.loads(r.output)["allowed_tasks"] == ["digits"]
+    assert fedfunc("silo", "remove", "cli-four", *host, *admin).exit_code == 0
+    assert "cli-four" not in fedfunc("silo", "list", *host, *admin).output
+    r = fedfunc("silo", "disable", "cli-four", *host, *admin)
+    assert r.exit_code == 1 and "unknown silo 'cli-four'" in r.output
