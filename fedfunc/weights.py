@@ -91,6 +91,27 @@ def _is_tensor_entry(entry: object) -> bool:
             and ints(entry.get("data_offsets")) and len(entry["data_offsets"]) == 2)
 
 
+def _tensor_views(data: bytes, header: Mapping[str, dict]) -> dict[str, np.ndarray]:
+    """Read-only arrays viewing ``data`` (no copy), after the layout checks safetensors itself makes:
+    each tensor's byte range matches its shape × dtype, and the ranges tile the data section exactly."""
+    start = _HEADER_LEN_BYTES + struct.unpack("<Q", data[:_HEADER_LEN_BYTES])[0]
+    end_of_previous = 0
+    views = {}
+    for name, entry in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"]):
+        begin, end = entry["data_offsets"]
+        dtype = np.dtype(_ST_TO_NUMPY[entry["dtype"]]).newbyteorder("<")
+        count = math.prod(entry["shape"])
+        if begin != end_of_previous or end - begin != count * dtype.itemsize or start + end > len(data):
+            raise UpdateRejected("not_safetensors", f"data_offsets {[begin, end]} do not tile the "
+                                 f"{len(data) - start}-byte data section for {count} × {dtype.itemsize} bytes", name)
+        views[name] = np.frombuffer(data, dtype=dtype, count=count, offset=start + begin).reshape(entry["shape"])
+        end_of_previous = end
+    if start + end_of_previous != len(data):
+        raise UpdateRejected("not_safetensors", f"data section is {len(data) - start} bytes, tensors cover "
+                             f"{end_of_previous}")
+    return views
+
+
 def _load_tensors(data: bytes) -> dict[str, np.ndarray]:
     try:
         return _st_load(data if isinstance(data, bytes) else bytes(data))
@@ -131,7 +152,10 @@ class ModelManifest:
 
 @dataclass(frozen=True)
 class ValidatedUpdate:
-    """An update that passed every rule. ``arrays`` and ``num_samples`` are what aggregation reads."""
+    """An update that passed every rule. ``arrays`` and ``num_samples`` are what aggregation reads.
+
+    ``arrays`` are read-only views of the validated bytes (no copy: one blob in memory per update).
+    """
 
     arrays: dict[str, np.ndarray]
     num_samples: int
@@ -164,7 +188,7 @@ def validate_update(
     header, metadata = read_header(data)
     num_samples = _check_metadata(metadata, expected)
     _check_header_matches(header, manifest)
-    arrays = _load_tensors(data)
+    arrays = _tensor_views(data, header)
     _check_values(arrays, global_arrays, max_norm)
     return ValidatedUpdate(arrays, num_samples, metadata)
 

@@ -29,23 +29,33 @@ class FedAvg(Strategy):
         acc = {k: np.zeros(np.shape(a), dtype=np.float64) for k, a in global_arrays.items()}
         scratch = np.empty(CHUNK, dtype=np.float64)
         total = 0
-        for count, update in enumerate(updates, start=1):
-            n = int(update.num_samples)
-            if n < 1:
-                raise ValueError(f"update {count}: num_samples={n} must be a positive integer")
-            if update.arrays.keys() != acc.keys():
-                diff = sorted(update.arrays.keys() ^ acc.keys())
-                raise ValueError(f"update {count}: tensor names differ from the global model: {diff[:5]}")
-            for name, a in update.arrays.items():
-                if np.shape(a) != acc[name].shape:
-                    raise ValueError(f"update {count}: tensor {name!r} has shape {np.shape(a)}, "
-                                     f"the global model {acc[name].shape}")
-                _add_scaled(acc[name].reshape(-1), np.asarray(a).reshape(-1), n, scratch)
-            total += n
-            del update  # before pulling the next one, so at most one update is alive
+        count = 0
+        # No enumerate(): it caches its last (index, item) tuple, keeping the previous update alive
+        # while the next one is read. ``del`` drops ours for the same reason.
+        for update in updates:
+            count += 1
+            total += _accumulate(acc, update, count, scratch)
+            del update
         if total == 0:
             raise ValueError("FedAvg needs at least one update")
-        return {k: _cast(np.divide(acc[k], total, out=acc[k]), global_arrays[k].dtype) for k in acc}
+        # pop: each float64 sum is freed as soon as its mean is cast, so the peak stays at the accumulator.
+        return {k: _mean(acc.pop(k), total, global_arrays[k].dtype) for k in list(acc)}
+
+
+def _accumulate(acc: dict[str, np.ndarray], update: ClientUpdate, count: int, scratch: np.ndarray) -> int:
+    """acc += num_samples · update, tensor by tensor; returns num_samples. Names and shapes must match."""
+    n = int(update.num_samples)
+    if n < 1:
+        raise ValueError(f"update {count}: num_samples={n} must be a positive integer")
+    if update.arrays.keys() != acc.keys():
+        diff = sorted(update.arrays.keys() ^ acc.keys())
+        raise ValueError(f"update {count}: tensor names differ from the global model: {diff[:5]}")
+    for name, a in update.arrays.items():
+        if np.shape(a) != acc[name].shape:
+            raise ValueError(f"update {count}: tensor {name!r} has shape {np.shape(a)}, "
+                             f"the global model {acc[name].shape}")
+        _add_scaled(acc[name].reshape(-1), np.asarray(a).reshape(-1), n, scratch)
+    return n
 
 
 def _add_scaled(acc: np.ndarray, a: np.ndarray, n: int, scratch: np.ndarray) -> None:
@@ -56,6 +66,7 @@ def _add_scaled(acc: np.ndarray, a: np.ndarray, n: int, scratch: np.ndarray) -> 
         acc[start:start + CHUNK] += part
 
 
-def _cast(mean: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Back to the model's dtype; integer buffers (e.g. step counters) are rounded, not truncated."""
-    return (np.rint(mean) if np.issubdtype(dtype, np.integer) else mean).astype(dtype)
+def _mean(weighted_sum: np.ndarray, total: int, dtype: np.dtype) -> np.ndarray:
+    """Sum / total in the model's dtype; integer buffers (e.g. step counters) are rounded, not truncated."""
+    mean = np.divide(weighted_sum, total, out=weighted_sum)
+    return (np.rint(mean, out=mean) if np.issubdtype(dtype, np.integer) else mean).astype(dtype)

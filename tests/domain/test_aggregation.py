@@ -107,6 +107,9 @@ def test_streaming_memory_does_not_grow_with_update_count():
     peak2, peak8 = _peak_bytes(2, size), _peak_bytes(8, size)
     # Six more updates must not add even half an update's bytes (holding them would add 24 MB).
     assert peak8 - peak2 < size * 4 / 2, (peak2, peak8)
+    # And at most one update is alive at a time: float64 accumulator + scratch + one update (+ slack).
+    from fedfunc.aggregation.fedavg import CHUNK
+    assert peak8 < size * 8 + CHUNK * 8 + 1.5 * size * 4, peak8
 
 
 def test_registry():

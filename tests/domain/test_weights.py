@@ -112,6 +112,35 @@ def test_data_offsets_beyond_buffer_are_rejected_on_load():
     assert rejected(good[:-4]).rule == "not_safetensors"
 
 
+def _tamper_header(data: bytes, change) -> bytes:
+    """Rewrite an encoded file's header (same tensor bytes) with ``change(header)`` applied."""
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    change(header)
+    raw = json.dumps(header).encode()
+    return struct.pack("<Q", len(raw)) + raw + data[8 + n:]
+
+
+@pytest.mark.parametrize("change", [
+    lambda h: h["b"].update(data_offsets=[h["b"]["data_offsets"][0], h["b"]["data_offsets"][1] - 4]),  # short
+    lambda h: h["w"].update(data_offsets=[0, 8]),  # overlaps b / leaves a gap
+    lambda h: h["b"].update(data_offsets=[h["b"]["data_offsets"][0] + 4, h["b"]["data_offsets"][1] + 4]),  # past end
+])
+def test_tensor_byte_ranges_must_tile_the_data(change):
+    e = rejected(_tamper_header(blob(), change))
+    assert e.rule == "not_safetensors"
+
+
+def test_trailing_bytes_are_rejected():
+    e = rejected(blob() + b"\0" * 8)
+    assert e.rule == "not_safetensors" and "cover" in str(e)
+
+
+def test_validated_arrays_are_read_only_views():
+    v = validate_update(blob(), MANIFEST, expected=EXPECTED)
+    assert not v.arrays["w"].flags.writeable
+
+
 def test_oversized_update_rejected_before_parsing():
     e = rejected(b"\xff" * 100 + blob(), max_bytes=100)
     assert e.rule == "size" and "100-byte bound" in str(e)
