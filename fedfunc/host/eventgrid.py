@@ -68,6 +68,9 @@ class Subscription:
 def parse_subscription(name: str, body: dict, app: App) -> Subscription:
     if not isinstance(body, dict):
         raise SubscriptionError("subscription body must be a JSON object")
+    if name.startswith("blobtrigger-") or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}", name):
+        raise SubscriptionError(f"subscription name {name!r}: use letters, digits, '_', '.', ':', '-' "
+                                "(names starting 'blobtrigger-' are the host's own)")
     for key in ("function", "connection", "container"):
         if not isinstance(body.get(key), str) or not body[key]:
             raise SubscriptionError(f"field '{key}' is required (a non-empty string)")
@@ -176,9 +179,13 @@ class EventGrid:
         web_app.router.add_delete(WEBHOOK + "/subscriptions/{name}", self.delete_route)
 
     async def start(self) -> None:
-        for f in self.app.of_type("blobTrigger"):
-            if f.trigger.get("source") == "EventGrid" and not f.disabled:
-                self.put(blob_trigger_subscription(f))
+        wanted = {f"blobtrigger-{f.name}": f for f in self.app.of_type("blobTrigger")
+                  if f.trigger.get("source") == "EventGrid" and not f.disabled}
+        for sub, _ in self.all():
+            if sub.name.startswith("blobtrigger-") and sub.name not in wanted:
+                self.delete(sub.name)  # the app no longer has (or disabled) that blob trigger
+        for f in wanted.values():
+            self.put(blob_trigger_subscription(f))
         from fedfunc.host import subscriptions
         subscriptions.ACTIVE = self
         self._tasks = [background(self._watch(), "event grid watcher"), background(self._deliver(), "event grid delivery")]
