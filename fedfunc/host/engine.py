@@ -265,7 +265,7 @@ class Engine:
         instance_id, execution = inst["id"], inst["execution"]
         new_events = [e for _, e in batch]
         scheduled: list[dict] = []
-        work: list[tuple] = []  # ("activity", task_id, name, input) | ("sub", child_id) | ("timer",)
+        work: list[tuple] = []  # ("activity", id, name, input) | ("sub", id, name, input, child) | ("timer", id, fire_at)
         if len(new_events) == 1 and self._is_retry_event(new_events[0], engine):
             self._retry_step(new_events[0], engine, scheduled, work)
         started = next((e for e in history + new_events if e["EventType"] == ev.EXECUTION_STARTED), {})
