@@ -1,0 +1,140 @@
+"""The added cost per silo job of the lock-down: ticket issue/verify, bundle signature + installed-code
+hash, policy, egress validation, and the silo's storage round trips (policy read, audit trail read and
+appends) — next to the job's own training time on the digits task for scale.
+
+CPU checks are timed in-process (median of N repetitions); the storage part runs against a fresh
+Azurite with one provisioned silo, through the same ``admit`` the silo runner calls.
+Run: .venv/bin/python bench/security_overhead.py  (≈15 s; Azurite from `make install`)
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from fedfunc import layout
+from fedfunc.backends import Hyperparams, SiloJobRequest
+from fedfunc.security import keys
+from fedfunc.security.audit import AuditLog, SiloAuditTrail
+from fedfunc.security.bundle import build_bundle, check_installed_code, check_request, sign_bundle, verify_bundle
+from fedfunc.security.egress import check_egress
+from fedfunc.security.policy import SiloPolicy, enforce, parse_policy
+from fedfunc.security.tickets import issue_ticket, verify_ticket
+from fedfunc.silo.runner import package, train
+from fedfunc.tasks import get_task
+from fedfunc.weights import ModelManifest, model_to_arrays
+
+HP = Hyperparams(epochs=1, lr=0.05, batch_size=32)
+ADMIT = "silo: admit() = CPU checks + policy & trail reads"
+APPEND = "silo: audit trail append (one line)"
+RECORD = "orchestrator: audit table entry"
+
+
+def median_ms(fn, n: int) -> float:
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1e3
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=200)
+    ap.add_argument("--samples", type=int, default=300, help="training samples of the reference job")
+    args = ap.parse_args()
+
+    orch, sci = keys.generate(), keys.generate()
+    signed = sign_bundle(build_bundle("digits", {"hyperparams": HP.model_dump()}), sci)
+    policy = SiloPolicy(silo="alpha", orchestrator_keys=[keys.public_b64(orch.public_key())],
+                        trusted_signers=[keys.public_b64(sci.public_key())], allowed_tasks=["digits"],
+                        max_rounds_per_day=100)
+    raw_policy = policy.model_dump_json().encode()
+    task = get_task("digits")
+    global_arrays = model_to_arrays(task.build_model(seed=0))
+    ds = task.load_dataset()
+    x, y = ds.x_train[:args.samples], ds.y_train[:args.samples]
+    ticket_args = dict(run="bench", round=1, silo="alpha", code_hash=signed.code_hash, nonce="n")
+    request = SiloJobRequest(run_id="bench", round=1, silo="alpha", nonce="n", task="digits", hyperparams=HP,
+                             model_url="http://x/m", model_sha256="0" * 64,
+                             outbox_prefix=layout.outbox_prefix("bench", 1, "alpha"),
+                             ticket=issue_ticket(orch, **ticket_args), bundle=signed.model_dump(mode="json"))
+    arrays, metrics = train(request, global_arrays, x, y)
+    artifacts = package(request, arrays, metrics)
+    manifest = ModelManifest.from_arrays(global_arrays)
+    expected = {"run": "bench", "round": 1, "silo": "alpha", "nonce": "n"}
+    n = args.repeat
+
+    rows = [
+        ("orchestrator: issue ticket", median_ms(lambda: issue_ticket(orch, **ticket_args), n)),
+        ("silo: parse policy + enforce", median_ms(lambda: enforce(parse_policy(raw_policy), request, 0), n)),
+        ("silo: verify bundle signature", median_ms(lambda: verify_bundle(request.bundle, policy.trusted_signers), n)),
+        ("silo: check request vs signed config", median_ms(lambda: check_request(signed.bundle, request), n)),
+        ("silo: hash installed code vs bundle", median_ms(lambda: check_installed_code(signed.bundle), n)),
+        ("silo: verify ticket", median_ms(lambda: verify_ticket(request.ticket, policy.orchestrator_keys,
+                                                               silo="alpha", run="bench", round=1,
+                                                               code_hash=signed.code_hash, nonce="n"), n)),
+        ("silo: egress check (update + metrics)", median_ms(lambda: check_egress(artifacts, manifest=manifest,
+                                                                                   expected=expected), n)),
+    ]
+    cpu_total = sum(ms for name, ms in rows if name.startswith("silo"))
+    train_ms = median_ms(lambda: train(request, global_arrays, x, y), 5)
+    startup_ms = median_ms(lambda: subprocess.run([sys.executable, "-c", "import fedfunc.silo.runner, fedfunc.tasks"],
+                                                  check=True), 3)
+    storage = dict(storage_round_trips(orch, sci, n=20))
+
+    print(f"security overhead per silo job (median of {n}; digits MLP, {sum(a.size for a in arrays.values())} "
+          f"parameters, update {len(artifacts[layout.UPDATE])} bytes)")
+    for name, ms in rows:
+        print(f"  {name:<44} {ms:8.3f} ms")
+    print(f"  {'silo CPU checks, total':<44} {cpu_total:8.3f} ms")
+    for name, ms in storage.items():
+        print(f"  {name:<44} {ms:8.3f} ms")
+    egress_ms = dict(rows)["silo: egress check (update + metrics)"]
+    added = storage[ADMIT] + egress_ms + 3 * storage[APPEND]
+    print(f"added per silo job: admit + egress + 3 trail appends = {added:.1f} ms; per round on the orchestrator: "
+          f"{dict(rows)['orchestrator: issue ticket'] + storage[RECORD]:.1f} ms per silo (ticket + audit entry)")
+    print(f"for scale: a silo job process starts in {startup_ms:.0f} ms (Python + torch + task imports); "
+          f"training {args.samples} samples for 1 epoch takes {train_ms:.1f} ms")
+
+
+def storage_round_trips(orch, sci, n: int) -> list[tuple[str, float]]:
+    """``admit`` against a real silo account (policy blob + trail read), and one trail append."""
+    from fedfunc.azurite import Azurite
+    from fedfunc.silo.home import read_credentials, silo_home
+    from fedfunc.silo.io import BlobSiloIO
+    from fedfunc.silo.local import provision_local_silo
+    from fedfunc.silo.runner import admit
+    from fedfunc.storage import table_service
+
+    with tempfile.TemporaryDirectory() as tmp, Azurite(Path(tmp) / "azurite") as az:
+        policy = SiloPolicy(silo="alpha", orchestrator_keys=[keys.public_b64(orch.public_key())],
+                            trusted_signers=[keys.public_b64(sci.public_key())], allowed_tasks=["digits"],
+                            max_rounds_per_day=1000)
+        provision_local_silo("alpha", azurite_home=az.location, orchestrator_conn=az.orchestrator.connection_string,
+                             home_root=Path(tmp) / "home", initial_policy=policy)
+        creds = read_credentials(silo_home(Path(tmp) / "home", "alpha"))
+        io = BlobSiloIO(creds.connection_string, creds.models_sas)
+        signed = sign_bundle(build_bundle("digits", {"hyperparams": HP.model_dump()}), sci)
+        trail = SiloAuditTrail(io.outbox, "alpha")
+        request = SiloJobRequest(run_id="bench", round=1, silo="alpha", nonce="n", task="digits", hyperparams=HP,
+                                 model_url="http://x/m", model_sha256="0" * 64,
+                                 outbox_prefix=layout.outbox_prefix("bench", 1, "alpha"),
+                                 ticket=issue_ticket(orch, run="bench", round=1, silo="alpha",
+                                                     code_hash=signed.code_hash, nonce="n"),
+                                 bundle=signed.model_dump(mode="json"))
+        for i in range(n):  # a trail with n earlier jobs today
+            trail.append("job_started", run="bench", round=i + 2, job=f"bench-r{i + 2}-alpha")
+        audit = AuditLog.create(table_service(az.orchestrator.connection_string))
+        return [(ADMIT, median_ms(lambda: admit(request, io, trail), n)),
+                (APPEND, median_ms(lambda: trail.append("job_started", run="bench", round=1, job=request.job_key), n)),
+                (RECORD, median_ms(lambda: audit.record("ticket_issued", run="bench", round=1, silo="alpha"), n))]
+
+
+if __name__ == "__main__":
+    main()
