@@ -2,8 +2,8 @@
 
 Only safetensors is used (a JSON header plus raw little-endian buffers), so reading an update
 can never execute code the way pickle / ``torch.load`` can. Updates come from silos, which the
-orchestrator does not fully trust: ``validate_update`` checks size and header before any tensor
-is loaded, then values, norm and the round's identity, and says which rule failed on which tensor.
+orchestrator does not fully trust: ``validate_update`` checks size, header and the round's identity
+before any tensor is read, then values and norm, and says which rule failed on which tensor.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as _st_load
 from safetensors.numpy import save as _st_save
 
-# safetensors dtype codes <-> numpy dtype names (the subset numpy can represent).
+# safetensors dtype codes → numpy dtype names (the subset numpy can represent).
 _ST_TO_NUMPY = {
     "F64": "float64", "F32": "float32", "F16": "float16",
     "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8",
