@@ -92,8 +92,15 @@ def _run_view(status: df.DurableOrchestrationStatus) -> dict:
         "run": status.instance_id, "runtime_status": status.runtime_status.value if status.runtime_status else None,
         "created": status.created_time, "updated": status.last_updated_time,
         "phase": custom.get("phase"), "round": custom.get("round"), "rounds": custom.get("rounds"),
-        "metrics": custom.get("metrics"), "error": custom.get("error"),
+        "metrics": custom.get("metrics"), "error": _error(status),
     }
+
+
+def _error(status: df.DurableOrchestrationStatus) -> str | None:
+    """Why a run failed: the orchestration's failure output (the round's reason is in it)."""
+    if status.runtime_status and status.runtime_status.value == "Failed":
+        return str(status.output)
+    return (status.custom_status or {}).get("error")
 
 
 @bp.route(route="runs", methods=["GET"])

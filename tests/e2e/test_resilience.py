@@ -1,0 +1,90 @@
+"""Failures a real deployment meets: crashing silos, too few silos, the host killed mid-run, silos coming and going."""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from fedfunc import layout
+from fedfunc.devstack import TERMINAL
+
+
+def wait_round(stack, run, round_, phase="collecting", timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = stack.run_status(run)
+        current = status.get("current_round") or {}
+        if current.get("round") == round_ and current.get("phase") == phase:
+            return status
+        if status["runtime_status"] in TERMINAL:
+            raise AssertionError(f"run ended before round {round_} was {phase}: {status}")
+        time.sleep(0.1)
+    raise TimeoutError(f"round {round_} of {run} not {phase} within {timeout}s")
+
+
+@pytest.fixture(scope="module")
+def broken_silo(stack):
+    """A silo whose data is not a valid partition: its job fails and says why."""
+    stack.add_silo("site-broken")
+    stack.upload_data("site-broken", "digits", np.zeros((5, 3), np.float32), np.zeros(5, np.int64))
+    return "site-broken"
+
+
+def test_crashing_silo_is_reported_and_round_goes_on_at_quorum(stack, spec, broken_silo):
+    run = stack.start_run(spec(silos=["site-1", "site-2", broken_silo], quorum=0.6, run_id="e2e-quorum"))
+    status = stack.wait_run(run, timeout=300)
+    assert status["runtime_status"] == "Completed", status
+    silos = status["history"][0]["silos"]
+    assert silos["site-1"]["state"] == silos["site-2"]["state"] == "received"
+    assert silos[broken_silo]["state"] == "failed"
+    assert "shape" in silos[broken_silo]["reason"] or "data" in silos[broken_silo]["reason"]
+
+
+def test_below_quorum_fails_clearly_and_keeps_last_good_model(stack, spec, broken_silo):
+    run = stack.start_run(spec(silos=["site-1", broken_silo], quorum=1.0, run_id="e2e-below-quorum"))
+    status = stack.wait_run(run, timeout=300)
+    assert status["runtime_status"] == "Failed"
+    assert "quorum needs 2" in status["error"] and broken_silo in status["error"]
+    report = json.loads(stack.download(layout.RUNS, layout.report(run, "json")))
+    assert report["status"] == "failed" and report["model"]["path"] == layout.global_model(run, 0)
+    with pytest.raises(Exception):
+        stack.download(layout.MODELS, layout.global_model(run, 1))
+
+
+def test_kill_9_host_mid_run_finishes_with_each_round_aggregated_once(stack, spec):
+    run = stack.start_run(spec(rounds=3, run_id="e2e-kill", checkpoint_every=2))
+    wait_round(stack, run, 1)
+    stack.host.kill()
+    stack.host.start(timeout=60)
+    status = stack.wait_run(run, timeout=300)
+    assert status["runtime_status"] == "Completed", status
+    assert [r["round"] for r in status["history"]] == [0, 1, 2]
+    for r in range(3):
+        record = json.loads(stack.download(layout.RUNS, layout.aggregate_record(run, r)))
+        assert record["model"]["path"] == layout.global_model(run, r + 1)
+        assert len(record["accepted"]) == 3
+    final = status["output"]["model"]
+    assert final["path"] == layout.global_model(run, 3)
+
+
+def test_disabled_silo_leaves_and_new_silo_joins_from_next_round(stack, spec, digits):
+    run = stack.start_run(spec(silos="all", rounds=2, run_id="e2e-membership"))
+    first = wait_round(stack, run, 0)
+    assert set(first["current_round"]["missing"]) | set(first["current_round"]["received"]) >= {"site-1", "site-2", "site-3"}
+    stack.api("POST", "/api/silos/site-3/disable", role="admin")
+    stack.add_silo("site-4")
+    stack.upload_data("site-4", "digits", digits.x_train[:300], digits.y_train[:300])
+    status = stack.wait_run(run, timeout=300)
+    try:
+        assert status["runtime_status"] == "Completed", status
+        round0, round1 = (set(r["silos"]) for r in status["history"])
+        assert "site-3" in round0 and "site-4" not in round0
+        assert "site-4" in round1 and "site-3" not in round1
+        assert status["history"][1]["silos"]["site-4"]["state"] == "received"
+    finally:
+        stack.api("DELETE", "/api/silos/site-4", role="admin")
+        stack.api("POST", "/api/silos", {"name": "site-3", "compute": "local", "policy": stack.silo_policy()},
+                  role="admin")
+        stack.add_silo("site-3")
