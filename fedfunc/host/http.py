@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import azure.functions as func
 from aiohttp import web
+from multidict import CIMultiDict
 
 from fedfunc.host.app_loader import App, Function
 from fedfunc.host.invoke import Invoker, logged
@@ -114,7 +115,7 @@ def to_aiohttp(result) -> web.Response:
     if result is None:
         return web.Response(status=204)
     if isinstance(result, func.HttpResponse):
-        headers = {k: v for k, v in result.headers.items()}
+        headers = CIMultiDict(result.headers.items())
         headers.setdefault("Content-Type", result.mimetype + (f"; charset={result.charset}" if result.charset else ""))
         return web.Response(status=result.status_code, body=result.get_body(), headers=headers)
     if isinstance(result, (bytes, str)):

@@ -18,6 +18,11 @@ def test_request_and_response_mapping(features):
     assert requests.get(features.url("/api/echo/ann")).json()["route"] == {"name": "ann"}
 
 
+def test_response_content_type_is_not_duplicated(features):
+    r = requests.get(features.url("/api/typed"))
+    assert r.raw.headers.getlist("Content-Type") == ["text/html"] and r.text == "<p>hi</p>"
+
+
 def test_route_constraints_methods_and_unknown_paths(features):
     assert requests.get(features.url("/api/echo/bob/notint")).status_code == 404
     assert requests.delete(features.url("/api/echo/bob")).status_code == 405

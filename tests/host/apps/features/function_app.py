@@ -239,3 +239,8 @@ async def raise_from_event(event: func.EventGridEvent, client: df.DurableOrchest
     """The FL app's pattern: an Event Grid event becomes a raise_event on an orchestration."""
     data = event.get_json()
     await client.raise_event(data["instance"], "go", {"subject": event.subject})
+
+
+@app.route(route="typed")
+def typed(req: func.HttpRequest) -> func.HttpResponse:
+    return func.HttpResponse("<p>hi</p>", headers={"content-type": "text/html"})
