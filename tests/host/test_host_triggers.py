@@ -151,3 +151,22 @@ def test_event_grid_function_with_durable_client_raises_an_event(features):
                       json=[event], headers=KEY)
     assert r.status_code == 200, r.text
     assert finished(payload)["output"] == {"event": {"subject": "/runs/x/update.safetensors"}}
+
+
+def test_subscription_with_account_url_and_sas_token(features, azurite):
+    from datetime import datetime, timedelta, timezone
+
+    from azure.storage.blob import AccountSasPermissions, ResourceTypes, generate_account_sas
+    account = azurite.silo_accounts[5]
+    upload(account, "sas", "seed", b"")
+    sas = generate_account_sas(account.name, account.key, ResourceTypes(service=True, container=True, object=True),
+                               AccountSasPermissions(read=True, list=True),
+                               expiry=datetime.now(timezone.utc) + timedelta(hours=1))
+    time.sleep(1.1)
+    spec = {"function": "on_event", "connection": f"{account.blob_url}?{sas}", "container": "sas"}
+    r = requests.put(features.url(f"{SUBS}/by-sas"), json=spec, headers=KEY)
+    assert r.status_code == 200 and "sig=***" in r.json()["connection"]
+    upload(account, "sas", "new.bin", b"abc")
+    got = wait_until(lambda: [e for e in lines(features.out, "on_event") if e["subject"].endswith("/sas/blobs/new.bin")])
+    assert got[0]["topic"].endswith(f"/storageAccounts/{account.name}")
+    assert got[0]["data"]["url"] == f"{account.blob_url}/sas/new.bin"  # no SAS token in the event
