@@ -1,0 +1,122 @@
+"""The issue's "must show", on the real system (Azurite + the Function App on ``fedfunc host`` + local
+silo processes): while a run trains, a fourth silo is added from the CLI and trains from the next round,
+and a forged ticket, an unsigned bundle, a cross-silo write and a scientist calling an admin route are
+each refused with a clear reason — and the run still completes."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from azure.core.exceptions import HttpResponseError
+from azure.storage.blob import BlobServiceClient
+from typer.testing import CliRunner
+
+from fedfunc import layout
+from fedfunc.backends import Hyperparams, SiloJobRequest
+from fedfunc.backends.local import LocalProcessBackend
+from fedfunc.cli import _register, app
+from fedfunc.security import keys
+from fedfunc.security.tickets import issue_ticket
+from fedfunc.silo.home import read_credentials, silo_home
+from fedfunc.tasks import get_task
+from fedfunc.tasks.partition import partition
+from fedfunc.weights import sha256
+
+HP = {"epochs": 1, "lr": 0.05, "batch_size": 16, "seed": 0}
+FIRST = ("lock-1", "lock-2", "lock-3")
+FOURTH = "lock-4"
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    from fedfunc.devstack import DevStack
+
+    ds = get_task("digits").load_dataset()
+    parts = partition(ds.y_train, len(FIRST) + 1, alpha=None, seed=0)
+    with DevStack(tmp_path_factory.mktemp("lockdown")) as s:
+        for silo, idx in zip(FIRST, parts):
+            s.add_silo(silo, policy=s.silo_policy(("digits",)))
+            s.upload_data(silo, "digits", ds.x_train[idx], ds.y_train[idx])
+        s.fourth_partition = (ds.x_train[parts[-1]], ds.y_train[parts[-1]])
+        yield s
+
+
+def _wait_round(stack, run: str, round_: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = stack.run_status(run)
+        if status.get("round") == round_ and status.get("current_round"):
+            return
+        assert status["runtime_status"] not in ("Completed", "Failed"), status
+        time.sleep(0.2)
+    raise TimeoutError(f"round {round_} of {run} did not start")
+
+
+def _attack_request(stack, silo: str, run: str, bundle: dict, ticket: str | None) -> SiloJobRequest:
+    model = stack.download(layout.MODELS, layout.global_model("lockdown-run", 0))
+    return SiloJobRequest(run_id=run, round=0, silo=silo, nonce="n", task="digits", hyperparams=Hyperparams(**HP),
+                          model_url=f"http://127.0.0.1:9/{layout.MODELS}/x", model_sha256=sha256(model),
+                          outbox_prefix=layout.outbox_prefix(run, 0, silo), ticket=ticket, bundle=bundle)
+
+
+def _failed(stack, silo: str, request: SiloJobRequest, timeout: float = 120) -> dict:
+    own = BlobServiceClient.from_connection_string(read_credentials(silo_home(stack.home, silo)).connection_string)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        blob = own.get_blob_client(layout.OUTBOX, request.outbox_prefix + layout.FAILED)
+        if blob.exists():
+            assert not own.get_blob_client(layout.OUTBOX, request.outbox_prefix + layout.UPDATE).exists()
+            return json.loads(blob.download_blob().readall())
+        time.sleep(0.2)
+    raise TimeoutError(f"no failed.json for {request.job_key}")
+
+
+def test_lockdown_while_a_run_goes_on(stack):
+    bundle = stack.signed_bundle("digits", HP)
+    run = stack.start_run({"task": "digits", "silos": "all", "rounds": 3, "round_deadline_s": 240, "bundle": bundle,
+                           "run_id": "lockdown-run"})
+    _wait_round(stack, run, 0)
+
+    # A fourth silo, from the CLI as a new user would, while round 0 trains.
+    _register()
+    pub = keys.public_b64(stack.scientist_signing_key.public_key())
+    r = CliRunner().invoke(app, ["silo", "add", FOURTH, "--trust-signer", pub, "--allow-task", "digits",
+                                 "--host", stack.host.origin, "--api-key", stack.admin_key])
+    assert r.exit_code == 0, r.output
+    stack.upload_data(FOURTH, "digits", *stack.fourth_partition)
+
+    backend = LocalProcessBackend(stack.home)
+    # Forged ticket: someone who can start processes on silo lock-1's compute, without the orchestrator's key.
+    forged = _attack_request(stack, "lock-1", "attack-forged", bundle, None)
+    forged = forged.model_copy(update={"ticket": issue_ticket(keys.generate(), run="attack-forged", round=0,
+                                                             silo="lock-1", code_hash=bundle["code_hash"], nonce="n")})
+    backend.submit(forged)
+    # Unsigned bundle: a valid-looking request that carries no signed code.
+    unsigned = _attack_request(stack, "lock-2", "attack-unsigned", None, "fft1.x.y")
+    backend.submit(unsigned)
+    assert _failed(stack, "lock-1", forged)["rule"] == "ticket.untrusted_issuer"
+    failed = _failed(stack, "lock-2", unsigned)
+    assert failed["rule"] == "bundle.unsigned" and "carries no signed code bundle" in failed["reason"]
+
+    # Cross-silo write: silo lock-1's own key against silo lock-3's outbox.
+    key_of_1 = BlobServiceClient.from_connection_string(
+        read_credentials(silo_home(stack.home, "lock-1")).connection_string).credential
+    url_of_3 = read_credentials(silo_home(stack.home, "lock-3")).connection_string.split("BlobEndpoint=")[1].split(";")[0]
+    with pytest.raises(HttpResponseError) as err:
+        BlobServiceClient(url_of_3, credential=key_of_1).get_blob_client(
+            layout.OUTBOX, layout.outbox_prefix(run, 1, "lock-3") + layout.UPDATE).upload_blob(b"forged")
+    assert err.value.status_code == 403
+
+    # A scientist calling an admin route.
+    body = stack.api("POST", "/api/silos", {"name": "lock-5", "compute": "local"}, role="scientist", expect=(403,))
+    assert body["rule"] == "auth.role" and "needs role admin" in body["message"]
+
+    status = stack.wait_run(run, timeout=600)
+    assert status["runtime_status"] == "Completed", status
+    history = status["history"]
+    assert FOURTH not in history[0]["silos"]
+    assert history[-1]["silos"][FOURTH]["state"] == "received"
+    assert all(o["state"] == "received" for r in history for s, o in r["silos"].items() if s in FIRST)
