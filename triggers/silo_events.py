@@ -13,6 +13,7 @@ import azure.durable_functions as df
 import azure.functions as func
 
 from fedfunc import layout
+from fedfunc.azure.events import job_failure
 from fedfunc.coordinator.services import services
 from fedfunc.protocol import failed_event, round_instance_id, update_event
 from fedfunc.registry import UnknownSilo
@@ -86,5 +87,14 @@ async def raise_to_round(client: df.DurableOrchestrationClient, instance: str, n
 @bp.durable_client_input(client_name="client")
 async def on_update(event: func.EventGridEvent, client: df.DurableOrchestrationClient) -> None:
     routed = route_outbox_event(event)
+    if routed:
+        await raise_to_round(client, *routed)
+
+
+@bp.event_grid_trigger(arg_name="event")
+@bp.durable_client_input(client_name="client")
+async def on_job_status(event: func.EventGridEvent, client: df.DurableOrchestrationClient) -> None:
+    """AML ``RunStatusChanged``: a failed or canceled silo job ends that silo's wait at once."""
+    routed = job_failure(event.event_type, event.get_json() or {})
     if routed:
         await raise_to_round(client, *routed)

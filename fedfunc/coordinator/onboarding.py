@@ -55,9 +55,10 @@ def parse_request(body: object) -> SiloRequest:
 
 
 def validate(svc: Services, request: SiloRequest) -> SiloRequest:
-    backend = svc.settings.job_backend
-    if backend == "local" and request.compute != "local":
-        raise OnboardingError(f"compute: {request.compute!r} — the local backend runs silos on compute 'local'")
+    local = svc.settings.job_backend == "local"
+    if local != (request.compute == "local"):
+        raise OnboardingError(f"compute: {request.compute!r} — the {svc.settings.job_backend} backend "
+                              + ("runs silos on compute 'local'" if local else "needs an AML compute name"))
     try:
         existing = svc.registry.get(request.name)
     except UnknownSilo:
@@ -87,8 +88,8 @@ def provision(svc: Services, request: SiloRequest) -> dict:
         from fedfunc.azure.onboarding import ensure, silo_record
 
         for step in AZURE_PROVISION:
-            ensure(svc.azure_gateway, svc.settings.aml, request.name, step)
-        record = silo_record(svc.settings.aml, request.name, request.policy.trusted_signers)
+            ensure(svc.azure_gateway, svc.settings.aml, request.name, step, compute=request.compute)
+        record = silo_record(svc.settings.aml, request.name, request.policy.trusted_signers, compute=request.compute)
     svc.registry.put(record.model_copy(update={"status": status}))
     return {"account": record.account, "blob_url": record.blob_url}
 
@@ -107,7 +108,8 @@ def grant(svc: Services, request: SiloRequest) -> dict:
         return {"event_subscriptions": [subscription_name(request.name), subscription_name(request.name, layout.DATA)]}
     from fedfunc.azure.onboarding import ensure
 
-    return {step: ensure(svc.azure_gateway, svc.settings.aml, request.name, step) for step in AZURE_GRANT}
+    return {step: ensure(svc.azure_gateway, svc.settings.aml, request.name, step, compute=request.compute)
+            for step in AZURE_GRANT}
 
 
 def subscription_name(silo: str, container: str = layout.OUTBOX) -> str:

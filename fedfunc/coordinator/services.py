@@ -40,6 +40,12 @@ class Services:
         return load_private(self.settings.orchestrator_key)
 
     @cached_property
+    def azure_gateway(self):
+        """The one narrow gateway to Azure (AML jobs, ARM ensure-steps); only with ``FEDFUNC_JOB_BACKEND=aml``."""
+        from fedfunc.azure.gateway import AzureMLGateway
+        return AzureMLGateway.from_settings(self.settings)
+
+    @cached_property
     def backend(self) -> SiloJobBackend:
         if self.settings.job_backend == "aml":
             from fedfunc.backends.aml import backend_from_settings
