@@ -16,7 +16,7 @@ from pathlib import Path
 from fedfunc.backends import SiloJobRequest
 from fedfunc.silo.home import HOME_ENV, silo_home
 
-_PASSTHROUGH = ("PATH", "PYTHONPATH", "VIRTUAL_ENV", "LANG", "LC_ALL", "TZ", "SYSTEMROOT")
+_PASSTHROUGH = ("PATH", "PYTHONPATH", "VIRTUAL_ENV", "LANG", "LC_ALL", "TZ")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -100,3 +100,14 @@ def test_a_hard_crash_of_the_job_still_publishes_failed_json(silo_with_data, own
     assert wait_outbox(service, request.outbox_prefix, (layout.UPDATE, layout.FAILED), 30) == layout.FAILED
     failed = json.loads(_read(service, request.outbox_prefix + layout.FAILED))
     assert "SIGKILL" in failed["reason"]
+
+
+def test_job_environment_holds_only_its_own_silo_home(tmp_path, monkeypatch):
+    """No orchestrator setting, cloud credential or other silo's home reaches a job process."""
+    for name in ("FEDFUNC_STORAGE", "FEDFUNC_ORCHESTRATOR_KEY", "FEDFUNC_API_KEYS", "AZURE_CLIENT_SECRET",
+                 "AzureWebJobsStorage"):
+        monkeypatch.setenv(name, "secret-value")
+    env = LocalProcessBackend(tmp_path)._environment("alpha")
+    assert not any("secret-value" in v for v in env.values())
+    assert env["FEDFUNC_SILO_HOME"] == str((tmp_path / "silos" / "alpha").resolve())
+    assert set(env) <= {"PATH", "PYTHONPATH", "VIRTUAL_ENV", "LANG", "LC_ALL", "TZ", "HOME", "FEDFUNC_SILO_HOME"}
