@@ -1,10 +1,13 @@
 """The added cost per silo job of the lock-down: ticket issue/verify, bundle signature + installed-code
 hash, policy, egress validation, and the silo's storage round trips (policy read, audit trail read and
-appends) — next to the job's own training time on the digits task for scale.
+appends) — next to the job's own start-up and training time on the digits task for scale. Then the
+time to onboard a local silo end to end (``POST /api/silos`` → validate, provision, grant, smoke job,
+ready) on a running system, the issue's ≤ 10 s goal.
 
 CPU checks are timed in-process (median of N repetitions); the storage part runs against a fresh
-Azurite with one provisioned silo, through the same ``admit`` the silo runner calls.
-Run: .venv/bin/python bench/security_overhead.py  (≈15 s; Azurite from `make install`)
+Azurite with one provisioned silo, through the same ``admit`` the silo runner calls; onboarding runs
+on ``fedfunc.devstack`` (Azurite + the Function App on ``fedfunc host``).
+Run: .venv/bin/python bench/security_overhead.py  (≈40 s; Azurite from `make install`)
 """
 from __future__ import annotations
 
@@ -47,6 +50,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=200)
     ap.add_argument("--samples", type=int, default=300, help="training samples of the reference job")
+    ap.add_argument("--onboard", type=int, default=3, help="silos to onboard for the timing (0: skip)")
     args = ap.parse_args()
 
     orch, sci = keys.generate(), keys.generate()
@@ -101,6 +105,23 @@ def main() -> None:
           f"{dict(rows)['orchestrator: issue ticket'] + storage[RECORD]:.1f} ms per silo (ticket + audit entry)")
     print(f"for scale: a silo job process starts in {startup_ms:.0f} ms (Python + torch + task imports); "
           f"training {args.samples} samples for 1 epoch takes {train_ms:.1f} ms")
+    if args.onboard:
+        times = onboarding_seconds(args.onboard)
+        print("onboarding a local silo end to end over HTTP: " + ", ".join(f"{t:.2f} s" for t in times)
+              + f" (median {statistics.median(times):.2f} s; goal ≤ 10 s)")
+
+
+def onboarding_seconds(n: int) -> list[float]:
+    """Wall time of ``DevStack.add_silo`` (POST /api/silos, then poll until ready) for ``n`` new silos."""
+    from fedfunc.devstack import DevStack
+
+    with tempfile.TemporaryDirectory() as tmp, DevStack(Path(tmp)) as stack:
+        times = []
+        for i in range(n):
+            t = time.perf_counter()
+            stack.add_silo(f"bench-{i + 1}")
+            times.append(time.perf_counter() - t)
+        return times
 
 
 def storage_round_trips(orch, sci, n: int) -> list[tuple[str, float]]:
