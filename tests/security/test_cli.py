@@ -3,23 +3,12 @@ import json
 import time
 
 import pytest
-from typer.testing import CliRunner
-
-from fedfunc.cli import _register, app
 from fedfunc.security import keys
 from fedfunc.security.audit import AuditLog
 from fedfunc.security.bundle import SignedBundle, verify_bundle
 from fedfunc.storage import table_service
 
-runner = CliRunner()
-_register()
-
-
-def fedfunc(*args, env=None):
-    return runner.invoke(app, [str(a) for a in args], env=env)
-
-
-def test_keygen_and_sign(tmp_path):
+def test_keygen_and_sign(tmp_path, fedfunc):
     r = fedfunc("keygen", tmp_path / "ada")
     assert r.exit_code == 0, r.output
     assert (tmp_path / "ada.pem").exists() and (tmp_path / "ada.pub").exists()
@@ -34,7 +23,7 @@ def test_keygen_and_sign(tmp_path):
     assert r.exit_code != 0 and "unknown task" in r.output
 
 
-def test_audit_lists_and_filters(azurite):
+def test_audit_lists_and_filters(azurite, fedfunc):
     conn = azurite.orchestrator.connection_string
     log = AuditLog.create(table_service(conn))
     log.record("ticket_issued", run="cli-run", round=0, silo="alpha", code_hash="ab" * 8)
@@ -55,7 +44,7 @@ def stack(tmp_path_factory):
         yield s
 
 
-def test_silo_commands_against_a_running_host(stack):
+def test_silo_commands_against_a_running_host(stack, fedfunc):
     host = ["--host", stack.host.origin]
     admin, scientist = ["--api-key", stack.admin_key], ["--api-key", stack.scientist_key]
     pub = keys.public_b64(stack.scientist_signing_key.public_key())

@@ -10,12 +10,10 @@ import time
 import pytest
 from azure.core.exceptions import HttpResponseError
 from azure.storage.blob import BlobServiceClient
-from typer.testing import CliRunner
 
 from fedfunc import layout
 from fedfunc.backends import Hyperparams, SiloJobRequest
 from fedfunc.backends.local import LocalProcessBackend
-from fedfunc.cli import _register, app
 from fedfunc.security import keys
 from fedfunc.security.tickets import issue_ticket
 from fedfunc.silo.home import read_credentials, silo_home
@@ -74,17 +72,16 @@ def _failed(stack, silo: str, request: SiloJobRequest, timeout: float = 120) -> 
     raise TimeoutError(f"no failed.json for {request.job_key}")
 
 
-def test_lockdown_while_a_run_goes_on(stack):
+def test_lockdown_while_a_run_goes_on(stack, fedfunc):
     bundle = stack.signed_bundle("digits", HP)
     run = stack.start_run({"task": "digits", "silos": "all", "rounds": 3, "round_deadline_s": 240, "bundle": bundle,
                            "run_id": "lockdown-run"})
     _wait_round(stack, run, 0)
 
     # A fourth silo, from the CLI as a new user would, while round 0 trains.
-    _register()
     pub = keys.public_b64(stack.scientist_signing_key.public_key())
-    r = CliRunner().invoke(app, ["silo", "add", FOURTH, "--trust-signer", pub, "--allow-task", "digits",
-                                 "--host", stack.host.origin, "--api-key", stack.admin_key])
+    r = fedfunc("silo", "add", FOURTH, "--trust-signer", pub, "--allow-task", "digits",
+                "--host", stack.host.origin, "--api-key", stack.admin_key)
     assert r.exit_code == 0, r.output
     stack.upload_data(FOURTH, "digits", *stack.fourth_partition)
 
