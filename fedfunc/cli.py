@@ -16,6 +16,8 @@ def _register() -> None:
     register_security(app)
     from fedfunc.demo import register as register_demo
     register_demo(app)
+    from fedfunc.run_cli import register as register_run
+    register_run(app)
 
 
 def main() -> None:

@@ -124,5 +124,43 @@ def demo(
              seed=seed, workdir=workdir, deadline=deadline)
 
 
+
+
+def up(
+    silos: int = typer.Option(3, "--silos", min=0, max=12, help="local silos to onboard with data at first start"),
+    task: str = typer.Option("digits", "--task"),
+    alpha: Optional[float] = typer.Option(None, "--alpha", min=0.01),
+    seed: int = typer.Option(0, "--seed"),
+    port: int = typer.Option(7071, "--port"),
+    workdir: Path = typer.Option(Path(".fedfunc/up"), "--workdir", help="kept across restarts"),
+) -> None:
+    """Start a local setup and keep it running: Azurite, the Function App on fedfunc host, silos with data."""
+    from fedfunc.devstack import DevStack
+    from fedfunc.tasks.registry import get_task
+
+    stack = DevStack(workdir, port=port).start()
+    try:
+        existing = {s["name"] for s in stack.api("GET", "/api/silos", role="admin")["silos"]}
+        data, parts = _partitions(get_task(task), silos, alpha, seed) if silos else (None, [])
+        for i, idx in enumerate(parts):
+            name = f"site-{i + 1}"
+            if name not in existing:
+                stack.add_silo(name)
+                stack.upload_data(name, task, data.x_train[idx], data.y_train[idx])
+                console.print(f"onboarded [cyan]{name}[/] with {len(idx)} samples of {task}")
+        console.print(f"""[bold]fedfunc is up[/] on {stack.host.origin} (Ctrl-C stops it; state in {stack.root})
+  export FEDFUNC_HOST={stack.host.origin}
+  export FEDFUNC_API_KEY={stack.scientist_key}        # scientist; admin key: {stack.admin_key}
+  export FEDFUNC_LOCAL_HOME={stack.home}
+  scientist signing key: {stack.root / 'keys' / 'scientist.pem'} (public: {stack.root / 'keys' / 'scientist.pub'})""")
+        while stack.host.proc and stack.host.proc.poll() is None:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stack.stop()
+
+
 def register(app: typer.Typer) -> None:
     app.command("demo")(demo)
+    app.command("up")(up)

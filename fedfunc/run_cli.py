@@ -1,0 +1,74 @@
+"""``fedfunc run start|status|list|cancel``: drive runs on a running host over its HTTP API."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import requests
+import typer
+from rich.console import Console
+from rich.table import Table
+
+run_app = typer.Typer(no_args_is_help=True, help="Start and watch federated runs on a running Function App.")
+console = Console()
+HOST = typer.Option("http://127.0.0.1:7071", "--host", envvar="FEDFUNC_HOST", help="the Function App's origin")
+API_KEY = typer.Option(..., "--api-key", envvar="FEDFUNC_API_KEY", help="a scientist (or admin) API key")
+
+
+def _call(method: str, host: str, path: str, api_key: str, body: object | None = None) -> dict:
+    r = requests.request(method, f"{host.rstrip('/')}{path}", json=body, headers={"x-api-key": api_key}, timeout=60)
+    payload = r.json() if r.content else {}
+    if r.status_code >= 400:
+        console.print(f"[red]{r.status_code}[/] {payload.get('error') or payload.get('message') or payload}")
+        raise typer.Exit(1)
+    return payload
+
+
+@run_app.command("start")
+def start(spec: Path = typer.Argument(..., exists=True, dir_okay=False, help="the run spec (JSON)"),
+          host: str = HOST, api_key: str = API_KEY) -> None:
+    """Start a run from SPEC.json (it must carry a bundle signed with `fedfunc sign`)."""
+    try:
+        body = json.loads(spec.read_text())
+    except json.JSONDecodeError as e:
+        raise typer.BadParameter(f"{spec} is not valid JSON: {e}") from None
+    started = _call("POST", host, "/api/runs", api_key, body)
+    console.print(f"started run [bold]{started['run']}[/]; watch it with: fedfunc run status {started['run']}")
+
+
+@run_app.command("status")
+def status(run_id: str, host: str = HOST, api_key: str = API_KEY) -> None:
+    """A run's state, per-round metrics and per-silo outcomes."""
+    s = _call("GET", host, f"/api/runs/{run_id}", api_key)
+    console.print(f"run [bold]{s['run']}[/]: {s['runtime_status']} ({s.get('phase')}), "
+                  f"round {s.get('round')} of {s.get('rounds')}" + (f"\n[red]{s['error']}[/]" if s.get("error") else ""))
+    table = Table("round", "accuracy", "loss", "samples", "silos")
+    for r in s.get("history", []):
+        silos = ", ".join(f"{n}:{o['state']}" for n, o in sorted(r["silos"].items()))
+        table.add_row(str(r["round"]), f"{r['metrics']['accuracy']:.4f}", f"{r['metrics']['loss']:.4f}",
+                      str(r["num_samples"]), silos)
+    console.print(table)
+    if s.get("current_round"):
+        c = s["current_round"]
+        console.print(f"round {c.get('round')} {c.get('phase')}: received {c.get('received')}, missing "
+                      f"{c.get('missing')}, failed {c.get('failed')}")
+
+
+@run_app.command("list")
+def list_runs(host: str = HOST, api_key: str = API_KEY) -> None:
+    table = Table("run", "status", "phase", "round", "accuracy")
+    for r in _call("GET", host, "/api/runs", api_key)["runs"]:
+        acc = (r.get("metrics") or {}).get("accuracy")
+        table.add_row(r["run"], r["runtime_status"] or "", r.get("phase") or "", str(r.get("round")),
+                      "" if acc is None else f"{acc:.4f}")
+    console.print(table)
+
+
+@run_app.command("cancel")
+def cancel(run_id: str, host: str = HOST, api_key: str = API_KEY) -> None:
+    result = _call("POST", host, f"/api/runs/{run_id}/cancel", api_key)
+    console.print(f"cancelled run {run_id}; jobs cancelled: {result['cancelled_jobs']}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(run_app, name="run")
