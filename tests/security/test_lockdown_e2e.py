@@ -111,6 +111,14 @@ def test_lockdown_while_a_run_goes_on(stack, fedfunc):
     body = stack.api("POST", "/api/silos", {"name": "lock-5", "compute": "local"}, role="scientist", expect=(403,))
     assert body["rule"] == "auth.role" and "needs role admin" in body["message"]
 
+    # The silo's own audit trail, read by the admin through the orchestrator's outbox access.
+    r = fedfunc("audit", "--silo-logs", "--silo", "lock-1", "--kind", "job_refused", "--json",
+                env={"FEDFUNC_STORAGE": stack.azurite.orchestrator.connection_string})
+    assert r.exit_code == 0, r.output
+    refused = [e for e in json.loads(r.output) if e["run"] == "attack-forged"]
+    assert refused and refused[0]["source"] == "silo:lock-1"
+    assert refused[0]["detail"]["rule"] == "ticket.untrusted_issuer"
+
     status = stack.wait_run(run, timeout=600)
     assert status["runtime_status"] == "Completed", status
     history = status["history"]
