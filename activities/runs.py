@@ -32,10 +32,17 @@ def start_silo_job(job: dict) -> dict:
     """Issue the silo's job ticket (valid until the round deadline) and submit its job."""
     svc = services()
     spec = RunSpec.model_validate(job["spec"])
-    ticket = issue_ticket(svc.ticket_key, run=job["run_id"], round=job["round"], silo=job["silo"],
-                          code_hash=(spec.bundle or {}).get("code_hash", ""), nonce=job["nonce"],
-                          ttl=_utc(job["deadline"]) - datetime.now(timezone.utc) + TICKET_GRACE)
-    return rounds.start_silo_job(svc.backend, rounds.silo_job_request(svc.store, job, job["silo"], ticket))
+    run, round_, silo = job["run_id"], job["round"], job["silo"]
+    code_hash = (spec.bundle or {}).get("code_hash", "")
+    expires = _utc(job["deadline"]) + TICKET_GRACE
+    ticket = issue_ticket(svc.ticket_key, run=run, round=round_, silo=silo, code_hash=code_hash, nonce=job["nonce"],
+                          ttl=expires - datetime.now(timezone.utc))
+    svc.audit.record("ticket_issued", run=run, round=round_, silo=silo, event_id=f"ticket:{run}:{round_}:{silo}",
+                     code_hash=code_hash, expires_at=expires.isoformat())
+    started = rounds.start_silo_job(svc.backend, rounds.silo_job_request(svc.store, job, silo, ticket))
+    svc.audit.record("job_submitted", run=run, round=round_, silo=silo, event_id=f"job:{run}:{round_}:{silo}",
+                     job_id=started.get("job_id"), error=started.get("error"))
+    return started
 
 
 def _utc(iso: str) -> datetime:
@@ -46,7 +53,15 @@ def _utc(iso: str) -> datetime:
 @bp.activity_trigger(input_name="job")
 def aggregate(job: dict) -> dict:
     svc = services()
-    return rounds.aggregate_round(svc.store, svc.read_update, job, job["updates"])
+    result = rounds.aggregate_round(svc.store, svc.read_outbox, job, job["updates"])
+    run, round_ = job["run_id"], job["round"]
+    for silo, got in result["received"].items():
+        svc.audit.record("artifact_received", run=run, round=round_, silo=silo,
+                         event_id=f"received:{run}:{round_}:{silo}", sha256=got["sha256"], path=got["path"])
+    for r in result["rejected"]:
+        svc.audit.record("update_rejected", run=run, round=round_, silo=r["silo"],
+                         event_id=f"rejected:{run}:{round_}:{r['silo']}", reason=r["reason"])
+    return result
 
 
 @bp.activity_trigger(input_name="job")

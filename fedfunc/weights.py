@@ -50,7 +50,17 @@ def encode(arrays: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None 
         raise TypeError(f"safetensors metadata values must be str; not str: {bad}")
     # np.require, unlike np.ascontiguousarray, keeps 0-d arrays 0-d.
     contiguous = {name: np.require(a, requirements="C") for name, a in arrays.items()}
-    return _st_save(contiguous, metadata=dict(metadata) if metadata else None)
+    return _canonical_header(_st_save(contiguous, metadata=dict(metadata) if metadata else None))
+
+
+def _canonical_header(data: bytes) -> bytes:
+    """The same bytes for the same content: safetensors writes its metadata map in hash order, so a
+    re-run of an idempotent step would otherwise produce a different sha256. Only the JSON header is
+    rewritten (sorted keys, space-padded to 8 bytes as the format requires); tensor bytes and offsets stay."""
+    n = int.from_bytes(data[:8], "little")
+    header = json.dumps(json.loads(data[8:8 + n]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)
+    return len(header).to_bytes(8, "little") + header + data[8 + n:]
 
 
 def decode(data: bytes) -> tuple[dict[str, np.ndarray], dict[str, str]]:

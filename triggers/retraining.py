@@ -9,6 +9,7 @@ import logging
 
 import azure.durable_functions as df
 import azure.functions as func
+from azure.eventgrid import SystemEventNames
 
 from fedfunc import layout
 from fedfunc.coordinator.services import services
@@ -38,7 +39,7 @@ def retrain_spec() -> dict | None:
 def upload_of(event: func.EventGridEvent) -> dict | None:
     """The silo and blob of a BlobCreated in a registered silo's own ``data`` container, else None."""
     blob = blob_of(event.subject or "")
-    if event.event_type != "Microsoft.Storage.BlobCreated" or not blob or blob[0] != layout.DATA:
+    if event.event_type != SystemEventNames.StorageBlobCreatedEventName or not blob or blob[0] != layout.DATA:
         return None
     account = account_of(event.topic or "")
     silos = [r.name for r in services().registry.list() if r.account == account]

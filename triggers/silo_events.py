@@ -11,6 +11,7 @@ import logging
 
 import azure.durable_functions as df
 import azure.functions as func
+from azure.eventgrid import SystemEventNames
 
 from fedfunc import layout
 from fedfunc.azure.events import job_failure
@@ -41,7 +42,7 @@ def route_outbox_event(event: func.EventGridEvent) -> tuple[str, str, dict] | No
     own outbox; None (with the reason logged) for anything else."""
     blob = blob_of(event.subject or "")
     parsed = layout.parse_outbox_blob(blob[1]) if blob and blob[0] == layout.OUTBOX else None
-    if event.event_type != "Microsoft.Storage.BlobCreated" or not parsed:
+    if event.event_type != SystemEventNames.StorageBlobCreatedEventName or not parsed:
         log.info("ignored event %s (%s %s): not an outbox artifact", event.id, event.event_type, event.subject)
         return None
     if parsed["name"] not in (layout.UPDATE, layout.FAILED):
@@ -62,17 +63,21 @@ def route_outbox_event(event: func.EventGridEvent) -> tuple[str, str, dict] | No
     if parsed["name"] == layout.UPDATE:
         return instance, update_event(silo), {"path": blob[1], "etag": data.get("eTag"),
                                               "size": data.get("contentLength")}
-    return instance, failed_event(silo), {"reason": _failure_reason(record, blob[1])}
+    note = _failure_note(record, blob[1])
+    services().audit.record("job_refused" if note.get("rule") else "job_failed", run=parsed["run"],
+                            round=parsed["round"], silo=silo, event_id=f"failed:{parsed['run']}:{parsed['round']}:{silo}",
+                            rule=note.get("rule"), reason=note["reason"])
+    return instance, failed_event(silo), {"reason": note["reason"], "rule": note.get("rule")}
 
 
-def _failure_reason(record, path: str) -> str:
+def _failure_note(record, path: str) -> dict:
     """The silo's own failure note (bounded read); the event still counts if the note is unreadable."""
     try:
         blob = services().outbox(record).get_blob_client(path)
         note = json.loads(blob.download_blob(offset=0, length=MAX_FAILURE_NOTE).readall())
-        return str(note.get("reason", "job failed (no reason given)"))
+        return {"reason": str(note.get("reason") or "job failed (no reason given)"), "rule": note.get("rule")}
     except Exception as e:  # the failure still ends the silo's wait
-        return f"job failed (failure note unreadable: {type(e).__name__})"
+        return {"reason": f"job failed (failure note unreadable: {type(e).__name__})", "rule": None}
 
 
 async def raise_to_round(client: df.DurableOrchestrationClient, instance: str, name: str, payload: dict) -> None:

@@ -69,6 +69,7 @@ async def disable_silo(req: func.HttpRequest) -> func.HttpResponse:
         record = services().registry.set_status(req.route_params["name"], "disabled")
     except UnknownSilo as e:
         return error(404, str(e))
+    services().audit.record("silo_disabled", silo=record.name)
     return respond(200, _public(record))
 
 
@@ -80,7 +81,6 @@ async def remove_silo(req: func.HttpRequest) -> func.HttpResponse:
         services().registry.get(name)
     except UnknownSilo as e:
         return error(404, str(e))
-    services().registry.remove(name)
-    if services().settings.job_backend == "local":
-        onboarding.unsubscribe_local(name)
+    onboarding.remove(services(), name)
+    services().audit.record("silo_removed", silo=name)
     return respond(200, {"silo": name, "removed": True})

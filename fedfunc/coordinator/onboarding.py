@@ -144,7 +144,10 @@ def smoke(svc: Services, request: SiloRequest, smoke_id: str) -> dict:
 
 
 def mark_ready(svc: Services, request: SiloRequest) -> dict:
-    return {"status": svc.registry.set_status(request.name, "ready").status}
+    record = svc.registry.set_status(request.name, "ready")
+    svc.audit.record("silo_onboarded", silo=request.name, account=record.account, compute=record.compute,
+                     trusted_signers=",".join(record.trusted_signers))
+    return {"status": record.status}
 
 
 def abandon(svc: Services, request: SiloRequest) -> None:
@@ -164,3 +167,14 @@ def unsubscribe_local(silo: str) -> None:
 
     for container in (layout.OUTBOX, layout.DATA):
         delete_subscription(subscription_name(silo, container))
+
+
+def remove(svc: Services, name: str) -> None:
+    """Unregister a silo; locally also release its pool account (revoking the outbox SAS) and its home."""
+    svc.registry.remove(name)
+    if svc.settings.job_backend == "local":
+        from fedfunc.silo.local import release_local_silo
+
+        unsubscribe_local(name)
+        release_local_silo(name, azurite_home=svc.settings.azurite_home,
+                           orchestrator_conn=svc.settings.storage.connection_string, home_root=svc.settings.local_home)

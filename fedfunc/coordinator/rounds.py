@@ -9,11 +9,13 @@ from fedfunc import layout, weights
 from fedfunc.aggregation import get_strategy
 from fedfunc.backends import Hyperparams, SiloJobBackend, SiloJobRequest
 from fedfunc.coordinator.store import RunStore, to_json
+from fedfunc.security import Refused
+from fedfunc.security.egress import MAX_METRICS_BYTES, check_metrics
 from fedfunc.spec import RunSpec
 from fedfunc.tasks.registry import get_task
 
-# Reads one update blob from a silo's outbox: (silo, path, max_bytes) -> bytes.
-UpdateReader = Callable[[str, str, int], bytes]
+# Reads one blob from a silo's outbox: (silo, path, max_bytes) -> bytes.
+OutboxReader = Callable[[str, str, int], bytes]
 
 
 def model_ref(path: str, data: bytes) -> dict:
@@ -93,12 +95,13 @@ def load_global(store: RunStore, ref: dict) -> dict:
     return arrays
 
 
-def aggregate_round(store: RunStore, read_update: UpdateReader, job: dict, updates: list[dict]) -> dict:
+def aggregate_round(store: RunStore, read_outbox: OutboxReader, job: dict, updates: list[dict]) -> dict:
     """Validate every update and stream the accepted ones through the run's strategy.
 
     Exactly once per round: the result is recorded create-only in ``aggregate.json``; a re-run
     (after a crash, or a duplicate activity) returns that record instead of aggregating again.
-    Below quorum, nothing is written: the last good global model stays the run's model.
+    Below quorum, nothing is written: the last good global model stays the run's model. The silo
+    checked its artifacts before they left; every check runs again here, on the bytes received.
     """
     run_id, round_ = job["run_id"], job["round"]
     record_path = layout.aggregate_record(run_id, round_)
@@ -112,24 +115,37 @@ def aggregate_round(store: RunStore, read_update: UpdateReader, job: dict, updat
     max_bytes = int(spec.max_update_mb * 2**20)
     rejected: list[dict] = []
     samples: dict[str, int] = {}
+    received: dict[str, dict] = {}
+
+    def check(u: dict) -> tuple[weights.ValidatedUpdate, dict] | None:
+        """Read and re-check one update and its metrics; None (with the reason recorded) if rejected."""
+        expected = {"run": run_id, "round": round_, "silo": u["silo"], "nonce": job["nonce"],
+                    "silos": manifest_doc["silos"]}
+        try:
+            data = read_outbox(u["silo"], u["path"], max_bytes)
+            update = weights.validate_update(data, manifest, expected=expected, global_arrays=global_arrays,
+                                             max_bytes=max_bytes, max_norm=spec.max_update_norm)
+            metrics = check_metrics(read_outbox(
+                u["silo"], u["path"].removesuffix(layout.UPDATE) + layout.METRICS, MAX_METRICS_BYTES))
+        except (weights.UpdateRejected, Refused, AzureError, ValueError) as e:
+            rejected.append({"silo": u["silo"], "reason": str(e)})
+            return None
+        return update, {"sha256": weights.sha256(data), "path": u["path"], "metrics": metrics}
 
     def accepted() -> Iterator[weights.ValidatedUpdate]:
+        """One update alive at a time: each is dropped before the next one is downloaded."""
         for u in updates:
-            expected = {"run": run_id, "round": round_, "silo": u["silo"], "nonce": job["nonce"],
-                        "silos": manifest_doc["silos"]}
-            try:
-                data = read_update(u["silo"], u["path"], max_bytes)
-                update = weights.validate_update(data, manifest, expected=expected, global_arrays=global_arrays,
-                                                 max_bytes=max_bytes, max_norm=spec.max_update_norm)
-            except (weights.UpdateRejected, AzureError, ValueError) as e:
-                rejected.append({"silo": u["silo"], "reason": str(e)})
+            checked = check(u)
+            if checked is None:
                 continue
-            samples[u["silo"]] = update.num_samples
-            yield update
+            samples[u["silo"]], received[u["silo"]] = checked[0].num_samples, checked[1]
+            yield checked[0]
+            checked = None
 
     needed = manifest_doc["needed"]
     strategy = get_strategy(spec.aggregator)
-    result = {"accepted": [], "rejected": rejected, "samples": samples, "num_samples": 0, "model": None}
+    result = {"accepted": [], "rejected": rejected, "samples": samples, "received": received, "num_samples": 0,
+              "model": None}
     try:
         new_arrays = strategy.aggregate(global_arrays, accepted())
     except ValueError:

@@ -16,6 +16,7 @@ from fedfunc import layout
 from fedfunc.backends import SiloJobBackend
 from fedfunc.coordinator.store import RunStore
 from fedfunc.registry import SiloRecord, SiloRegistry
+from fedfunc.security.audit import AuditLog
 from fedfunc.security.keys import load_private
 from fedfunc.settings import Settings, SettingsError, load_settings
 from fedfunc.storage import blob_service, credential, table_service
@@ -32,6 +33,10 @@ class Services:
     @cached_property
     def registry(self) -> SiloRegistry:
         return SiloRegistry.create(table_service(self.settings))
+
+    @cached_property
+    def audit(self) -> AuditLog:
+        return AuditLog.create(table_service(self.settings))
 
     @cached_property
     def ticket_key(self) -> Ed25519PrivateKey:
@@ -58,8 +63,8 @@ class Services:
         cred = record.outbox_read_sas or credential()
         return ContainerClient(record.blob_url, layout.OUTBOX, credential=cred)
 
-    def read_update(self, silo: str, path: str, max_bytes: int) -> bytes:
-        """Download an update from the silo's own outbox, refusing oversize blobs before reading them."""
+    def read_outbox(self, silo: str, path: str, max_bytes: int) -> bytes:
+        """Download a blob from the silo's own outbox, refusing oversize blobs before reading them."""
         blob = self.outbox(self.registry.get(silo)).get_blob_client(path)
         size = blob.get_blob_properties().size
         if size > max_bytes:

@@ -25,7 +25,7 @@ from pydantic import BaseModel
 
 TABLE = "audit"
 SILO_LOG_DIR = "audit"
-Kind = Literal["ticket_issued", "job_submitted", "job_started", "job_refused", "artifact_egress",
+Kind = Literal["ticket_issued", "job_submitted", "job_started", "job_refused", "job_failed", "artifact_egress",
                "artifact_received", "update_rejected", "silo_onboarded", "silo_disabled", "silo_removed"]
 _NO_RUN = "-"
 

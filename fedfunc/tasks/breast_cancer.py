@@ -13,7 +13,6 @@ and the evaluator preprocess identically.
 from __future__ import annotations
 
 import torch
-from sklearn.datasets import load_breast_cancer
 from torch import nn
 
 from fedfunc.tasks.base import Dataset, Hyperparams, Task, split
@@ -52,5 +51,7 @@ class BreastCancer(Task):
                              nn.Linear(16, 2))
 
     def load_dataset(self) -> Dataset:
+        from sklearn.datasets import load_breast_cancer  # here, not at import: silo jobs never load it
+
         d = load_breast_cancer()
         return split(d.data, d.target, test_fraction=0.25, seed=0)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import torch
-from sklearn.datasets import load_digits
 from torch import nn
 
 from fedfunc.tasks.base import Dataset, Hyperparams, Task, split
@@ -22,5 +21,7 @@ class Digits(Task):
         return nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
 
     def load_dataset(self) -> Dataset:
+        from sklearn.datasets import load_digits  # here, not at import: silo jobs never load it
+
         d = load_digits()
         return split(d.data / PIXEL_MAX, d.target, test_fraction=0.25, seed=0)

@@ -50,10 +50,15 @@ def wrong_shape(job, store):
                                    "num_samples": "5"})
 
 
-def aggregate(store, job, blobs: dict[str, bytes]):
+METRICS = json.dumps({"loss": 0.5, "num_samples": 100}).encode()
+
+
+def aggregate(store, job, blobs: dict[str, bytes], metrics: dict[str, bytes] | None = None):
     def read(silo, path, max_bytes):
+        if path.endswith(layout.METRICS):
+            return (metrics or {}).get(silo, METRICS)
         return blobs[silo]
-    return rounds.aggregate_round(store, read, job, [{"silo": s, "path": f"{s}/update"} for s in blobs])
+    return rounds.aggregate_round(store, read, job, [{"silo": s, "path": f"{s}/{layout.UPDATE}"} for s in blobs])
 
 
 def test_weighted_average_of_valid_updates(store, job):
@@ -102,3 +107,17 @@ def test_rerun_returns_the_first_result(store, job):
     assert again == first
     record = store.get_json(layout.RUNS, layout.aggregate_record(job["run_id"], 0))
     assert json.dumps(record, sort_keys=True) == json.dumps(first, sort_keys=True)
+
+
+def test_metrics_that_are_not_plain_numbers_reject_the_update(store, job):
+    blobs = {s: update_bytes(job, store, s) for s in SILOS}
+    result = aggregate(store, job, blobs, metrics={"c-silo": json.dumps({"loss": "secret patient list"}).encode()})
+    assert result["accepted"] == ["a-silo", "b-silo"]
+    [rejected] = result["rejected"]
+    assert rejected["silo"] == "c-silo" and "egress.metrics_schema" in rejected["reason"]
+
+
+def test_received_updates_are_recorded_with_their_hash(store, job):
+    blobs = {s: update_bytes(job, store, s) for s in SILOS}
+    result = aggregate(store, job, blobs)
+    assert {s: r["sha256"] for s, r in result["received"].items()} == {s: weights.sha256(b) for s, b in blobs.items()}

@@ -273,3 +273,11 @@ def test_norm_spans_chunks():
     bound = np.sqrt(CHUNK + 7)
     validate_update(encode(arrays, META), m, expected=EXPECTED, max_norm=bound * (1 + 1e-6))
     assert rejected(encode(arrays, META), m, max_norm=bound * (1 - 1e-4)).rule == "norm"
+
+
+def test_encode_is_deterministic_whatever_the_metadata_order():
+    """Idempotent steps re-encode and compare hashes: the same content must give the same bytes."""
+    arrays = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.zeros(3, np.float32)}
+    meta = {"run": "r", "round": "1", "silo": "s", "nonce": "n", "num_samples": "5"}
+    first = encode(arrays, meta)
+    assert all(encode(arrays, dict(reversed(meta.items()))) == first for _ in range(20))
