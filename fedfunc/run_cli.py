@@ -4,24 +4,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import requests
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from fedfunc.api_client import API_KEY, HOST, call
+
 run_app = typer.Typer(no_args_is_help=True, help="Start and watch federated runs on a running Function App.")
 console = Console()
-HOST = typer.Option("http://127.0.0.1:7071", "--host", envvar="FEDFUNC_HOST", help="the Function App's origin")
-API_KEY = typer.Option(..., "--api-key", envvar="FEDFUNC_API_KEY", help="a scientist (or admin) API key")
-
-
-def _call(method: str, host: str, path: str, api_key: str, body: object | None = None) -> dict:
-    r = requests.request(method, f"{host.rstrip('/')}{path}", json=body, headers={"x-api-key": api_key}, timeout=60)
-    payload = r.json() if r.content else {}
-    if r.status_code >= 400:
-        console.print(f"[red]{r.status_code}[/] {payload.get('error') or payload.get('message') or payload}")
-        raise typer.Exit(1)
-    return payload
 
 
 @run_app.command("start")
@@ -32,14 +22,14 @@ def start(spec: Path = typer.Argument(..., exists=True, dir_okay=False, help="th
         body = json.loads(spec.read_text())
     except json.JSONDecodeError as e:
         raise typer.BadParameter(f"{spec} is not valid JSON: {e}") from None
-    started = _call("POST", host, "/api/runs", api_key, body)
+    started = call("POST", host, api_key, "runs", body)
     console.print(f"started run [bold]{started['run']}[/]; watch it with: fedfunc run status {started['run']}")
 
 
 @run_app.command("status")
 def status(run_id: str, host: str = HOST, api_key: str = API_KEY) -> None:
     """A run's state, per-round metrics and per-silo outcomes."""
-    s = _call("GET", host, f"/api/runs/{run_id}", api_key)
+    s = call("GET", host, api_key, f"runs/{run_id}")
     console.print(f"run [bold]{s['run']}[/]: {s['runtime_status']} ({s.get('phase')}), "
                   f"round {s.get('round')} of {s.get('rounds')}" + (f"\n[red]{s['error']}[/]" if s.get("error") else ""))
     table = Table("round", "accuracy", "loss", "samples", "silos")
@@ -57,7 +47,7 @@ def status(run_id: str, host: str = HOST, api_key: str = API_KEY) -> None:
 @run_app.command("list")
 def list_runs(host: str = HOST, api_key: str = API_KEY) -> None:
     table = Table("run", "status", "phase", "round", "accuracy")
-    for r in _call("GET", host, "/api/runs", api_key)["runs"]:
+    for r in call("GET", host, api_key, "runs")["runs"]:
         acc = (r.get("metrics") or {}).get("accuracy")
         table.add_row(r["run"], r["runtime_status"] or "", r.get("phase") or "", str(r.get("round")),
                       "" if acc is None else f"{acc:.4f}")
@@ -66,7 +56,7 @@ def list_runs(host: str = HOST, api_key: str = API_KEY) -> None:
 
 @run_app.command("cancel")
 def cancel(run_id: str, host: str = HOST, api_key: str = API_KEY) -> None:
-    result = _call("POST", host, f"/api/runs/{run_id}/cancel", api_key)
+    result = call("POST", host, api_key, f"runs/{run_id}/cancel")
     console.print(f"cancelled run {run_id}; jobs cancelled: {result['cancelled_jobs']}")
 
 

@@ -14,6 +14,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from fedfunc.validation import describe
+
 GUID = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 STORAGE = "FEDFUNC_STORAGE"
 
@@ -129,13 +131,6 @@ def _storage(env: Mapping[str, str]) -> StorageConnection:
     return StorageConnection(blob_service_uri=blob.rstrip("/"), table_service_uri=table.rstrip("/"))
 
 
-def _errors(e: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: "
-        f"{'missing' if err['type'] == 'missing' else err['msg']}"
-        for err in e.errors())
-
-
 def load_settings(env: Mapping[str, str]) -> Settings:
     """Validate the environment; raise ``SettingsError`` naming each bad setting. Empty values count as unset."""
     env = {k: v for k, v in env.items() if k.startswith("FEDFUNC_") and v.strip()}
@@ -144,4 +139,4 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         aml = AmlSettings.model_validate(env) if env.get("FEDFUNC_JOB_BACKEND") == "aml" else None
         return Settings.model_validate({**env, "storage": storage, "aml": aml})
     except ValidationError as e:
-        raise SettingsError(_errors(e)) from None
+        raise SettingsError(describe(e)) from None

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fedfunc.backends import Hyperparams
+from fedfunc.validation import describe
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
@@ -57,6 +58,4 @@ def parse_spec(data: object) -> RunSpec:
     try:
         return RunSpec.model_validate(data)
     except ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'spec'}: {err['msg']}" for err in e.errors())
-        raise SpecError(f"invalid run spec: {problems}") from None
+        raise SpecError(f"invalid run spec: {describe(e)}") from None

@@ -111,22 +111,39 @@ async def list_runs(req: func.HttpRequest, client: df.DurableOrchestrationClient
     return respond(200, {"runs": [_run_view(s) for s in sorted(runs, key=lambda s: str(s.created_time))]})
 
 
+async def _run(client: df.DurableOrchestrationClient, run_id: str) -> df.DurableOrchestrationStatus | None:
+    status = await client.get_status(run_id)
+    if not status or status.runtime_status is None or status.name != RUN_ORCHESTRATOR:
+        return None
+    return status
+
+
+async def _current_round(client: df.DurableOrchestrationClient, run: df.DurableOrchestrationStatus):
+    """The round sub-orchestration a running run is in, if it is still running."""
+    round_ = (run.custom_status or {}).get("round")
+    if run.runtime_status.value not in ("Running", "Pending") or round_ is None:
+        return None
+    status = await client.get_status(round_instance_id(run.instance_id, round_))
+    if not status or not status.runtime_status or status.runtime_status.value != "Running":
+        return None
+    return status
+
+
 @bp.route(route="runs/{run_id}", methods=["GET"])
 @bp.durable_client_input(client_name="client")
 @requires("scientist", "admin")
 async def get_run(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
     run_id = req.route_params["run_id"]
-    status = await client.get_status(run_id)
-    if not status or status.runtime_status is None or status.name != RUN_ORCHESTRATOR:
+    status = await _run(client, run_id)
+    if status is None:
         return error(404, f"no run {run_id!r}")
     custom = status.custom_status or {}
     view = {**_run_view(status), "history": custom.get("history", []), "report": custom.get("report"),
             "output": status.output, "current_round": None}
-    if view["runtime_status"] in ("Running", "Pending") and custom.get("round") is not None:
-        round_status = await client.get_status(round_instance_id(run_id, custom["round"]))
-        if round_status and round_status.runtime_status is not None:
-            view["current_round"] = {"runtime_status": round_status.runtime_status.value,
-                                     **(round_status.custom_status or {})}
+    round_status = await _current_round(client, status)
+    if round_status:
+        view["current_round"] = {"runtime_status": round_status.runtime_status.value,
+                                 **(round_status.custom_status or {})}
     return respond(200, view)
 
 
@@ -136,21 +153,18 @@ async def get_run(req: func.HttpRequest, client: df.DurableOrchestrationClient) 
 async def cancel_run(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
     """Terminate the run and its current round, and cancel that round's silo jobs."""
     run_id = req.route_params["run_id"]
-    status = await client.get_status(run_id)
-    if not status or status.runtime_status is None or status.name != RUN_ORCHESTRATOR:
+    status = await _run(client, run_id)
+    if status is None:
         return error(404, f"no run {run_id!r}")
     if status.runtime_status.value not in ("Running", "Pending"):
         return error(409, f"run {run_id!r} is {status.runtime_status.value}, not running")
     reason = "cancelled through the API"
+    round_status = await _current_round(client, status)
     await client.terminate(run_id, reason)
     cancelled_jobs = []
-    round_ = (status.custom_status or {}).get("round")
-    if round_ is not None:
-        round_id = round_instance_id(run_id, round_)
-        round_status = await client.get_status(round_id)
-        if round_status and round_status.runtime_status and round_status.runtime_status.value == "Running":
-            await client.terminate(round_id, reason)
-            for job_id in ((round_status.custom_status or {}).get("jobs") or {}).values():
-                services().backend.cancel(job_id)
-                cancelled_jobs.append(job_id)
+    if round_status:
+        await client.terminate(round_status.instance_id, reason)
+        for job_id in ((round_status.custom_status or {}).get("jobs") or {}).values():
+            services().backend.cancel(job_id)
+            cancelled_jobs.append(job_id)
     return respond(202, {"run": run_id, "cancelled": True, "cancelled_jobs": cancelled_jobs})

@@ -16,6 +16,7 @@ from fedfunc.coordinator.services import Services
 from fedfunc.registry import SILO_NAME, SiloRecord, UnknownSilo
 from fedfunc.security.keys import public_b64
 from fedfunc.security.policy import MinPrivacy, SiloPolicy
+from fedfunc.validation import describe
 
 AZURE_PROVISION = ("storage", "containers", "identity", "compute", "datastores")
 AZURE_GRANT = ("role_assignments", "event_subscriptions")
@@ -50,8 +51,7 @@ def parse_request(body: object) -> SiloRequest:
     try:
         return SiloRequest.model_validate(body)
     except ValidationError as e:
-        raise OnboardingError("invalid silo: " + "; ".join(
-            f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())) from None
+        raise OnboardingError(f"invalid silo: {describe(e)}") from None
 
 
 def validate(svc: Services, request: SiloRequest) -> SiloRequest:

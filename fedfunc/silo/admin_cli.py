@@ -9,30 +9,12 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+
+from fedfunc.api_client import API_KEY, HOST, call
 from rich.table import Table
 
 console = Console()
 silo_app = typer.Typer(no_args_is_help=True, help="Onboard, list, disable and remove silos; a silo owner's policy.")
-
-HOST = typer.Option("http://127.0.0.1:7071", "--host", envvar="FEDFUNC_HOST", help="the Function App / fedfunc host")
-API_KEY = typer.Option(..., "--api-key", envvar="FEDFUNC_API_KEY", help="an admin API key (FEDFUNC_API_KEYS)")
-
-
-def _call(method: str, host: str, api_key: str, path: str, body: dict | None = None) -> dict:
-    import httpx
-
-    try:
-        r = httpx.request(method, f"{host.rstrip('/')}/api/{path}", json=body, headers={"x-api-key": api_key},
-                          timeout=30)
-    except httpx.HTTPError as e:
-        console.print(f"[red]cannot reach {host}: {e}[/]")
-        raise typer.Exit(2) from None
-    data = r.json() if r.headers.get("content-type", "").startswith("application/json") else {"message": r.text}
-    if r.status_code >= 400:
-        console.print(f"[red]{method} /api/{path} → {r.status_code}[/] {data.get('message') or data}")
-        raise typer.Exit(1)
-    return data
-
 
 def _public_key_b64(value: str) -> str:
     from fedfunc.security.keys import load_public, public_b64
@@ -56,13 +38,13 @@ def add(
     policy = {"trusted_signers": [_public_key_b64(k) for k in trust_signer], "allowed_tasks": allow_task,
               "max_rounds_per_day": max_rounds_per_day}
     started = time.monotonic()
-    _call("POST", host, api_key, "silos", {"name": name, "compute": compute, "policy": policy})
+    call("POST", host, api_key, "silos", {"name": name, "compute": compute, "policy": policy})
     if not wait:
         console.print(f"onboarding of [bold]{name}[/] started; follow it with GET /api/silos/{name}/onboarding")
         return
     with console.status(f"onboarding {name}") as status:
         while True:
-            state = _call("GET", host, api_key, f"silos/{name}/onboarding")
+            state = call("GET", host, api_key, f"silos/{name}/onboarding")
             status.update(f"onboarding {name}: {state.get('step') or state['runtime_status']}")
             if state["runtime_status"] in ("Completed", "Failed", "Terminated"):
                 break
@@ -76,7 +58,7 @@ def add(
 @silo_app.command("list")
 def list_(host: str = HOST, api_key: str = API_KEY) -> None:
     """The silo registry."""
-    silos = _call("GET", host, api_key, "silos")["silos"]
+    silos = call("GET", host, api_key, "silos")["silos"]
     table = Table(title=f"{len(silos)} silos")
     for col in ("name", "status", "compute", "account", "trusted signers", "updated"):
         table.add_column(col)
@@ -89,14 +71,14 @@ def list_(host: str = HOST, api_key: str = API_KEY) -> None:
 @silo_app.command("disable")
 def disable(name: str, host: str = HOST, api_key: str = API_KEY) -> None:
     """Leave a silo out from the next round on."""
-    _call("POST", host, api_key, f"silos/{name}/disable")
+    call("POST", host, api_key, f"silos/{name}/disable")
     console.print(f"silo [bold]{name}[/] disabled")
 
 
 @silo_app.command("remove")
 def remove(name: str, host: str = HOST, api_key: str = API_KEY) -> None:
     """Remove a silo from the registry."""
-    _call("DELETE", host, api_key, f"silos/{name}")
+    call("DELETE", host, api_key, f"silos/{name}")
     console.print(f"silo [bold]{name}[/] removed")
 
 

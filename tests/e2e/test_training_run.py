@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 
 from fedfunc import layout
 SILOS = ("site-1", "site-2", "site-3")
@@ -50,3 +51,33 @@ def test_runs_are_listed_and_unknown_run_is_404(stack, spec):
     assert any(r["run"] == "e2e-basic" for r in runs)
     r = stack.api("GET", "/api/runs/no-such-run", expect=(404,))
     assert "no-such-run" in r["error"]
+
+
+def test_cancel_terminates_run_and_round(stack, spec):
+    run = stack.start_run(spec(rounds=3, run_id="e2e-cancel"))
+    deadline = time.monotonic() + 120
+    while not (stack.run_status(run).get("current_round") or {}).get("jobs"):
+        assert time.monotonic() < deadline, "round 0 never started its jobs"
+        time.sleep(0.1)
+    cancelled = stack.api("POST", f"/api/runs/{run}/cancel")
+    assert cancelled["cancelled"] and len(cancelled["cancelled_jobs"]) == 3
+    status = stack.run_status(run)
+    assert status["runtime_status"] == "Terminated"
+    round0 = stack.api("GET", f"/runtime/webhooks/durabletask/instances/{run}:r0", role=None)
+    assert round0["runtimeStatus"] == "Terminated"
+    again = stack.api("POST", f"/api/runs/{run}/cancel", expect=(409,))
+    assert "Terminated" in again["error"]
+
+
+def test_cli_shows_a_run(stack):
+    from typer.testing import CliRunner
+
+    from fedfunc.cli import _register, app
+
+    _register()
+    result = CliRunner().invoke(app, ["run", "status", "e2e-basic", "--host", stack.host.origin,
+                                      "--api-key", stack.scientist_key], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "Completed" in result.output and "site-1:received" in result.output
+    denied = CliRunner().invoke(app, ["run", "list", "--host", stack.host.origin, "--api-key", "wrong"])
+    assert denied.exit_code == 1 and "401" in denied.output

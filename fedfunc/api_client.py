@@ -1,0 +1,25 @@
+"""The CLI's one way to call the Function App's HTTP API: host and API key from options or the environment."""
+from __future__ import annotations
+
+import requests
+import typer
+from rich.console import Console
+
+HOST = typer.Option("http://127.0.0.1:7071", "--host", envvar="FEDFUNC_HOST", help="the Function App / fedfunc host")
+API_KEY = typer.Option(..., "--api-key", envvar="FEDFUNC_API_KEY", help="an API key from FEDFUNC_API_KEYS")
+console = Console()
+
+
+def call(method: str, host: str, api_key: str, path: str, body: object | None = None) -> dict:
+    """``/api/{path}``; on an error, print the API's reason and exit 1 (2 if the host cannot be reached)."""
+    url = f"{host.rstrip('/')}/api/{path}"
+    try:
+        r = requests.request(method, url, json=body, headers={"x-api-key": api_key}, timeout=60)
+    except requests.RequestException as e:
+        console.print(f"[red]cannot reach {host}: {e}[/]")
+        raise typer.Exit(2) from None
+    data = r.json() if r.headers.get("content-type", "").startswith("application/json") else {"message": r.text}
+    if r.status_code >= 400:
+        console.print(f"[red]{method} /api/{path} → {r.status_code}[/] {data.get('error') or data.get('message') or data}")
+        raise typer.Exit(1)
+    return data
