@@ -32,7 +32,7 @@ from fedfunc.tasks import get_task
 from fedfunc.weights import ModelManifest, model_to_arrays
 
 HP = Hyperparams(epochs=1, lr=0.05, batch_size=32)
-ADMIT = "silo: admit() = CPU checks + policy & trail reads"
+ADMIT = "silo: authenticate() + admit() = CPU checks + policy & trail reads"
 APPEND = "silo: audit trail append (one line)"
 RECORD = "orchestrator: audit table entry"
 
@@ -130,7 +130,7 @@ def storage_round_trips(orch, sci, n: int) -> list[tuple[str, float]]:
     from fedfunc.silo.home import read_credentials, silo_home
     from fedfunc.silo.io import BlobSiloIO
     from fedfunc.silo.local import provision_local_silo
-    from fedfunc.silo.runner import admit
+    from fedfunc.silo.runner import admit, authenticate
     from fedfunc.storage import table_service
 
     with tempfile.TemporaryDirectory() as tmp, Azurite(Path(tmp) / "azurite") as az:
@@ -152,7 +152,7 @@ def storage_round_trips(orch, sci, n: int) -> list[tuple[str, float]]:
         for i in range(n):  # a trail with n earlier jobs today
             trail.append("job_started", run="bench", round=i + 2, job=f"bench-r{i + 2}-alpha")
         audit = AuditLog.create(table_service(az.orchestrator.connection_string))
-        return [(ADMIT, median_ms(lambda: admit(request, io, trail), n)),
+        return [(ADMIT, median_ms(lambda: admit(request, authenticate(request, io), trail), n)),
                 (APPEND, median_ms(lambda: trail.append("job_started", run="bench", round=1, job=request.job_key), n)),
                 (RECORD, median_ms(lambda: audit.record("ticket_issued", run="bench", round=1, silo="alpha"), n))]
 

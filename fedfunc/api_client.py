@@ -20,6 +20,8 @@ def call(method: str, host: str, api_key: str, path: str, body: object | None = 
         raise typer.Exit(2) from None
     data = r.json() if r.headers.get("content-type", "").startswith("application/json") else {"message": r.text}
     if r.status_code >= 400:
-        console.print(f"[red]{method} /api/{path} → {r.status_code}[/] {data.get('error') or data.get('message') or data}")
+        said = " — ".join(str(data[k]) for k in ("error", "message") if data.get(k)) or str(data)
+        rule = f" (rule {data['rule']})" if data.get("rule") else ""
+        console.print(f"[red]{method} /api/{path} → {r.status_code}[/] {said}{rule}")
         raise typer.Exit(1)
     return data

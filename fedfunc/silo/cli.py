@@ -33,6 +33,9 @@ def _io(aml: bool, data: Path | None, model: Path | None, outbox: Path | None, p
     return BlobSiloIO(creds.connection_string, creds.models_sas)
 
 
+REPORTED = 3  # the worker ended the job itself (published failed.json, or refused an unauthenticated job)
+
+
 def _crash_reason(returncode: int) -> str:
     if returncode < 0:
         name = signal.Signals(-returncode).name
@@ -50,7 +53,8 @@ def silo_job(
     worker: bool = typer.Option(False, "--worker", hidden=True),
 ) -> None:
     """Run one silo training job from a job request."""
-    from fedfunc.silo.runner import JobFailed, report_failure, run_job
+    from fedfunc.security import Refused
+    from fedfunc.silo.runner import JobFailed, authenticate, report_failure, run_job
 
     req = SiloJobRequest.model_validate_json(request.read_text())
     if worker:
@@ -58,16 +62,23 @@ def silo_job(
             run_job(req, _io(aml, data, model, outbox, policy))
         except JobFailed as e:
             typer.echo(f"silo job {req.job_key} failed: {e.reason}", err=True)
-            raise typer.Exit(1) from None
+            raise typer.Exit(REPORTED) from None
         typer.echo(f"silo job {req.job_key}: update published")
         return
     args = ["--request", str(request)] + (["--aml"] if aml else []) + [
         a for flag, v in (("--data", data), ("--model", model), ("--outbox", outbox), ("--policy", policy))
         if v is not None for a in (flag, str(v))]
     child = subprocess.run([sys.executable, "-m", "fedfunc", "silo-job", *args, "--worker"])
+    if child.returncode == REPORTED:
+        raise typer.Exit(1)
     if child.returncode != 0:
-        prefix = layout.outbox_prefix(req.run_id, req.round, req.silo)
-        report_failure(_io(aml, data, model, outbox, policy).outbox, prefix, _crash_reason(child.returncode), None)
+        io = _io(aml, data, model, outbox, policy)
+        try:  # only a job the orchestrator ticketed may speak for its round
+            authenticate(req, io)
+        except Refused:
+            raise typer.Exit(1) from None
+        report_failure(io.outbox, layout.outbox_prefix(req.run_id, req.round, req.silo),
+                       _crash_reason(child.returncode), None)
         raise typer.Exit(1)
 
 

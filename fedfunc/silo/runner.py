@@ -1,9 +1,11 @@
 """The silo job: the one pipeline every silo job runs, locally and on AML.
 
-admit (the silo's own policy → signed code bundle → orchestrator ticket, all before any data is read)
+authenticate (the orchestrator's ticket, against the silo's own policy) → admit (policy rules → signed
+code bundle → installed code; all before any data is read)
 → read data → fetch the global model (sha256 pinned) → train → package update + metrics → egress check
 → publish to the outbox (metrics first, then the update, whose BlobCreated event tells the orchestrator).
-Any failure or refusal publishes ``failed.json`` (with the rule) instead and nothing else; the silo's
+Any failure or refusal of an authenticated job publishes ``failed.json`` (with the rule) instead and
+nothing else; an unauthenticated job is refused without writing into the round at all. The silo's
 own audit trail records the start, the refusal or each artifact that left. The job never calls the
 orchestrator.
 """
@@ -39,21 +41,31 @@ class JobFailed(RuntimeError):
         self.reason, self.rule = reason, rule
 
 
-def admit(request: SiloJobRequest, io: SiloIO, trail: SiloAuditTrail | None = None,
-          now: datetime | None = None) -> SiloPolicy:
-    """Refuse (``Refused``) unless the silo's policy, a trusted signed bundle and a valid ticket allow the job.
+def authenticate(request: SiloJobRequest, io: SiloIO, now: datetime | None = None) -> SiloPolicy:
+    """The silo's policy, if the request carries a ticket from an orchestrator key that policy trusts,
+    for exactly this silo, run, round, nonce and code hash; else ``Refused``.
+
+    Only an authenticated job may speak for a round (publish ``failed.json`` in its slot): a forged
+    job is refused without touching the round, so it cannot knock the silo out of it.
+    """
+    policy = parse_policy(io.read_policy())
+    verify_ticket(request.ticket, policy.orchestrator_keys, silo=policy.silo, run=request.run_id,
+                  round=request.round, code_hash=(request.bundle or {}).get("code_hash", ""), nonce=request.nonce,
+                  now=now)
+    return policy
+
+
+def admit(request: SiloJobRequest, policy: SiloPolicy, trail: SiloAuditTrail | None = None,
+          now: datetime | None = None) -> None:
+    """Refuse (``Refused``) unless the silo's policy allows the job and a trusted signer signed its code.
 
     ``trail`` (the silo's audit trail) supplies the jobs already run today for the daily limit.
     """
-    policy = parse_policy(io.read_policy())
     usage = recent_usage(trail.recent(now), request.job_key, now) if trail else 0
     enforce(policy, request, usage)
     bundle = verify_bundle(request.bundle, policy.trusted_signers)
     check_request(bundle, request)
     check_installed_code(bundle)
-    verify_ticket(request.ticket, policy.orchestrator_keys, silo=policy.silo, run=request.run_id,
-                  round=request.round, code_hash=bundle.code_hash, nonce=request.nonce, now=now)
-    return policy
 
 
 def read_training_data(io: SiloIO, task: str) -> tuple[np.ndarray, np.ndarray]:
@@ -141,10 +153,13 @@ def run_job(request: SiloJobRequest, io: SiloIO, now: datetime | None = None) ->
         return published
     trail = SiloAuditTrail(io.outbox, request.silo)
     where = dict(run=request.run_id, round=request.round, job=request.job_key)
+    authentic = False
     try:
         if request.outbox_prefix != prefix:
             raise Refused("request.outbox_prefix", request.outbox_prefix, f"this job's outbox prefix is {prefix!r}")
-        admit(request, io, trail, now)
+        policy = authenticate(request, io, now)
+        authentic = True
+        admit(request, policy, trail, now)
         trail.append("job_started", **where)
         x, y = read_training_data(io, request.task)
         global_arrays = fetch_global_model(io, request)
@@ -163,5 +178,6 @@ def run_job(request: SiloJobRequest, io: SiloIO, now: datetime | None = None) ->
             trail.append("job_refused", **where, rule=e.rule, object=e.object, message=e.message)
         else:
             failure = e if isinstance(e, JobFailed) else JobFailed(f"{type(e).__name__}: {e}")
-        report_failure(io.outbox, prefix, failure.reason, failure.rule)
+        if authentic:
+            report_failure(io.outbox, prefix, failure.reason, failure.rule)
         raise failure from e

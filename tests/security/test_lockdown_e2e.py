@@ -16,7 +16,9 @@ from fedfunc.backends import Hyperparams, SiloJobRequest
 from fedfunc.backends.local import LocalProcessBackend
 from fedfunc.security import keys
 from fedfunc.security.tickets import issue_ticket
+from fedfunc.security.audit import SiloAuditTrail
 from fedfunc.silo.home import read_credentials, silo_home
+from fedfunc.silo.io import BlobOutbox
 from fedfunc.tasks import get_task
 from fedfunc.tasks.partition import partition
 from fedfunc.weights import sha256
@@ -60,16 +62,19 @@ def _attack_request(stack, silo: str, run: str, bundle: dict, ticket: str | None
                           outbox_prefix=layout.outbox_prefix(run, 0, silo), ticket=ticket, bundle=bundle)
 
 
-def _failed(stack, silo: str, request: SiloJobRequest, timeout: float = 120) -> dict:
+def _refusal(stack, silo: str, request: SiloJobRequest, timeout: float = 120) -> dict:
+    """The silo's own trail entry refusing ``request``; nothing of the job may be in its outbox slot but
+    ``failed.json`` (authenticated jobs only)."""
     own = BlobServiceClient.from_connection_string(read_credentials(silo_home(stack.home, silo)).connection_string)
+    trail = SiloAuditTrail(BlobOutbox(own.get_container_client(layout.OUTBOX)), silo)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        blob = own.get_blob_client(layout.OUTBOX, request.outbox_prefix + layout.FAILED)
-        if blob.exists():
+        refused = [e for e in trail.recent() if e["kind"] == "job_refused" and e["job"] == request.job_key]
+        if refused:
             assert not own.get_blob_client(layout.OUTBOX, request.outbox_prefix + layout.UPDATE).exists()
-            return json.loads(blob.download_blob().readall())
+            return refused[0]["detail"]
         time.sleep(0.2)
-    raise TimeoutError(f"no failed.json for {request.job_key}")
+    raise TimeoutError(f"silo {silo} did not refuse {request.job_key}")
 
 
 def test_lockdown_while_a_run_goes_on(stack, fedfunc):
@@ -91,12 +96,19 @@ def test_lockdown_while_a_run_goes_on(stack, fedfunc):
     forged = forged.model_copy(update={"ticket": issue_ticket(keys.generate(), run="attack-forged", round=0,
                                                              silo="lock-1", code_hash=bundle["code_hash"], nonce="n")})
     backend.submit(forged)
-    # Unsigned bundle: a valid-looking request that carries no signed code.
-    unsigned = _attack_request(stack, "lock-2", "attack-unsigned", None, "fft1.x.y")
+    # Unsigned bundle: even a job the orchestrator's key ticketed runs no code without a trusted signature.
+    unsigned = _attack_request(stack, "lock-2", "attack-unsigned", None, None)
+    unsigned = unsigned.model_copy(update={"ticket": issue_ticket(
+        keys.load_private(stack.orchestrator_key_path), run="attack-unsigned", round=0, silo="lock-2",
+        code_hash="", nonce="n")})
     backend.submit(unsigned)
-    assert _failed(stack, "lock-1", forged)["rule"] == "ticket.untrusted_issuer"
-    failed = _failed(stack, "lock-2", unsigned)
-    assert failed["rule"] == "bundle.unsigned" and "carries no signed code bundle" in failed["reason"]
+    assert _refusal(stack, "lock-1", forged)["rule"] == "ticket.untrusted_issuer"
+    refused = _refusal(stack, "lock-2", unsigned)
+    assert refused["rule"] == "bundle.unsigned" and "carries no signed code bundle" in refused["message"]
+    own_2 = BlobServiceClient.from_connection_string(read_credentials(silo_home(stack.home, "lock-2")).connection_string)
+    failed = json.loads(own_2.get_blob_client(layout.OUTBOX, unsigned.outbox_prefix + layout.FAILED)
+                        .download_blob().readall())
+    assert failed["rule"] == "bundle.unsigned"  # a ticketed job says why in its round's slot
 
     # Cross-silo write: silo lock-1's own key against silo lock-3's outbox.
     key_of_1 = BlobServiceClient.from_connection_string(

@@ -1,9 +1,12 @@
 """Every admission refusal, run as a real job against the silo's storage: the failure names the rule and
 the object, the silo's data is never read, and nothing but failed.json lands in the outbox."""
 import json
+import os
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from pathlib import Path
 
 from fedfunc import layout
 from fedfunc.backends import Hyperparams
@@ -40,11 +43,20 @@ def _outbox_names(io, request) -> list[str]:
 
 
 def _refused(io, request, rule: str, object_part: str) -> dict:
+    """The job is refused by ``rule`` before any data is read. An authenticated job (valid ticket) says so
+    in its round's slot (failed.json, nothing else); an unauthenticated one leaves the round untouched and
+    only the silo's own trail records the refusal."""
     with pytest.raises(JobFailed) as err:
         run_job(request, io)
     assert err.value.rule == rule, err.value.reason
     assert object_part in err.value.reason and rule in err.value.reason
     assert io.data_reads == 0, "data was read before admission refused the job"
+    refusal = [e for e in SiloAuditTrail(io.outbox, request.silo).recent()
+               if e["kind"] == "job_refused" and e["job"] == request.job_key][-1]
+    assert refusal["detail"]["rule"] == rule
+    if rule.startswith(("ticket.", "policy.missing", "policy.invalid")):
+        assert _outbox_names(io, request) == []
+        return {"rule": rule, "reason": err.value.reason}
     assert _outbox_names(io, request) == [layout.FAILED]
     failed = json.loads(io.outbox.read(request.outbox_prefix + layout.FAILED))
     assert failed["rule"] == rule
@@ -126,10 +138,12 @@ def test_expired_and_missing_tickets_are_refused(silo_with_data, silo_io, job_fa
     _refused(silo_io("adm-c"), request.model_copy(update={"ticket": None}), "ticket.missing", "run-noticket")
 
 
-def test_unsigned_and_untrusted_bundles_are_refused(silo_with_data, silo_io, job_factory, signed_bundle):
+def test_unsigned_and_untrusted_bundles_are_refused(silo_with_data, silo_io, job_factory, signed_bundle, trust):
     silo_with_data("adm-d")
     request = job_factory("adm-d", "run-unsigned")
-    _refused(silo_io("adm-d"), request.model_copy(update={"bundle": None}), "bundle.unsigned", "code bundle")
+    unsigned = request.model_copy(update={"bundle": None})  # ticketed as the orchestrator would: no code hash
+    unsigned = unsigned.model_copy(update={"ticket": _ticket(trust.orchestrator, request, code_hash="")})
+    _refused(silo_io("adm-d"), unsigned, "bundle.unsigned", "code bundle")
     request = job_factory("adm-d", "run-untrusted")
     rogue = sign_bundle(signed_bundle.bundle, keys.generate()).model_dump(mode="json")
     _refused(silo_io("adm-d"), request.model_copy(update={"bundle": rogue}), "bundle.untrusted_signer",
@@ -178,13 +192,14 @@ def test_daily_round_limit(silo_with_data, silo_io, job_factory):
 
 
 def test_a_job_for_another_silo_is_refused_by_this_silos_policy(silo_with_data, silo_io, job_factory, trust):
-    """Silo B's request run with silo A's home (A's key): A's policy refuses it before anything is read."""
+    """Silo B's request run with silo A's home (A's key): refused before anything is read — its ticket
+    names B, and A's policy names A."""
     silo_with_data("adm-k")
     silo_with_data("adm-l")
     request = job_factory("adm-l", "run-cross")
     with pytest.raises(JobFailed) as err:
         run_job(request, silo_io("adm-k"))
-    assert err.value.rule == "policy.silo" and "'adm-l'" in err.value.reason
+    assert err.value.rule == "ticket.silo" and "'adm-l'" in err.value.reason
 
 
 def test_missing_policy_refuses_everything(silo_with_data, silo_io, job_factory, own_service):
@@ -193,16 +208,32 @@ def test_missing_policy_refuses_everything(silo_with_data, silo_io, job_factory,
     _refused(silo_io("adm-m"), job_factory("adm-m", "run-nopolicy"), "policy.missing", "policy/policy.json")
 
 
-def test_forged_ticket_through_the_local_backend(silo_with_data, own_service, job_factory, silos, wait_outbox):
-    """The same refusal from a real detached silo process: failed.json names the rule, no update lands."""
+def test_forged_ticket_through_the_local_backend(silo_with_data, silo_io, job_factory, silos):
+    """The same refusal from a real detached silo process (worker and supervisor): the silo's trail names
+    the rule, and nothing at all lands in the round's slot — a forged job cannot speak for the silo."""
     silo_with_data("adm-n")
     request = job_factory("adm-n", "run-forged-proc")
     request = request.model_copy(update={"ticket": _ticket(keys.generate(), request)})
-    LocalProcessBackend(silos.home_root).submit(request)
-    service = own_service("adm-n")
-    assert wait_outbox(service, request.outbox_prefix, (layout.UPDATE, layout.FAILED)) == layout.FAILED
-    failed = json.loads(service.get_blob_client(layout.OUTBOX, request.outbox_prefix + layout.FAILED)
-                        .download_blob().readall())
-    assert failed["rule"] == "ticket.untrusted_issuer"
+    backend = LocalProcessBackend(silos.home_root)
+    backend.submit(request)
+    deadline = time.monotonic() + 60
+    while psutil_alive(backend.pid(request.job_key)):
+        assert time.monotonic() < deadline, "the forged job did not end"
+        time.sleep(0.2)
+    io = silo_io("adm-n")
+    refusals = [e for e in SiloAuditTrail(io.outbox, "adm-n").recent() if e["job"] == request.job_key]
+    assert [e["detail"]["rule"] for e in refusals if e["kind"] == "job_refused"] == ["ticket.untrusted_issuer"]
+    assert _outbox_names(io, request) == []
+
+
+def psutil_alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status = Path(f"/proc/{pid}/stat").read_text().split()[2] if Path(f"/proc/{pid}/stat").exists() else "X"
+    return status not in ("Z", "X")
     names = [b.name for b in service.get_container_client(layout.OUTBOX).list_blobs(name_starts_with=request.outbox_prefix)]
     assert names == [request.outbox_prefix + layout.FAILED]

@@ -58,13 +58,15 @@ def test_aml_mode_trains_from_mounted_folders(tmp_path, policy_for, signed_bundl
     assert list((outbox / "audit").glob("*.jsonl"))
 
 
-def test_aml_mode_refuses_a_forged_ticket_with_failed_json(tmp_path, policy_for, signed_bundle, trust):
+def test_aml_mode_refuses_a_forged_ticket_without_touching_the_round(tmp_path, policy_for, signed_bundle, trust):
+    """A forged job is refused before any data is read and publishes nothing in the round's slot; the
+    refusal is in the silo's own trail."""
     from fedfunc.security import keys
 
     data, model, outbox, policy_file = _mounts(tmp_path, policy_for("aml-silo"))
     req = _request(tmp_path, model, signed_bundle, trust, ticket_key=keys.generate())
     proc = _run(tmp_path, data, model, outbox, policy_file)
-    assert proc.returncode != 0
-    job = outbox / req.outbox_prefix
-    assert [p.name for p in job.iterdir()] == [layout.FAILED]
-    assert json.loads((job / layout.FAILED).read_text())["rule"] == "ticket.untrusted_issuer"
+    assert proc.returncode != 0 and "ticket.untrusted_issuer" in proc.stderr
+    assert not (outbox / req.outbox_prefix).exists()
+    trail = "".join(p.read_text() for p in (outbox / "audit").iterdir())
+    assert '"rule": "ticket.untrusted_issuer"' in trail
