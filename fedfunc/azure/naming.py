@@ -50,3 +50,8 @@ def job_name(run: str, round_: int, silo: str) -> str:
     """
     safe = _safe(f"fedfunc-{run}-r{round_}-{silo}")[:200]
     return f"{safe}-{_digest(run, str(round_), silo)}"
+
+
+def smoke_job_name(silo: str, smoke_id: str) -> str:
+    """Deterministic name of an onboarding smoke job: a retried onboarding step finds the same job."""
+    return f"{_safe(f'fedfunc-smoke-{silo}')[:120]}-{_digest(silo, smoke_id)}"

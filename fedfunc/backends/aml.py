@@ -32,6 +32,7 @@ signed, not secret, and ``model_url`` on Azure is a plain URL (the job reads thr
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from urllib.parse import unquote, urlparse
 
@@ -47,7 +48,12 @@ COMMAND = (
     f'printf %s "${REQUEST_ENV}" > request.json && python -m fedfunc silo-job --aml --request request.json'
     " --data ${{inputs.data}} --model ${{inputs.model}} --policy ${{inputs.policy}} --outbox ${{outputs.outbox}}"
 )
+SMOKE_COMMAND = (
+    "python -m fedfunc silo-smoke --aml --id {smoke_id} --silo {silo} --models-url {models_url}"
+    " --data ${{{{inputs.data}}}} --policy ${{{{inputs.policy}}}} --outbox ${{{{outputs.outbox}}}}"
+)
 TAG_RUN, TAG_ROUND, TAG_SILO = "fedfunc.run", "fedfunc.round", "fedfunc.silo"
+TERMINAL = {"Completed", "Failed", "Canceled", "NotResponding"}
 
 
 def _datastore_uri(datastore: str, path: str = "") -> str:
@@ -74,10 +80,11 @@ class AmlSiloJobBackend:
         self.gateway, self.aml, self.compute_for = gateway, settings.aml, compute_for
 
     def build_job(self, request: SiloJobRequest):
-        from azure.ai.ml import Input, Output, command
+        from azure.ai.ml import Input, command
         from azure.ai.ml.entities import ManagedIdentityConfiguration
 
         silo, env = request.silo, self.aml.environment
+        mounts = self._mounts(silo)
         return command(
             name=naming.job_name(request.run_id, request.round, silo),
             display_name=f"{request.run_id} round {request.round} {silo}",
@@ -88,19 +95,55 @@ class AmlSiloJobBackend:
             environment=env if env.startswith("azureml:") else f"azureml:{env}",
             command=COMMAND,
             environment_variables={REQUEST_ENV: request.model_dump_json()},
-            inputs={
-                "data": Input(type="uri_folder", mode="ro_mount",
-                              path=_datastore_uri(naming.datastore(silo, layout.DATA))),
-                "model": Input(type="uri_file", mode="download",
-                               path=_datastore_uri(self.aml.models_datastore, model_path(request.model_url))),
-                "policy": Input(type="uri_file", mode="download",
-                                path=_datastore_uri(naming.datastore(silo, POLICY_CONTAINER), POLICY_BLOB)),
-            },
-            outputs={"outbox": Output(type="uri_folder", mode="rw_mount",
-                                      path=_datastore_uri(naming.datastore(silo, layout.OUTBOX)))},
+            inputs={**mounts["inputs"], "model": Input(
+                type="uri_file", mode="download",
+                path=_datastore_uri(self.aml.models_datastore, model_path(request.model_url)))},
+            outputs=mounts["outputs"],
             identity=ManagedIdentityConfiguration(),
             tags={TAG_RUN: request.run_id, TAG_ROUND: str(request.round), TAG_SILO: silo},
         )
+
+    def _mounts(self, silo: str) -> dict:
+        from azure.ai.ml import Input, Output
+
+        return {
+            "inputs": {"data": Input(type="uri_folder", mode="ro_mount",
+                                     path=_datastore_uri(naming.datastore(silo, layout.DATA))),
+                       "policy": Input(type="uri_file", mode="download",
+                                       path=_datastore_uri(naming.datastore(silo, POLICY_CONTAINER), POLICY_BLOB))},
+            "outputs": {"outbox": Output(type="uri_folder", mode="rw_mount",
+                                         path=_datastore_uri(naming.datastore(silo, layout.OUTBOX)))},
+        }
+
+    def build_smoke_job(self, silo: str, smoke_id: str, models_url: str):
+        """The onboarding smoke job: same compute, identity, mounts and environment as a training job,
+        but it trains nothing; it checks access and writes its verdict to ``outbox/smoke/{id}.json``."""
+        from azure.ai.ml import command
+        from azure.ai.ml.entities import ManagedIdentityConfiguration
+
+        env = self.aml.environment
+        return command(
+            name=naming.smoke_job_name(silo, smoke_id), display_name=f"onboarding smoke {silo}",
+            experiment_name="fedfunc-onboarding", compute=self.compute_for(silo), code=self.aml.code,
+            environment=env if env.startswith("azureml:") else f"azureml:{env}",
+            command=SMOKE_COMMAND.format(smoke_id=smoke_id, silo=silo, models_url=models_url),
+            identity=ManagedIdentityConfiguration(), tags={TAG_SILO: silo}, **self._mounts(silo))
+
+    def smoke(self, silo: str, smoke_id: str, models_url: str, *, timeout: float = 480, poll: float = 15) -> dict:
+        """Submit the smoke job (once per id) and wait for it to end. AML compute may scale up from zero,
+        so a wait that times out raises and the retried activity resumes waiting on the same job."""
+        job = self.build_smoke_job(silo, smoke_id, models_url)
+        if self.gateway.job_status(job.name) is None:
+            try:
+                self.gateway.create_job(job)
+            except JobExists:
+                pass
+        deadline = time.monotonic() + timeout
+        while (status := self.gateway.job_status(job.name)) not in TERMINAL:
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"smoke job {job.name} is still {status} after {timeout:.0f}s")
+            time.sleep(poll)
+        return {"ok": status == "Completed", "job": job.name, "status": status}
 
     def submit(self, request: SiloJobRequest) -> str:
         """Submit once: an existing job of the same name (a retried activity) is the job.

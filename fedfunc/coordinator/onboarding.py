@@ -6,6 +6,7 @@ outbox read SAS for the orchestrator plus a local Event Grid subscription. Azure
 """
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta, timezone
 
 from azure.storage.blob import ContainerSasPermissions, generate_container_sas
@@ -16,6 +17,7 @@ from fedfunc.coordinator.services import Services
 from fedfunc.registry import SILO_NAME, SiloRecord, UnknownSilo
 from fedfunc.security.keys import public_b64
 from fedfunc.security.policy import MinPrivacy, SiloPolicy
+from fedfunc.silo.smoke import smoke_report
 from fedfunc.validation import describe
 
 AZURE_PROVISION = ("storage", "containers", "identity", "compute", "datastores")
@@ -133,10 +135,19 @@ def _data_events_connection(svc: Services, record: SiloRecord) -> str:
 
 
 def smoke(svc: Services, request: SiloRequest, smoke_id: str) -> dict:
-    """A non-ML job on the silo's compute: reads its data, writes its outbox, and is refused elsewhere."""
-    if svc.settings.job_backend != "local":
-        raise OnboardingError("the smoke job on AML compute is not built yet; onboard, then run a 1-round run")
-    result = svc.backend.smoke(request.name, smoke_id)
+    """A non-ML job on the silo's compute: reads its data, writes its outbox, and is refused elsewhere.
+    On AML the verdict is the report the job wrote to the silo's outbox, read with the app's identity."""
+    if svc.settings.job_backend == "local":
+        result = svc.backend.smoke(request.name, smoke_id)
+    else:
+        models_url = f"{svc.settings.storage.blob_service_uri}/{layout.MODELS}"
+        job = svc.backend.smoke(request.name, smoke_id, models_url)
+        try:
+            result = json.loads(svc.read_outbox(request.name, smoke_report(smoke_id), 64 * 1024))
+        except Exception as e:  # no verdict: the job failed before writing it
+            result = {"ok": False, "checks": {}, "reason": f"smoke job {job['job']} {job['status']}: "
+                                                          f"no report ({type(e).__name__})"}
+        result["ok"] = job["ok"] and all(result.get("checks", {}).values()) and bool(result.get("checks"))
     if not result.get("ok"):
         failed = [k for k, passed in result.get("checks", {}).items() if not passed]
         raise OnboardingError(f"smoke job on silo {request.name!r} failed checks {failed} {result.get('reason', '')}")

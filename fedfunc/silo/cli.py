@@ -82,12 +82,28 @@ def silo_job(
         raise typer.Exit(1)
 
 
-def silo_smoke(smoke_id: str = typer.Option(..., "--id", help="onboarding attempt id")) -> None:
+def silo_smoke(
+    smoke_id: str = typer.Option(..., "--id", help="onboarding attempt id"),
+    aml: bool = typer.Option(False, "--aml", help="on AML: folders mounted by AML, storage as the managed identity"),
+    silo: Optional[str] = typer.Option(None, "--silo", help="AML: this silo's name"),
+    data: Optional[Path] = typer.Option(None, "--data", help="AML: the silo's data container, mounted"),
+    outbox: Optional[Path] = typer.Option(None, "--outbox", help="AML: the silo's outbox container, mounted rw"),
+    policy: Optional[Path] = typer.Option(None, "--policy", help="AML: the silo's policy/policy.json"),
+    models_url: Optional[str] = typer.Option(None, "--models-url", help="AML: the orchestrator's models container"),
+) -> None:
     """Onboarding smoke job: this silo can read its data and write its outbox, and nothing else."""
-    from fedfunc.silo.home import home_from_env, read_credentials
-    from fedfunc.silo.smoke import run_smoke
+    from fedfunc.silo.smoke import run_mounted_smoke, run_smoke
 
-    result = run_smoke(read_credentials(home_from_env()), smoke_id)
+    if aml:
+        missing = [n for n, v in (("--silo", silo), ("--data", data), ("--outbox", outbox), ("--policy", policy),
+                                  ("--models-url", models_url)) if v is None]
+        if missing:
+            raise typer.BadParameter(f"--aml needs {', '.join(missing)}")
+        from fedfunc.silo.io import MountedSiloIO
+        result = run_mounted_smoke(MountedSiloIO(data, data, outbox, policy), silo, smoke_id, models_url)
+    else:
+        from fedfunc.silo.home import home_from_env, read_credentials
+        result = run_smoke(read_credentials(home_from_env()), smoke_id)
     typer.echo(json.dumps(result, sort_keys=True))
     if not result["ok"]:
         raise typer.Exit(1)

@@ -155,3 +155,48 @@ def test_one_setting_switches_the_backend(tmp_path):
 def test_production_wiring_builds_offline(tmp_path):
     backend = backend_from_settings(load_settings(aml_env(tmp_path)))
     assert type(backend.gateway).__name__ == "AzureMLGateway"
+
+
+class FinishingGateway(FakeGateway):
+    """A job that runs for ``polls`` status checks, then ends in ``final``."""
+
+    def __init__(self, final: str, polls: int = 2):
+        super().__init__()
+        self.final, self.polls = final, polls
+
+    def job_status(self, name):
+        if name not in self.jobs:
+            return None
+        self.polls -= 1
+        return "Running" if self.polls > 0 else self.final
+
+
+def test_smoke_job_spec_runs_the_smoke_command_with_the_silos_mounts_and_identity(settings):
+    backend = AmlSiloJobBackend(FakeGateway(), settings)
+    spec = as_spec(backend.build_smoke_job("north-eu", "onboard:north-eu-1",
+                                           "https://orch.blob.core.windows.net/models"))
+    assert spec["compute"] == f"azureml:{naming.compute('north-eu')}"
+    assert spec["identity"]["type"] == "managed_identity"
+    assert spec["inputs"]["data"]["path"] == f"azureml://datastores/{naming.datastore('north-eu', 'data')}/paths/"
+    assert spec["inputs"]["data"]["mode"] == "ro_mount" and spec["outputs"]["outbox"]["mode"] == "rw_mount"
+    assert "model" not in spec["inputs"]  # a smoke job touches no model and no training data
+    command = " ".join(spec["component"]["command"].split())
+    assert command.startswith("python -m fedfunc silo-smoke --aml --id onboard:north-eu-1 --silo north-eu")
+    assert "${{inputs.data}}" in command and "${{outputs.outbox}}" in command
+
+
+@pytest.mark.parametrize("final, ok", [("Completed", True), ("Failed", False)])
+def test_smoke_waits_for_the_job_and_submits_once(settings, final, ok):
+    gateway = FinishingGateway(final)
+    backend = AmlSiloJobBackend(gateway, settings)
+    result = backend.smoke("north-eu", "s1", "https://orch.blob.core.windows.net/models", poll=0)
+    assert result["ok"] is ok and result["status"] == final and len(gateway.created) == 1
+    gateway.polls = 1  # the retried activity finds the same job instead of submitting another
+    assert backend.smoke("north-eu", "s1", "https://orch.blob.core.windows.net/models", poll=0)["ok"] is ok
+    assert len(gateway.created) == 1
+
+
+def test_smoke_that_outlives_its_wait_raises_so_the_activity_retries(settings):
+    backend = AmlSiloJobBackend(FinishingGateway("Completed", polls=10**6), settings)
+    with pytest.raises(TimeoutError, match="still Running"):
+        backend.smoke("north-eu", "s2", "https://orch.blob.core.windows.net/models", timeout=0, poll=0)
