@@ -7,6 +7,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def build_report(state: dict, *, status: str, error: str | None = None, stop_reason: str | None = None,
@@ -35,6 +36,7 @@ def render_png(report: dict) -> bytes:
     ax_acc.set(title=f"{report['spec']['task']}: held-out accuracy", xlabel="round", ylabel="accuracy")
     ax_loss.set(title="held-out loss", xlabel="round", ylabel="cross-entropy")
     for ax in (ax_acc, ax_loss):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(f"run {report['run']} ({report['status']})")
