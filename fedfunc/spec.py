@@ -5,10 +5,10 @@ import math
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fedfunc.backends import Hyperparams
-from fedfunc.validation import describe
+from fedfunc.validation import parse
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
@@ -53,9 +53,4 @@ class RunSpec(BaseModel):
 
 def parse_spec(data: object) -> RunSpec:
     """Validate a spec; on failure a ``SpecError`` whose message names each bad field."""
-    if not isinstance(data, dict):
-        raise SpecError("the run spec must be a JSON object")
-    try:
-        return RunSpec.model_validate(data)
-    except ValidationError as e:
-        raise SpecError(f"invalid run spec: {describe(e)}") from None
+    return parse(RunSpec, data, SpecError, "run spec")

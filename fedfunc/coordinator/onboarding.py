@@ -10,7 +10,7 @@ import json
 from datetime import datetime, timedelta, timezone
 
 from azure.storage.blob import ContainerSasPermissions, generate_container_sas
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from fedfunc import layout
 from fedfunc.coordinator.services import Services
@@ -18,7 +18,7 @@ from fedfunc.registry import SILO_NAME, SiloRecord, UnknownSilo
 from fedfunc.security.keys import public_b64
 from fedfunc.security.policy import MinPrivacy, SiloPolicy
 from fedfunc.silo.smoke import smoke_report
-from fedfunc.validation import describe
+from fedfunc.validation import parse
 
 AZURE_PROVISION = ("storage", "containers", "identity", "compute", "datastores")
 AZURE_GRANT = ("role_assignments", "event_subscriptions")
@@ -48,12 +48,7 @@ class OnboardingError(ValueError):
 
 def parse_request(body: object) -> SiloRequest:
     """Validated onboarding request; the message names each bad field."""
-    if not isinstance(body, dict):
-        raise OnboardingError("the body must be a JSON object with name, compute and policy")
-    try:
-        return SiloRequest.model_validate(body)
-    except ValidationError as e:
-        raise OnboardingError(f"invalid silo: {describe(e)}") from None
+    return parse(SiloRequest, body, OnboardingError, "silo request")
 
 
 def validate(svc: Services, request: SiloRequest) -> SiloRequest:
