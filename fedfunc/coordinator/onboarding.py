@@ -10,14 +10,15 @@ import json
 from datetime import datetime, timedelta, timezone
 
 from azure.storage.blob import ContainerSasPermissions, generate_container_sas
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fedfunc import layout
 from fedfunc.coordinator.services import Services
 from fedfunc.registry import SILO_NAME, SiloRecord, UnknownSilo
-from fedfunc.security.keys import public_b64
+from fedfunc.security.keys import parse_public_b64, public_b64
 from fedfunc.security.policy import MinPrivacy, SiloPolicy
 from fedfunc.silo.smoke import smoke_report
+from fedfunc.tasks.registry import TASKS
 from fedfunc.validation import parse
 
 AZURE_PROVISION = ("storage", "containers", "identity", "compute", "datastores")
@@ -29,10 +30,25 @@ class InitialPolicy(BaseModel):
     """What the admin proposes for the silo owner's first policy; an existing policy in the silo wins."""
 
     model_config = ConfigDict(extra="forbid")
-    trusted_signers: list[str] = Field(default_factory=list)
+    trusted_signers: list[str] = Field(default_factory=list, description="base64 Ed25519 public keys")
     allowed_tasks: list[str] = Field(default_factory=list)
     min_privacy: MinPrivacy | None = None
     max_rounds_per_day: int | None = Field(None, ge=0)
+
+    @field_validator("trusted_signers")
+    @classmethod
+    def _keys(cls, v: list[str]) -> list[str]:
+        for key in v:
+            parse_public_b64(key)
+        return v
+
+    @field_validator("allowed_tasks")
+    @classmethod
+    def _tasks(cls, v: list[str]) -> list[str]:
+        unknown = sorted(set(v) - set(TASKS))
+        if unknown:
+            raise ValueError(f"unknown task(s) {unknown}; known: {sorted(TASKS)}")
+        return v
 
 
 class SiloRequest(BaseModel):
