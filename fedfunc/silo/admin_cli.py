@@ -99,3 +99,42 @@ def policy(
         write_policy(creds.connection_string, SiloPolicy.model_validate_json(set_.read_text()), replace=True)
     current = parse_policy(BlobSiloIO(creds.connection_string, creds.models_sas).read_policy())
     typer.echo(json.dumps(current.model_dump(mode="json"), indent=2))
+
+
+@silo_app.command("upload")
+def upload(
+    name: str = typer.Argument(...),
+    task: str = typer.Option(..., "--task", help="the task this data trains, e.g. digits"),
+    file: Optional[Path] = typer.Option(None, "--file", exists=True, dir_okay=False,
+                                        help="a safetensors file with arrays x (float32) and y (int64)"),
+    builtin_part: Optional[str] = typer.Option(None, "--builtin-part", metavar="I/N",
+                                               help="instead: part I of N of the task's built-in training set"),
+    alpha: Optional[float] = typer.Option(None, "--alpha", help="with --builtin-part: Dirichlet label skew"),
+    seed: int = typer.Option(0, "--seed"),
+    local_home: Path = typer.Option(Path(".fedfunc"), "--local-home", envvar="FEDFUNC_LOCAL_HOME"),
+) -> None:
+    """Upload a local silo's training data, as its owner: with the silo's own key, into its own ``data``."""
+    from fedfunc.silo.home import silo_home
+    from fedfunc.silo.local import upload_silo_data
+    from fedfunc.tasks import xy_from_bytes
+    from fedfunc.tasks.partition import partition
+    from fedfunc.tasks.registry import get_task
+
+    if (file is None) == (builtin_part is None):
+        raise typer.BadParameter("give exactly one of --file or --builtin-part")
+    if file is not None:
+        try:
+            x, y = xy_from_bytes(file.read_bytes())
+        except ValueError as e:
+            raise typer.BadParameter(f"--file {file}: {e}") from None
+    else:
+        try:
+            i, n = (int(v) for v in builtin_part.split("/"))
+            assert 1 <= i <= n
+        except (ValueError, AssertionError):
+            raise typer.BadParameter(f"--builtin-part {builtin_part!r}: expected I/N with 1 ≤ I ≤ N") from None
+        data = get_task(task).load_dataset()
+        idx = partition(data.y_train, n, alpha=alpha, seed=seed)[i - 1]
+        x, y = data.x_train[idx], data.y_train[idx]
+    path = upload_silo_data(silo_home(local_home, name), task, x, y)
+    console.print(f"uploaded {len(y)} samples to silo {name}: data/{path}")

@@ -44,3 +44,32 @@ def test_silo_listing_hides_credentials_and_disable_is_admin_only(stack):
     r = stack.api("POST", "/api/silos/site-1/disable", role="scientist", expect=(403,))
     assert r["rule"] == "auth.role"
     assert stack.api("POST", "/api/silos/nowhere/disable", role="admin", expect=(404,))["error"]
+
+
+def test_silo_owner_uploads_data_with_the_cli(stack, tmp_path, digits):
+    """The owner's upload lands in the silo's own data with the silo's own key; bad files are refused."""
+    import pickle
+
+    from typer.testing import CliRunner
+
+    from fedfunc.cli import _register, app
+    from fedfunc.silo.home import read_credentials, silo_home
+    from fedfunc.storage import blob_service
+    from fedfunc.tasks import xy_from_bytes
+
+    _register()
+    home = ["--local-home", str(stack.home)]
+    ok = CliRunner().invoke(app, ["silo", "upload", "site-2", "--task", "digits", "--builtin-part", "2/3", *home])
+    assert ok.exit_code == 0, ok.output
+    creds = read_credentials(silo_home(stack.home, "site-2"))
+    x, y = xy_from_bytes(blob_service(creds.connection_string).get_blob_client(
+        "data", "digits/train.safetensors").download_blob().readall())
+    assert len(y) == int(ok.output.split()[1]) and x.dtype.name == "float32"
+
+    pickled = tmp_path / "data.safetensors"
+    pickled.write_bytes(pickle.dumps({"x": [1.0], "y": [0]}))
+    bad = CliRunner().invoke(app, ["silo", "upload", "site-2", "--task", "digits", "--file", str(pickled), *home])
+    assert bad.exit_code == 2 and "--file" in bad.output
+    both = CliRunner().invoke(app, ["silo", "upload", "site-2", "--task", "digits", "--file", str(pickled),
+                                    "--builtin-part", "1/3", *home])
+    assert both.exit_code == 2 and "exactly one" in both.output
