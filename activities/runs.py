@@ -53,7 +53,7 @@ def _utc(iso: str) -> datetime:
 @bp.activity_trigger(input_name="job")
 def aggregate(job: dict) -> dict:
     svc = services()
-    result = rounds.aggregate_round(svc.store, svc.read_outbox, job, job["updates"])
+    result = rounds.aggregate_round(svc.store, svc.outbox_reader(), job, job["updates"])
     run, round_ = job["run_id"], job["round"]
     for silo, got in result["received"].items():
         svc.audit.record("artifact_received", run=run, round=round_, silo=silo,

@@ -63,18 +63,17 @@ def route_outbox_event(event: func.EventGridEvent) -> tuple[str, str, dict] | No
     if parsed["name"] == layout.UPDATE:
         return instance, update_event(silo), {"path": blob[1], "etag": data.get("eTag"),
                                               "size": data.get("contentLength")}
-    note = _failure_note(record, blob[1])
+    note = _failure_note(silo, blob[1])
     services().audit.record("job_refused" if note.get("rule") else "job_failed", run=parsed["run"],
                             round=parsed["round"], silo=silo, event_id=f"failed:{parsed['run']}:{parsed['round']}:{silo}",
                             rule=note.get("rule"), reason=note["reason"])
     return instance, failed_event(silo), {"reason": note["reason"], "rule": note.get("rule")}
 
 
-def _failure_note(record, path: str) -> dict:
+def _failure_note(silo: str, path: str) -> dict:
     """The silo's own failure note (bounded read); the event still counts if the note is unreadable."""
     try:
-        blob = services().outbox(record).get_blob_client(path)
-        note = json.loads(blob.download_blob(offset=0, length=MAX_FAILURE_NOTE).readall())
+        note = json.loads(services().outbox_reader()(silo, path, MAX_FAILURE_NOTE))
         return {"reason": str(note.get("reason") or "job failed (no reason given)"), "rule": note.get("rule")}
     except Exception as e:  # the failure still ends the silo's wait
         return {"reason": f"job failed (failure note unreadable: {type(e).__name__})", "rule": None}

@@ -154,7 +154,7 @@ def smoke(svc: Services, request: SiloRequest, smoke_id: str) -> dict:
         models_url = f"{svc.settings.storage.blob_service_uri}/{layout.MODELS}"
         job = svc.backend.smoke(request.name, smoke_id, models_url)
         try:
-            result = json.loads(svc.read_outbox(request.name, smoke_report(smoke_id), 64 * 1024))
+            result = json.loads(svc.outbox_reader()(request.name, smoke_report(smoke_id), 64 * 1024))
         except Exception as e:  # no verdict: the job failed before writing it
             result = {"ok": False, "checks": {}, "reason": f"smoke job {job['job']} {job['status']}: "
                                                           f"no report ({type(e).__name__})"}

@@ -6,6 +6,7 @@ the storage setting picks Azurite keys or managed identity. Orchestrations never
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
@@ -63,13 +64,19 @@ class Services:
         cred = record.outbox_read_sas or credential()
         return ContainerClient(record.blob_url, layout.OUTBOX, credential=cred)
 
-    def read_outbox(self, silo: str, path: str, max_bytes: int) -> bytes:
-        """Download a blob from the silo's own outbox, refusing oversize blobs before reading them."""
-        blob = self.outbox(self.registry.get(silo)).get_blob_client(path)
-        size = blob.get_blob_properties().size
-        if size > max_bytes:
-            raise ValueError(f"size: {path} is {size} bytes, over the {max_bytes}-byte bound")
-        return blob.download_blob().readall()
+    def outbox_reader(self) -> Callable[[str, str, int], bytes]:
+        """``read(silo, path, max_bytes)`` from silos' own outboxes, for one activity: each silo's record
+        and container client are looked up once, and a blob is read in one request, never past the bound."""
+        outboxes: dict[str, ContainerClient] = {}
+
+        def read(silo: str, path: str, max_bytes: int) -> bytes:
+            if silo not in outboxes:
+                outboxes[silo] = self.outbox(self.registry.get(silo))
+            data = outboxes[silo].get_blob_client(path).download_blob(offset=0, length=max_bytes + 1).readall()
+            if len(data) > max_bytes:
+                raise ValueError(f"size: {path} is over the {max_bytes}-byte bound")
+            return data
+        return read
 
 
 @lru_cache(maxsize=1)
