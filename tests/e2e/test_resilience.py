@@ -88,3 +88,41 @@ def test_disabled_silo_leaves_and_new_silo_joins_from_next_round(stack, spec, di
         stack.api("POST", "/api/silos", {"name": "site-3", "compute": "local", "policy": stack.silo_policy()},
                   role="admin")
         stack.add_silo("site-3")
+
+
+def test_malformed_update_is_rejected_with_reason_and_round_goes_on(stack, spec, digits):
+    """A silo that publishes a NaN update (its real job stopped, a forged update in its place): the round
+    rejects it with the rule, aggregates the others at quorum, and reports the silo as rejected."""
+    from azure.core.exceptions import ResourceExistsError
+
+    from fedfunc import weights
+    from fedfunc.backends.local import LocalProcessBackend
+    from fedfunc.silo.home import read_credentials, silo_home
+    from fedfunc.storage import blob_service
+
+    stack.add_silo("site-evil")
+    stack.upload_data("site-evil", "digits", digits.x_train[:200], digits.y_train[:200])
+    try:
+        run = stack.start_run(spec(silos=["site-1", "site-2", "site-evil"], quorum=0.6, run_id="e2e-malformed"))
+        collecting = wait_round(stack, run, 0)
+        LocalProcessBackend(stack.home).cancel(collecting["current_round"]["jobs"]["site-evil"])
+        model = weights.decode(stack.download(layout.MODELS, layout.global_model(run, 0)))[0]
+        poisoned = weights.encode({k: np.full_like(v, np.nan) for k, v in model.items()}, {
+            "run": run, "round": "0", "silo": "site-evil", "nonce": json.loads(stack.download(
+                layout.RUNS, layout.round_manifest(run, 0)))["nonce"], "num_samples": "200"})
+        outbox = blob_service(read_credentials(silo_home(stack.home, "site-evil")).connection_string) \
+            .get_container_client(layout.OUTBOX)
+        prefix = layout.outbox_prefix(run, 0, "site-evil")
+        try:
+            outbox.upload_blob(prefix + layout.METRICS, json.dumps({"loss": 0.1, "num_samples": 200}).encode())
+            outbox.upload_blob(prefix + layout.UPDATE, poisoned)
+        except ResourceExistsError:
+            pytest.skip("the real job published before it could be stopped")
+        status = stack.wait_run(run, timeout=300)
+        assert status["runtime_status"] == "Completed", status
+        evil = status["history"][0]["silos"]["site-evil"]
+        assert evil["state"] == "rejected" and "non_finite" in evil["reason"]
+        record = json.loads(stack.download(layout.RUNS, layout.aggregate_record(run, 0)))
+        assert record["accepted"] == ["site-1", "site-2"]
+    finally:
+        stack.api("DELETE", "/api/silos/site-evil", role="admin")
