@@ -1,9 +1,9 @@
 """The activities of a federated run."""
 from __future__ import annotations
 
-import azure.durable_functions as df
-
 from datetime import datetime, timedelta, timezone
+
+import azure.durable_functions as df
 
 from fedfunc import layout
 from fedfunc.coordinator import rounds

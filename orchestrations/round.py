@@ -37,7 +37,7 @@ def _status(round_: int, phase: str, outcomes: dict, **extra) -> dict:
 def federated_round(context: df.DurableOrchestrationContext):
     job = context.get_input()
     spec = RunSpec.model_validate(job["spec"])
-    run_id, round_ = job["run_id"], job["round"]
+    round_ = job["round"]
     deadline = context.current_utc_datetime + timedelta(seconds=spec.round_deadline_s)
 
     job = {**job, "deadline": deadline.isoformat()}

@@ -13,7 +13,6 @@ from azure.eventgrid import SystemEventNames
 
 from fedfunc import layout
 from fedfunc.coordinator.services import services
-from fedfunc.registry import UnknownSilo
 from orchestrations.retraining import DEBOUNCER, UPLOAD_EVENT
 from triggers.runs_api import BadRequest, start_training, validate_run_request
 from triggers.silo_events import account_of, blob_of
