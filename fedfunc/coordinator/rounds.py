@@ -65,7 +65,7 @@ def local_hyperparams(spec: RunSpec) -> Hyperparams:
     Silo jobs derive their own per-round shuffling seed from it, so it is the same for every job."""
     if spec.hyperparams is not None:
         return spec.hyperparams
-    return Hyperparams(**get_task(spec.task).default_hyperparams.as_dict(), seed=spec.seed)
+    return get_task(spec.task).default_hyperparams.model_copy(update={"seed": spec.seed})
 
 
 def silo_job_request(store: RunStore, job: dict, silo: str, ticket: str | None) -> SiloJobRequest:

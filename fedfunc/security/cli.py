@@ -43,7 +43,7 @@ def sign(
 
     try:
         cfg = (json.loads(config.read_text()) if config is not None
-               else {"hyperparams": {**get_task(task).default_hyperparams.as_dict(), "seed": seed}})
+               else {"hyperparams": get_task(task).default_hyperparams.model_copy(update={"seed": seed}).model_dump()})
         signed = sign_bundle(build_bundle(task, cfg), keys.load_private(key))
     except (ValueError, UnknownTask) as e:
         raise typer.BadParameter(str(e)) from None

@@ -1,12 +1,14 @@
 """What a task is: a model builder, a fixed dataset split, and the train / evaluate loops."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 from torch import nn
+
+from fedfunc.backends import Hyperparams  # the one model of local training settings
 
 
 @dataclass(frozen=True)
@@ -17,18 +19,6 @@ class Dataset:
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
-
-
-@dataclass(frozen=True)
-class Hyperparams:
-    """Local training settings a silo job receives each round."""
-
-    epochs: int
-    lr: float
-    batch_size: int
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 # Local optimizers by name; a fresh one is made each round (no optimizer state crosses rounds).

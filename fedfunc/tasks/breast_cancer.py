@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fedfunc.tasks.base import Dataset, Hyperparams, Task, split
+from fedfunc.backends import Hyperparams
+from fedfunc.tasks.base import Dataset, Task, split
 
 N_FEATURES = 30
 # Keeps exact zeros (e.g. concavity 0) finite; below the smallest non-zero measurements' scale.

@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fedfunc.tasks.base import Dataset, Hyperparams, Task, split
+from fedfunc.backends import Hyperparams
+from fedfunc.tasks.base import Dataset, Task, split
 
 # Pixel intensities are 0..16 by construction of the dataset, so dividing by this constant scales
 # to [0, 1] without any statistic of anyone's data.
