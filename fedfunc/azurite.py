@@ -52,6 +52,15 @@ class Account:
         )
 
 
+def _accounts(cfg: dict) -> dict[str, Account]:
+    return {n: Account(n, k, cfg["blob_port"], cfg["table_port"]) for n, k in cfg["keys"].items()}
+
+
+def read_accounts(location: Path) -> dict[str, Account]:
+    """The accounts of an Azurite folder, by name: read only, nothing started or rewritten."""
+    return _accounts(json.loads((Path(location) / "accounts.json").read_text()))
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -101,9 +110,10 @@ class Azurite:
         return cfg
 
     def account(self, name: str) -> Account:
-        if name not in self._config["keys"]:
+        accounts = _accounts(self._config)
+        if name not in accounts:
             raise KeyError(f"no Azurite account named {name!r}")
-        return Account(name, self._config["keys"][name], self._config["blob_port"], self._config["table_port"])
+        return accounts[name]
 
     @property
     def orchestrator(self) -> Account:

@@ -135,9 +135,9 @@ def _data_events_connection(svc: Services, record: SiloRecord) -> str:
     On Azure the storage account's system topic publishes these events itself; locally the host's
     watcher stands in for it, and onboarding (the platform admin who created the account) hands it this.
     """
-    from fedfunc.azurite import Azurite
+    from fedfunc.azurite import read_accounts
 
-    account = Azurite(svc.settings.azurite_home).account(record.account)
+    account = read_accounts(svc.settings.azurite_home)[record.account]
     now = datetime.now(timezone.utc)
     sas = generate_container_sas(account.name, layout.DATA, account_key=account.key,
                                  permission=ContainerSasPermissions(list=True),

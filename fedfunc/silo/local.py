@@ -7,7 +7,6 @@ the silo's ``outbox`` only — tied to a stored access policy, so ``release_loca
 """
 from __future__ import annotations
 
-import json
 import shutil
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -17,7 +16,7 @@ from azure.storage.blob import (AccessPolicy, BlobServiceClient, ContainerSasPer
                                 generate_container_sas)
 
 from fedfunc import layout
-from fedfunc.azurite import ORCHESTRATOR_ACCOUNT, Account
+from fedfunc.azurite import ORCHESTRATOR_ACCOUNT, Account, read_accounts
 from fedfunc.registry import TABLE, SiloRecord
 from fedfunc.silo.home import SiloCredentials, read_credentials, silo_home, write_credentials
 from fedfunc.security.policy import POLICY_BLOB, POLICY_CONTAINER, SiloPolicy, write_policy
@@ -36,21 +35,13 @@ def _conn_parts(conn: str) -> dict[str, str]:
     return dict(p.split("=", 1) for p in conn.split(";") if "=" in p)
 
 
-def _pool(azurite_home: Path) -> dict:
-    return json.loads((Path(azurite_home) / "accounts.json").read_text())
-
-
-def _account(cfg: dict, name: str) -> Account:
-    return Account(name, cfg["keys"][name], cfg["blob_port"], cfg["table_port"])
-
-
 def claim_account(name: str, *, azurite_home: Path, orchestrator_conn: str) -> str:
     """The pool account of silo ``name``: the one it already claimed, else the first free one (atomic)."""
     table = table_service(orchestrator_conn).create_table_if_not_exists(TABLE)
     mine = list(table.query_entities("PartitionKey eq @p and silo eq @s", parameters={"p": CLAIM_PARTITION, "s": name}))
     if mine:
         return mine[0]["RowKey"]
-    pool = sorted(n for n in _pool(azurite_home)["keys"] if n != ORCHESTRATOR_ACCOUNT)
+    pool = sorted(n for n in read_accounts(azurite_home) if n != ORCHESTRATOR_ACCOUNT)
     for account in pool:
         try:
             table.create_entity({"PartitionKey": CLAIM_PARTITION, "RowKey": account, "silo": name})
@@ -89,8 +80,8 @@ def provision_local_silo(name: str, *, azurite_home: Path, orchestrator_conn: st
     """
     if initial_policy.silo != name:
         raise ValueError(f"initial_policy is for silo {initial_policy.silo!r}, not {name!r}")
-    account = _account(_pool(azurite_home), claim_account(name, azurite_home=azurite_home,
-                                                          orchestrator_conn=orchestrator_conn))
+    account = read_accounts(azurite_home)[claim_account(name, azurite_home=azurite_home,
+                                                        orchestrator_conn=orchestrator_conn)]
     service = BlobServiceClient.from_connection_string(account.connection_string)
     for container in (layout.DATA, layout.OUTBOX, POLICY_CONTAINER):
         try:
@@ -112,7 +103,7 @@ def release_local_silo(name: str, *, azurite_home: Path, orchestrator_conn: str,
     table = table_service(orchestrator_conn).create_table_if_not_exists(TABLE)
     claims = list(table.query_entities("PartitionKey eq @p and silo eq @s", parameters={"p": CLAIM_PARTITION, "s": name}))
     for claim in claims:
-        service = BlobServiceClient.from_connection_string(_account(_pool(azurite_home), claim["RowKey"]).connection_string)
+        service = BlobServiceClient.from_connection_string(read_accounts(azurite_home)[claim["RowKey"]].connection_string)
         for container in (layout.DATA, layout.OUTBOX, POLICY_CONTAINER):
             try:
                 service.delete_container(container)
