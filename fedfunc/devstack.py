@@ -14,13 +14,12 @@ from pathlib import Path
 import requests
 
 from fedfunc.azurite import REPO_ROOT, Azurite
-from fedfunc.host.testing import HostProcess
+from fedfunc.host.testing import TERMINAL, HostProcess
 from fedfunc.security import keys
 from fedfunc.security.bundle import build_bundle, sign_bundle
 from fedfunc.silo.home import silo_home
 from fedfunc.silo.local import upload_silo_data
 
-TERMINAL = ("Completed", "Failed", "Terminated")
 
 
 class ApiError(RuntimeError):
@@ -138,6 +137,19 @@ class DevStack:
 
     def run_status(self, run_id: str) -> dict:
         return self.api("GET", f"/api/runs/{run_id}")
+
+    def wait_round(self, run_id: str, round_: int, phase: str = "collecting", timeout: float = 120) -> dict:
+        """The run's status once round ``round_`` is in ``phase`` (e.g. waiting for silo updates)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = self.run_status(run_id)
+            current = status.get("current_round") or {}
+            if current.get("round") == round_ and current.get("phase") == phase:
+                return status
+            if status["runtime_status"] in TERMINAL:
+                raise RuntimeError(f"run {run_id} ended before round {round_} was {phase}: {status}")
+            time.sleep(0.1)
+        raise TimeoutError(f"round {round_} of {run_id} not {phase} within {timeout:.0f}s")
 
     def wait_run(self, run_id: str, timeout: float = 600, on_status=None, interval: float = 0.3) -> dict:
         deadline = time.monotonic() + timeout

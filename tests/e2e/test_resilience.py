@@ -2,26 +2,11 @@
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
 
 from fedfunc import layout
-from fedfunc.devstack import TERMINAL
-
-
-def wait_round(stack, run, round_, phase="collecting", timeout=120):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = stack.run_status(run)
-        current = status.get("current_round") or {}
-        if current.get("round") == round_ and current.get("phase") == phase:
-            return status
-        if status["runtime_status"] in TERMINAL:
-            raise AssertionError(f"run ended before round {round_} was {phase}: {status}")
-        time.sleep(0.1)
-    raise TimeoutError(f"round {round_} of {run} not {phase} within {timeout}s")
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +40,7 @@ def test_below_quorum_fails_clearly_and_keeps_last_good_model(stack, spec, broke
 
 def test_kill_9_host_mid_run_finishes_with_each_round_aggregated_once(stack, spec):
     run = stack.start_run(spec(rounds=3, run_id="e2e-kill", checkpoint_every=2))
-    wait_round(stack, run, 1)
+    stack.wait_round(run, 1)
     stack.host.kill()
     stack.host.start(timeout=60)
     status = stack.wait_run(run, timeout=300)
@@ -71,7 +56,7 @@ def test_kill_9_host_mid_run_finishes_with_each_round_aggregated_once(stack, spe
 
 def test_disabled_silo_leaves_and_new_silo_joins_from_next_round(stack, spec, digits):
     run = stack.start_run(spec(silos="all", rounds=2, run_id="e2e-membership"))
-    first = wait_round(stack, run, 0)
+    first = stack.wait_round(run, 0)
     assert set(first["current_round"]["missing"]) | set(first["current_round"]["received"]) >= {"site-1", "site-2", "site-3"}
     stack.api("POST", "/api/silos/site-3/disable", role="admin")
     stack.add_silo("site-4")
@@ -104,7 +89,7 @@ def test_malformed_update_is_rejected_with_reason_and_round_goes_on(stack, spec,
     stack.upload_data("site-evil", "digits", digits.x_train[:200], digits.y_train[:200])
     try:
         run = stack.start_run(spec(silos=["site-1", "site-2", "site-evil"], quorum=0.6, run_id="e2e-malformed"))
-        collecting = wait_round(stack, run, 0)
+        collecting = stack.wait_round(run, 0)
         LocalProcessBackend(stack.home).cancel(collecting["current_round"]["jobs"]["site-evil"])
         model = weights.decode(stack.download(layout.MODELS, layout.global_model(run, 0)))[0]
         poisoned = weights.encode({k: np.full_like(v, np.nan) for k, v in model.items()}, {

@@ -44,17 +44,6 @@ def stack(tmp_path_factory):
         yield s
 
 
-def _wait_round(stack, run: str, round_: int, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = stack.run_status(run)
-        if status.get("round") == round_ and status.get("current_round"):
-            return
-        assert status["runtime_status"] not in ("Completed", "Failed"), status
-        time.sleep(0.2)
-    raise TimeoutError(f"round {round_} of {run} did not start")
-
-
 def _attack_request(stack, silo: str, run: str, bundle: dict, ticket: str | None) -> SiloJobRequest:
     model = stack.download(layout.MODELS, layout.global_model("lockdown-run", 0))
     return SiloJobRequest(run_id=run, round=0, silo=silo, nonce="n", task="digits", hyperparams=Hyperparams(**HP),
@@ -81,7 +70,7 @@ def test_lockdown_while_a_run_goes_on(stack, fedfunc):
     bundle = stack.signed_bundle("digits", HP)
     run = stack.start_run({"task": "digits", "silos": "all", "rounds": 3, "round_deadline_s": 240, "bundle": bundle,
                            "run_id": "lockdown-run"})
-    _wait_round(stack, run, 0)
+    stack.wait_round(run, 0)
 
     # A fourth silo, from the CLI as a new user would, while round 0 trains.
     pub = keys.public_b64(stack.scientist_signing_key.public_key())
