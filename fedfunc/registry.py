@@ -13,6 +13,8 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import TableClient, UpdateMode
 from pydantic import BaseModel, ConfigDict, Field
 
+from fedfunc.validation import UnknownName
+
 TABLE = "silos"
 _PARTITION = "silo"
 SILO_NAME = r"^[a-z0-9][a-z0-9-]{1,22}[a-z0-9]$"
@@ -20,13 +22,9 @@ Status = Literal["onboarding", "ready", "disabled"]
 _LIST_FIELDS = ("trusted_signers",)
 
 
-class UnknownSilo(KeyError):
+class UnknownSilo(UnknownName):
     def __init__(self, name: str):
-        super().__init__(name)
-        self.name = name
-
-    def __str__(self) -> str:
-        return f"unknown silo {self.name!r}: it is not in the silo registry"
+        super().__init__(name, f"unknown silo {name!r}: it is not in the silo registry")
 
 
 def _now() -> datetime:

@@ -22,3 +22,14 @@ def parse(model: type[M], body: object, error: type[Exception], what: str) -> M:
         return model.model_validate(body)
     except ValidationError as e:
         raise error(f"invalid {what}: {describe(e)}") from None
+
+
+class UnknownName(KeyError):
+    """A name that is not registered. KeyError's str() would quote the whole message; this one reads."""
+
+    def __init__(self, name: str, message: str):
+        super().__init__(name)
+        self.name, self.message = name, message
+
+    def __str__(self) -> str:
+        return self.message

@@ -5,17 +5,14 @@ from typing import Any
 
 from fedfunc.aggregation.base import Strategy
 from fedfunc.aggregation.fedavg import FedAvg
+from fedfunc.validation import UnknownName
 
 STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (FedAvg,)}
 
 
-class UnknownStrategy(KeyError):
+class UnknownStrategy(UnknownName):
     def __init__(self, name: str):
-        super().__init__(name)
-        self.message = f"unknown aggregation strategy {name!r}; known: {sorted(STRATEGIES)}"
-
-    def __str__(self) -> str:
-        return self.message
+        super().__init__(name, f"unknown aggregation strategy {name!r}; known: {sorted(STRATEGIES)}")
 
 
 def get_strategy(name: str, **options: Any) -> Strategy:

@@ -4,17 +4,14 @@ from __future__ import annotations
 from fedfunc.tasks.base import Task
 from fedfunc.tasks.breast_cancer import BreastCancer
 from fedfunc.tasks.digits import Digits
+from fedfunc.validation import UnknownName
 
 TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (Digits, BreastCancer)}
 
 
-class UnknownTask(KeyError):
+class UnknownTask(UnknownName):
     def __init__(self, name: str):
-        super().__init__(name)
-        self.message = f"unknown task {name!r}; known tasks: {sorted(TASKS)}"
-
-    def __str__(self) -> str:
-        return self.message
+        super().__init__(name, f"unknown task {name!r}; known tasks: {sorted(TASKS)}")
 
 
 def get_task(name: str) -> Task:
