@@ -1,7 +1,9 @@
 """Silo fixtures: provisioned local silos on the session's Azurite, keys, signed bundles, tickets, jobs."""
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -134,4 +136,23 @@ def wait_outbox():
                     return name
             time.sleep(0.2)
         raise TimeoutError(f"none of {names} appeared under outbox/{prefix} within {timeout}s")
+    return wait
+
+
+@pytest.fixture
+def wait_job_ended():
+    """``wait_job_ended(pid)``: poll until a detached job process has exited (or is an unreaped zombie)."""
+    def alive(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+        except (ProcessLookupError, FileNotFoundError):
+            return False
+
+    def wait(pid: int, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while alive(pid):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job process {pid} still running after {timeout}s")
+            time.sleep(0.1)
     return wait

@@ -19,19 +19,6 @@ def _read(service, path: str) -> bytes:
     return service.get_blob_client(layout.OUTBOX, path).download_blob().readall()
 
 
-def _wait_exited(pid: int, timeout: float = 60.0) -> None:
-    """Wait until the process is gone or a zombie (nobody reaps the backend's detached children)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-                return
-        except OSError:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"job process {pid} still running after {timeout}s")
-
-
 def test_job_trains_and_publishes_metrics_and_a_valid_update(silo_with_data, own_service, job_factory, silos, wait_outbox):
     silo_with_data("job-a")
     request = job_factory("job-a", "run-ok")
@@ -48,7 +35,8 @@ def test_job_trains_and_publishes_metrics_and_a_valid_update(silo_with_data, own
     assert any((checked.arrays[k] != global_arrays[k]).any() for k in global_arrays), "training changed nothing"
 
 
-def test_submit_is_idempotent_per_job_key(silo_with_data, own_service, job_factory, silos, wait_outbox):
+def test_submit_is_idempotent_per_job_key(silo_with_data, own_service, job_factory, silos, wait_outbox,
+                                          wait_job_ended):
     silo_with_data("job-b")
     backend = LocalProcessBackend(silos.home_root)
     request = job_factory("job-b", "run-idem")
@@ -57,7 +45,7 @@ def test_submit_is_idempotent_per_job_key(silo_with_data, own_service, job_facto
     assert backend.submit(request) == first and backend.pid(first) == pid
     wait_outbox(own_service("job-b"), request.outbox_prefix, (layout.UPDATE,))
     assert backend.submit(request) == first and backend.pid(first) == pid
-    _wait_exited(pid)  # the blob lands before the job logs that it published it
+    wait_job_ended(pid)  # the blob lands before the job logs that it published it
     log = (silos.home_root / "jobs" / f"{first}.log").read_text()
     assert log.count("update published") == 1
 
