@@ -32,18 +32,20 @@ def prepare_round(job: dict) -> dict:
 @bp.function_name(p.START_SILO_JOB)
 @bp.activity_trigger(input_name="order")
 def start_silo_job(order: dict) -> dict:
-    """Issue the silo's job ticket (valid until the round deadline) and submit its job."""
+    """Issue the silo's job ticket (valid until the round deadline, bound to the global model) and submit its job."""
     svc = services()
     order = p.SiloJobOrder.model_validate(order)
     job, silo = order.job, order.silo
+    request = rounds.silo_job_request(svc.store, job, silo)
     code_hash = (job.spec.bundle or {}).get("code_hash", "")
     expires = job.deadline + TICKET_GRACE
     ticket = issue_ticket(svc.ticket_key, run=job.run_id, round=job.round, silo=silo, code_hash=code_hash,
-                          nonce=job.nonce, ttl=expires - datetime.now(timezone.utc))
+                          nonce=job.nonce, model_url=request.model_url, model_sha256=request.model_sha256,
+                          ttl=expires - datetime.now(timezone.utc))
     where = dict(run=job.run_id, round=job.round, silo=silo)
     svc.audit.record("ticket_issued", **where, event_id=f"ticket:{job.run_id}:{job.round}:{silo}",
-                     code_hash=code_hash, expires_at=expires.isoformat())
-    started = rounds.start_silo_job(svc.backend, rounds.silo_job_request(svc.store, job, silo, ticket))
+                     code_hash=code_hash, model_sha256=request.model_sha256, expires_at=expires.isoformat())
+    started = rounds.start_silo_job(svc.backend, request.model_copy(update={"ticket": ticket}))
     svc.audit.record("job_submitted", **where, event_id=f"job:{job.run_id}:{job.round}:{silo}",
                      job_id=started.job_id, error=started.error)
     return started.wire()

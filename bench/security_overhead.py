@@ -63,7 +63,8 @@ def main() -> None:
     global_arrays = model_to_arrays(task.build_model(seed=0))
     ds = task.load_dataset()
     x, y = ds.x_train[:args.samples], ds.y_train[:args.samples]
-    ticket_args = dict(run="bench", round=1, silo="alpha", code_hash=signed.code_hash, nonce="n")
+    ticket_args = dict(run="bench", round=1, silo="alpha", code_hash=signed.code_hash, nonce="n",
+                       model_url="http://x/m", model_sha256="0" * 64)
     request = SiloJobRequest(run_id="bench", round=1, silo="alpha", nonce="n", task="digits", hyperparams=HP,
                              model_url="http://x/m", model_sha256="0" * 64,
                              outbox_prefix=layout.outbox_prefix("bench", 1, "alpha"),
@@ -147,7 +148,8 @@ def storage_round_trips(orch, sci, n: int) -> list[tuple[str, float]]:
                                  model_url="http://x/m", model_sha256="0" * 64,
                                  outbox_prefix=layout.outbox_prefix("bench", 1, "alpha"),
                                  ticket=issue_ticket(orch, run="bench", round=1, silo="alpha",
-                                                     code_hash=signed.code_hash, nonce="n"),
+                                                     code_hash=signed.code_hash, nonce="n", model_url="http://x/m",
+                                                     model_sha256="0" * 64),
                                  bundle=signed.model_dump(mode="json"))
         for i in range(n):  # a trail with n earlier jobs today
             trail.append("job_started", run="bench", round=i + 2, job=f"bench-r{i + 2}-alpha")

@@ -69,7 +69,7 @@ def local_hyperparams(spec: RunSpec) -> Hyperparams:
     return get_task(spec.task).default_hyperparams.model_copy(update={"seed": spec.seed})
 
 
-def silo_job_request(store: RunStore, job: RoundJob, silo: str, ticket: str | None) -> SiloJobRequest:
+def silo_job_request(store: RunStore, job: RoundJob, silo: str, ticket: str | None = None) -> SiloJobRequest:
     return SiloJobRequest(
         run_id=job.run_id, round=job.round, silo=silo, nonce=job.nonce, task=job.spec.task,
         hyperparams=local_hyperparams(job.spec),

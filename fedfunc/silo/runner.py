@@ -2,7 +2,7 @@
 
 authenticate (the orchestrator's ticket, against the silo's own policy) → admit (policy rules → signed
 code bundle → installed code; all before any data is read)
-→ read data → fetch the global model (sha256 pinned) → train → package update + metrics → egress check
+→ fetch the global model (the ticket's URL and sha256) → read data → train → package update + metrics → egress check
 → publish to the outbox (metrics first, then the update, whose BlobCreated event tells the orchestrator).
 Any failure or refusal of an authenticated job publishes ``failed.json`` (with the rule) instead and
 nothing else; an unauthenticated job is refused without writing into the round at all. The silo's
@@ -43,7 +43,7 @@ class JobFailed(RuntimeError):
 
 def authenticate(request: SiloJobRequest, io: SiloIO, now: datetime | None = None) -> SiloPolicy:
     """The silo's policy, if the request carries a ticket from an orchestrator key that policy trusts,
-    for exactly this silo, run, round, nonce and code hash; else ``Refused``.
+    for exactly this silo, run, round, nonce, code hash and global model (URL and sha256); else ``Refused``.
 
     Only an authenticated job may speak for a round (publish ``failed.json`` in its slot): a forged
     job is refused without touching the round, so it cannot knock the silo out of it.
@@ -51,7 +51,7 @@ def authenticate(request: SiloJobRequest, io: SiloIO, now: datetime | None = Non
     policy = parse_policy(io.read_policy())
     verify_ticket(request.ticket, policy.orchestrator_keys, silo=policy.silo, run=request.run_id,
                   round=request.round, code_hash=(request.bundle or {}).get("code_hash", ""), nonce=request.nonce,
-                  now=now)
+                  model_url=request.model_url, model_sha256=request.model_sha256, now=now)
     return policy
 
 
@@ -82,12 +82,13 @@ def read_training_data(io: SiloIO, task: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def fetch_global_model(io: SiloIO, request: SiloJobRequest) -> dict[str, np.ndarray]:
-    """The global model's arrays, refused unless its sha256 is the one the round pinned."""
+    """The global model's arrays, refused unless the downloaded bytes have the sha256 the ticket binds
+    (``authenticate`` checked that the request's ``model_sha256`` is the ticket's)."""
     data = io.read_model(request)
     digest = sha256(data)
     if digest != request.model_sha256:
-        raise JobFailed(f"global model {request.model_url.split('?')[0]} has sha256 {digest}, "
-                        f"the round pinned {request.model_sha256}", "model.sha256")
+        raise Refused("ticket.model_bytes", f"global model {request.model_url.split('?')[0]}",
+                      f"downloaded bytes have sha256 {digest}, the ticket binds {request.model_sha256}")
     return decode(data)[0]
 
 
@@ -161,8 +162,8 @@ def run_job(request: SiloJobRequest, io: SiloIO, now: datetime | None = None) ->
         authentic = True
         admit(request, policy, trail, now)
         trail.append("job_started", **where)
+        global_arrays = fetch_global_model(io, request)  # before any data is read: a wrong model is refused
         x, y = read_training_data(io, request.task)
-        global_arrays = fetch_global_model(io, request)
         arrays, metrics = train(request, global_arrays, x, y)
         artifacts = package(request, arrays, metrics)
         check_egress(artifacts, manifest=ModelManifest.from_arrays(global_arrays),

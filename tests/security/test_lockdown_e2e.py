@@ -83,13 +83,15 @@ def test_lockdown_while_a_run_goes_on(stack, fedfunc):
     # Forged ticket: someone who can start processes on silo lock-1's compute, without the orchestrator's key.
     forged = _attack_request(stack, "lock-1", "attack-forged", bundle, None)
     forged = forged.model_copy(update={"ticket": issue_ticket(keys.generate(), run="attack-forged", round=0,
-                                                             silo="lock-1", code_hash=bundle["code_hash"], nonce="n")})
+                                                             silo="lock-1", code_hash=bundle["code_hash"], nonce="n",
+                                                             model_url=forged.model_url,
+                                                             model_sha256=forged.model_sha256)})
     backend.submit(forged)
     # Unsigned bundle: even a job the orchestrator's key ticketed runs no code without a trusted signature.
     unsigned = _attack_request(stack, "lock-2", "attack-unsigned", None, None)
     unsigned = unsigned.model_copy(update={"ticket": issue_ticket(
         keys.load_private(stack.orchestrator_key_path), run="attack-unsigned", round=0, silo="lock-2",
-        code_hash="", nonce="n")})
+        code_hash="", nonce="n", model_url=unsigned.model_url, model_sha256=unsigned.model_sha256)})
     backend.submit(unsigned)
     assert _refusal(stack, "lock-1", forged)["rule"] == "ticket.untrusted_issuer"
     refused = _refusal(stack, "lock-2", unsigned)

@@ -7,7 +7,9 @@ from fedfunc.security import Refused, keys
 from fedfunc.security.tickets import issue_ticket, verify_ticket
 
 ORCH = keys.generate()
-JOB = dict(run="run-1", round=3, silo="alpha", code_hash="ab" * 32, nonce="n-3")
+MODEL = "http://127.0.0.1:10000/fedorch/models/run-1/round-0003/global.safetensors"
+JOB = dict(run="run-1", round=3, silo="alpha", code_hash="ab" * 32, nonce="n-3", model_url=MODEL,
+           model_sha256="cd" * 32)
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
 
 
@@ -32,10 +34,27 @@ def test_trusted_keys_may_be_given_as_pem_too():
 
 
 @pytest.mark.parametrize("field, value", [("silo", "beta"), ("run", "run-2"), ("round", 4), ("nonce", "n-4"),
-                                          ("code_hash", "cd" * 32)])
+                                          ("code_hash", "cd" * 32), ("model_sha256", "ef" * 32)])
 def test_a_ticket_for_another_job_is_refused(field, value):
     err = _refused(f"ticket.{field}", issue_ticket(ORCH, **{**JOB, field: value}, now=NOW))
     assert repr(value) in err.message
+
+
+@pytest.mark.parametrize("swapped", [
+    "http://127.0.0.1:10000/silo02/models/run-1/round-0003/global.safetensors",   # another account
+    "http://127.0.0.1:10001/fedorch/models/run-1/round-0003/global.safetensors",  # another endpoint
+    "http://127.0.0.1:10000/fedorch/outbox/run-1/round-0003/global.safetensors",  # another container
+    "http://127.0.0.1:10000/fedorch/models/run-2/round-0000/global.safetensors",  # another blob
+])
+def test_a_genuine_ticket_with_a_swapped_model_url_is_refused(swapped):
+    token = issue_ticket(ORCH, **JOB, now=NOW)
+    err = _refused("ticket.model_url", token, model_url=swapped + "?sv=2024&sig=abc")
+    assert MODEL in err.message
+
+
+def test_the_model_url_is_bound_without_its_sas():
+    token = issue_ticket(ORCH, **{**JOB, "model_url": MODEL + "?sv=1&sig=orchestrators"}, now=NOW)
+    assert _verify(token, model_url=MODEL + "?sv=1&sig=another-sas-for-the-same-blob").model_url == MODEL
 
 
 def test_expiry():

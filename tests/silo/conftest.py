@@ -101,7 +101,8 @@ def signed_bundle(trust):
 
 @pytest.fixture
 def job_factory(orch_conn, silos, trust, signed_bundle):
-    """``job_factory(silo, run, **overrides)`` → a signed, ticketed request for round 0 with a real global model."""
+    """``job_factory(silo, run, **overrides)`` → a signed request for round 0 with a real global model, with
+    the ticket the orchestrator issues for it (bound to the model URL and sha256 after ``overrides``)."""
     service = BlobServiceClient.from_connection_string(orch_conn)
     try:
         service.create_container(layout.MODELS)
@@ -112,13 +113,13 @@ def job_factory(orch_conn, silos, trust, signed_bundle):
         data = encode(model_to_arrays(get_task("digits").build_model(seed=0)))
         blob = service.get_blob_client(layout.MODELS, layout.global_model(run, 0))
         blob.upload_blob(data, overwrite=True)
-        ticket = issue_ticket(trust.orchestrator, run=run, round=0, silo=silo, code_hash=signed_bundle.code_hash,
-                              nonce="n0nce")
         fields = dict(run_id=run, round=0, silo=silo, nonce="n0nce", task="digits", hyperparams=HYPERPARAMS,
                       model_url=read_url_for(blob), model_sha256=sha256(data),
-                      outbox_prefix=layout.outbox_prefix(run, 0, silo), ticket=ticket,
-                      bundle=signed_bundle.model_dump(mode="json"))
+                      outbox_prefix=layout.outbox_prefix(run, 0, silo), bundle=signed_bundle.model_dump(mode="json"))
         fields.update(overrides)
+        fields.setdefault("ticket", issue_ticket(  # what the orchestrator signs for exactly this job
+            trust.orchestrator, run=run, round=0, silo=silo, code_hash=signed_bundle.code_hash, nonce="n0nce",
+            model_url=fields["model_url"], model_sha256=fields["model_sha256"]))
         return SiloJobRequest(**fields)
 
     make.orch_conn = orch_conn

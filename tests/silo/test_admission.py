@@ -51,7 +51,8 @@ def _refused(io, request, rule: str, object_part: str) -> dict:
     refusal = [e for e in SiloAuditTrail(io.outbox, request.silo).recent()
                if e["kind"] == "job_refused" and e["job"] == request.job_key][-1]
     assert refusal["detail"]["rule"] == rule
-    if rule.startswith(("ticket.", "policy.missing", "policy.invalid")):
+    unauthenticated = rule.startswith(("ticket.", "policy.missing", "policy.invalid")) and rule != "ticket.model_bytes"
+    if unauthenticated:
         assert _outbox_names(io, request) == []
         return {"rule": rule, "reason": err.value.reason}
     assert _outbox_names(io, request) == [layout.FAILED]
@@ -62,7 +63,8 @@ def _refused(io, request, rule: str, object_part: str) -> dict:
 
 def _ticket(trust_key, request, **over):
     fields = dict(run=request.run_id, round=request.round, silo=request.silo,
-                  code_hash=request.bundle["code_hash"], nonce=request.nonce)
+                  code_hash=request.bundle["code_hash"], nonce=request.nonce, model_url=request.model_url,
+                  model_sha256=request.model_sha256)
     return issue_ticket(trust_key, **{**fields, **over})
 
 
@@ -124,6 +126,54 @@ def test_ticket_for_another_job_is_refused(silo_with_data, silo_io, job_factory,
     request = job_factory(name, f"run-{field.replace('_', '')}")
     ticket = _ticket(trust.orchestrator, request, **{field: value})
     _refused(silo_io(name), request.model_copy(update={"ticket": ticket}), rule, repr(value))
+
+
+def _crafted_model(silos, own_service, attacker: str, run: str) -> tuple[str, str]:
+    """A starting model an attacker crafted, in the attacker's own storage account: (read URL, sha256)."""
+    import numpy as np
+    from azure.storage.blob import BlobSasPermissions, generate_blob_sas
+
+    from fedfunc.tasks import get_task
+    from fedfunc.weights import encode, model_to_arrays, sha256
+
+    crafted = encode({k: np.full_like(v, 0.5) for k, v in model_to_arrays(get_task("digits").build_model(0)).items()})
+    service = own_service(attacker)
+    blob = service.get_blob_client(layout.OUTBOX, f"models/{run}/round-0000/global.safetensors")
+    blob.upload_blob(crafted, overwrite=True)
+    creds = read_credentials(silo_home(silos.home_root, attacker))
+    sas = generate_blob_sas(creds.account, layout.OUTBOX, blob.blob_name, account_key=service.credential.account_key,
+                            permission=BlobSasPermissions(read=True),
+                            expiry=datetime.now(timezone.utc) + timedelta(hours=1))
+    return f"{blob.url}?{sas}", sha256(crafted)
+
+
+def test_a_genuine_ticket_with_a_swapped_model_is_refused(silo_with_data, silos, silo_io, job_factory, own_service):
+    """The orchestrator ticketed this job for its global model; a request pointing the silo at a crafted
+    model in another account (with that model's hash, or the ticket's) is refused before any data is read,
+    and the round's slot stays untouched (the ticket does not speak for this request)."""
+    silo_with_data("adm-model")
+    silos("adm-crafter")
+    url, digest = _crafted_model(silos, own_service, "adm-crafter", "run-swap")
+    request = job_factory("adm-model", "run-swap")
+    failed = _refused(silo_io("adm-model"), request.model_copy(update={"model_url": url, "model_sha256": digest}),
+                      "ticket.model_url", "job ticket for run-swap/r0/adm-model")
+    assert f"ticket is for model_url={request.model_url.split('?')[0]!r}" in failed["reason"]
+    _refused(silo_io("adm-model"), request.model_copy(update={"model_url": url}), "ticket.model_url", "run-swap")
+    _refused(silo_io("adm-model"), request.model_copy(update={"model_sha256": digest}), "ticket.model_sha256",
+             "run-swap")
+
+
+def test_model_bytes_other_than_the_ticket_binds_are_refused(silo_with_data, silo_io, job_factory):
+    """The exact ticketed request, but the bytes at the ticketed URL were replaced after the ticket was
+    issued: refused by ``ticket.model_bytes`` before any data is read, and the round hears why."""
+    from azure.storage.blob import BlobClient
+
+    silo_with_data("adm-bytes")
+    request = job_factory("adm-bytes", "run-bytes")
+    blob = BlobClient.from_connection_string(job_factory.orch_conn, layout.MODELS, layout.global_model("run-bytes", 0))
+    blob.upload_blob(b"not the ticketed model", overwrite=True)
+    failed = _refused(silo_io("adm-bytes"), request, "ticket.model_bytes", "global model")
+    assert request.model_sha256 in failed["reason"]
 
 
 def test_expired_and_missing_tickets_are_refused(silo_with_data, silo_io, job_factory, trust):

@@ -27,13 +27,15 @@ def _mounts(tmp_path, policy):
 
 def _request(tmp_path, model, signed_bundle, trust, silo="aml-silo", ticket_key=None) -> SiloJobRequest:
     """Written to ``tmp_path/request.json``, as the AML command does from its environment variable."""
+    model_url = "https://orch.blob.core.windows.net/models/aml-run/round-0000/global.safetensors"
     req = SiloJobRequest(
         run_id="aml-run", round=0, silo=silo, nonce="n", task="digits",
         hyperparams=signed_bundle.bundle.config["hyperparams"],
-        model_url="https://orch.blob.core.windows.net/models/aml-run/round-0000/global.safetensors",
-        model_sha256=sha256(model.read_bytes()), outbox_prefix=layout.outbox_prefix("aml-run", 0, silo),
+        model_url=model_url, model_sha256=sha256(model.read_bytes()),
+        outbox_prefix=layout.outbox_prefix("aml-run", 0, silo),
         ticket=issue_ticket(ticket_key or trust.orchestrator, run="aml-run", round=0, silo=silo,
-                            code_hash=signed_bundle.code_hash, nonce="n"),
+                            code_hash=signed_bundle.code_hash, nonce="n", model_url=model_url,
+                            model_sha256=sha256(model.read_bytes())),
         bundle=signed_bundle.model_dump(mode="json"))
     (tmp_path / "request.json").write_text(req.model_dump_json())
     return req

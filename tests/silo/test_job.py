@@ -50,14 +50,17 @@ def test_submit_is_idempotent_per_job_key(silo_with_data, own_service, job_facto
     assert log.count("update published") == 1
 
 
-def test_wrong_model_hash_fails_with_the_rule(silo_with_data, own_service, job_factory, silos, wait_outbox):
+def test_wrong_model_bytes_fail_with_the_rule(silo_with_data, own_service, job_factory, silos, wait_outbox):
+    """The global model was replaced after the ticket bound its sha256: the job says so in its slot."""
     silo_with_data("job-c")
-    request = job_factory("job-c", "run-badhash", model_sha256="0" * 64)
+    request = job_factory("job-c", "run-badhash")
+    BlobServiceClient.from_connection_string(job_factory.orch_conn).get_blob_client(
+        layout.MODELS, layout.global_model("run-badhash", 0)).upload_blob(b"swapped", overwrite=True)
     LocalProcessBackend(silos.home_root).submit(request)
     service = own_service("job-c")
     assert wait_outbox(service, request.outbox_prefix, (layout.UPDATE, layout.FAILED)) == layout.FAILED
     failed = json.loads(_read(service, request.outbox_prefix + layout.FAILED))
-    assert failed["rule"] == "model.sha256" and "0" * 64 in failed["reason"]
+    assert failed["rule"] == "ticket.model_bytes" and request.model_sha256 in failed["reason"]
     assert not service.get_blob_client(layout.OUTBOX, request.outbox_prefix + layout.METRICS).exists()
 
 
