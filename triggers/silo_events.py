@@ -1,8 +1,11 @@
 """Event Grid: a silo's update (or failure note) landed in its outbox → raise the round's event.
 
-Event Grid delivers at least once and in any order, so this is written to be harmless on repeats:
-a duplicate ``update:{silo}`` is buffered and never read by the round (it waits once per silo), and
-an event for a finished round meets a completed instance and is dropped.
+An event is a hint: it is raised only if the blob it names is in that silo's outbox with the event's
+eTag and size, so a forged or early event cannot count for (or knock out) a silo. Event Grid delivers
+at least once and in any order, so this is written to be harmless on repeats: a duplicate
+``update:{silo}`` is buffered and never read by the round (it waits once per silo), and an event for a
+finished round meets a completed instance and is dropped. A storage error while checking raises, so
+Event Grid delivers the event again.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from azure.eventgrid import SystemEventNames
 
 from fedfunc import layout
 from fedfunc.azure.events import job_failure
-from fedfunc.coordinator.services import services
+from fedfunc.coordinator.services import OutboxBlob, services
 from fedfunc.protocol import FailureNotice, UpdateNotice, failed_event, round_instance_id, update_event
 from fedfunc.registry import UnknownSilo
 
@@ -23,6 +26,7 @@ bp = df.Blueprint()
 log = logging.getLogger("fedfunc.events")
 BLOB_PREFIX = "/blobServices/default/containers/"
 MAX_FAILURE_NOTE = 64 * 1024
+MAX_REASON = 2000  # characters of a silo's reason kept in the round's status and the audit trail
 
 
 def blob_of(subject: str) -> tuple[str, str] | None:
@@ -39,7 +43,7 @@ def account_of(topic: str) -> str:
 
 def route_outbox_event(event: func.EventGridEvent) -> tuple[str, str, dict] | None:
     """(round instance, event name, payload) for an update or failure note from a registered silo's
-    own outbox; None (with the reason logged) for anything else."""
+    own outbox that is really there; None (with the reason logged) for anything else."""
     blob = blob_of(event.subject or "")
     parsed = layout.parse_outbox_blob(blob[1]) if blob and blob[0] == layout.OUTBOX else None
     if event.event_type != SystemEventNames.StorageBlobCreatedEventName or not parsed:
@@ -58,11 +62,12 @@ def route_outbox_event(event: func.EventGridEvent) -> tuple[str, str, dict] | No
         log.warning("ignored event %s: from storage account %r, but silo %r's outbox is in %r",
                     event.id, account, silo, record.account)
         return None
+    landed = _landed(event, silo, blob[1])
+    if landed is None:
+        return None
     instance = round_instance_id(parsed["run"], parsed["round"])
-    data = event.get_json() or {}
     if parsed["name"] == layout.UPDATE:
-        return instance, update_event(silo), UpdateNotice(path=blob[1], etag=data.get("eTag"),
-                                                          size=data.get("contentLength")).wire()
+        return instance, update_event(silo), UpdateNotice(path=blob[1], etag=landed.etag, size=landed.size).wire()
     note = _failure_note(silo, blob[1])
     services().audit.record("job_refused" if note.get("rule") else "job_failed", run=parsed["run"],
                             round=parsed["round"], silo=silo, event_id=f"failed:{parsed['run']}:{parsed['round']}:{silo}",
@@ -70,13 +75,36 @@ def route_outbox_event(event: func.EventGridEvent) -> tuple[str, str, dict] | No
     return instance, failed_event(silo), FailureNotice(reason=note["reason"], rule=note.get("rule")).wire()
 
 
+def _landed(event: func.EventGridEvent, silo: str, path: str) -> OutboxBlob | None:
+    """The blob an event names, if it is in the silo's outbox with the event's eTag and size.
+
+    An event is a hint, never proof (Event Grid's webhook is reachable, and a BlobCreated may be forged or
+    replayed): a round counts a silo's update or failure only once the blob is really there. A missing
+    blob leaves the silo waiting; its real blob, when it lands, brings its own event."""
+    data = event.get_json()
+    data = data if isinstance(data, dict) else {}
+    found = services().outbox_blob(silo, path)  # a storage error raises: Event Grid delivers again
+    if found is None:
+        log.warning("ignored event %s: %s is not in silo %r's outbox (forged, or sent ahead of its blob); "
+                    "the silo keeps waiting", event.id, path, silo)
+        return None
+    etag, size = data.get("eTag"), data.get("contentLength")
+    if (etag is not None and str(etag).strip('"') != found.etag) or (size is not None and size != found.size):
+        log.warning("ignored event %s: it says eTag %r and %r bytes, but silo %r's outbox holds %s with eTag %r "
+                    "and %d bytes", event.id, etag, size, silo, path, found.etag, found.size)
+        return None
+    return found
+
+
 def _failure_note(silo: str, path: str) -> dict:
-    """The silo's own failure note (bounded read); the event still counts if the note is unreadable."""
+    """The silo's own failure note (bounded read). It is there (``_landed``), so it ends the silo's wait even
+    when it cannot be parsed; a storage error raises, so the event is delivered again."""
     try:
-        note = json.loads(services().outbox_reader()(silo, path, MAX_FAILURE_NOTE))
+        note = json.loads(services().outbox_reader()(silo, path, MAX_FAILURE_NOTE))  # over the bound: ValueError
         rule = note.get("rule")
-        return {"reason": str(note.get("reason") or "job failed (no reason given)"), "rule": str(rule) if rule else None}
-    except Exception as e:  # the failure still ends the silo's wait
+        return {"reason": str(note.get("reason") or "job failed (no reason given)")[:MAX_REASON],
+                "rule": str(rule)[:MAX_REASON] if rule else None}
+    except (ValueError, AttributeError, RecursionError) as e:
         return {"reason": f"job failed (failure note unreadable: {type(e).__name__})", "rule": None}
 
 

@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
+from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import ContainerClient
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -21,6 +22,14 @@ from fedfunc.security.audit import AuditLog
 from fedfunc.security.keys import load_private, public_b64
 from fedfunc.settings import Settings, SettingsError, load_settings
 from fedfunc.storage import blob_service, credential, table_service
+
+
+@dataclass(frozen=True)
+class OutboxBlob:
+    """What the orchestrator sees of a blob in a silo's outbox: enough to tell it from another version."""
+
+    etag: str  # without quotes, as Event Grid's ``eTag`` carries it
+    size: int
 
 
 @dataclass
@@ -76,6 +85,16 @@ class Services:
         """Read access to one silo's outbox: a read+list SAS locally, the app's managed identity on Azure."""
         cred = record.outbox_read_sas or credential()
         return ContainerClient(record.blob_url, layout.OUTBOX, credential=cred)
+
+    def outbox_blob(self, silo: str, path: str) -> OutboxBlob | None:
+        """The etag and size of ``path`` in silo ``silo``'s own outbox, or None if no such blob exists
+        (an event naming it is then not proof of anything). Other storage errors raise, so the event
+        that asked is delivered again."""
+        try:
+            props = self.outbox(self.registry.get(silo)).get_blob_client(path).get_blob_properties()
+        except ResourceNotFoundError:
+            return None
+        return OutboxBlob(etag=props.etag.strip('"'), size=props.size)
 
     def outbox_reader(self) -> OutboxReader:
         """``read(silo, path, max_bytes)`` from silos' own outboxes, for one activity: each silo's record
