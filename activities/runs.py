@@ -25,8 +25,10 @@ def init_run(state: dict) -> dict:
 @bp.function_name(p.PREPARE_ROUND)
 @bp.activity_trigger(input_name="job")
 def prepare_round(job: dict) -> dict:
-    ready = [r.name for r in services().registry.list(status="ready")]
-    return rounds.prepare_round(services().store, ready, p.RoundJob.model_validate(job)).wire()
+    ready = services().registry.list(status="ready")
+    caps = {r.name: r.max_samples for r in ready if r.max_samples is not None}
+    return rounds.prepare_round(services().store, [r.name for r in ready], p.RoundJob.model_validate(job),
+                                sample_caps=caps).wire()
 
 
 @bp.function_name(p.START_SILO_JOB)

@@ -104,9 +104,10 @@ class DevStack:
         return {"trusted_signers": [keys.public_b64(self.scientist_signing_key.public_key())],
                 "allowed_tasks": list(tasks), **extra}
 
-    def add_silo(self, name: str, *, policy: dict | None = None, timeout: float = 60) -> dict:
+    def add_silo(self, name: str, *, policy: dict | None = None, max_samples: int | None = None,
+                 timeout: float = 60) -> dict:
         """Onboard through the admin API and wait until the silo is ready (or onboarding failed)."""
-        started = self.api("POST", "/api/silos", {"name": name, "compute": "local",
+        started = self.api("POST", "/api/silos", {"name": name, "compute": "local", "max_samples": max_samples,
                                                    "policy": policy or self.silo_policy()}, role="admin")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

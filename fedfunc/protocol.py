@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from fedfunc.contracts import Message, ModelRef
+from fedfunc.security.update_bound import UpdateBound
 from fedfunc.spec import RunSpec
 
 # Orchestrations.
@@ -55,6 +56,7 @@ class RoundJob(Message):
     spec: RunSpec
     model: ModelRef          # the global model entering this round
     nonce: str               # fresh per round; every update must carry it
+    update_bound: UpdateBound | None = None  # the run's bound on ‖update − global‖₂ (None: from the spec alone)
     deadline: datetime | None = None   # set by the round from the orchestration clock
     manifest: str | None = None        # the round manifest's path, once prepare_round wrote it
 
@@ -62,6 +64,13 @@ class RoundJob(Message):
     @classmethod
     def _utc(cls, v: datetime | None) -> datetime | None:
         return v if v is None or v.tzinfo else v.replace(tzinfo=timezone.utc)
+
+
+class RunStart(Message):
+    """``init_run``'s answer: the round-0 global model and the bound every update of the run is held to."""
+
+    model: ModelRef
+    update_bound: UpdateBound
 
 
 class RoundPlan(Message):
@@ -110,11 +119,20 @@ class Rejection(Message):
 
 
 class Received(Message):
-    """An accepted update as it was read: its hash and the silo's metrics, for the audit trail and the report."""
+    """An accepted update as it was read: its hash, norm and the silo's metrics, for the audit trail and the report."""
 
     path: str
     sha256: str
     metrics: dict[str, float | int]
+    norm: float | None = None   # ‖update − global‖₂
+
+
+class SampleCap(Message):
+    """A silo's update weighted by fewer samples than it reported, and what capped it."""
+
+    reported: int
+    used: int
+    by: str
 
 
 class AggregateResult(Message):
@@ -125,13 +143,16 @@ class AggregateResult(Message):
     samples: dict[str, int] = Field(default_factory=dict)
     received: dict[str, Received] = Field(default_factory=dict)
     num_samples: int = 0
+    capped: dict[str, SampleCap] = Field(default_factory=dict)
+    update_bound: UpdateBound | None = None
     model: ModelRef | None = None
 
 
 class SiloOutcome(Message):
     state: Literal["waiting", "received", "failed", "rejected"]
     reason: str | None = None
-    num_samples: int | None = None
+    num_samples: int | None = None     # the weight aggregation used
+    capped: SampleCap | None = None    # when that is less than the silo reported
 
 
 class RoundResult(Message):
@@ -150,6 +171,7 @@ class RunState(Message):
     run_id: str
     spec: RunSpec
     model: ModelRef | None = None      # the current global model (None before init_run)
+    update_bound: UpdateBound | None = None  # fixed by init_run
     rounds: list[RoundResult] = Field(default_factory=list)
     next_round: int = 0
 

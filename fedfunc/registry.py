@@ -42,6 +42,8 @@ class SiloRecord(BaseModel):
     trusted_signers: list[str] = Field(default_factory=list, description="key ids the silo's policy trusts")
     policy_ref: str = Field(description="where the silo's own policy lives, e.g. <blob_url>/policy/policy.json")
     outbox_read_sas: str | None = Field(None, description="local only: orchestrator read+list SAS on the outbox")
+    max_samples: int | None = Field(None, ge=1, description="the most samples the silo's updates may be weighted "
+                                    "by: what the admin registered for its data (the orchestrator cannot count it)")
     created_at: datetime = Field(default_factory=_now)
     updated_at: datetime = Field(default_factory=_now)
 
@@ -49,8 +51,7 @@ class SiloRecord(BaseModel):
         data = self.model_dump(mode="json")
         for key in _LIST_FIELDS:
             data[key] = json.dumps(data[key])
-        if data["outbox_read_sas"] is None:
-            del data["outbox_read_sas"]  # the table service has no null
+        data = {k: v for k, v in data.items() if v is not None}  # the table service has no null
         return {"PartitionKey": _PARTITION, "RowKey": self.name, **data}
 
     @classmethod

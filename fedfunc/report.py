@@ -17,7 +17,8 @@ def build_report(state: dict, *, status: str, error: str | None = None, stop_rea
     best = max((r["metrics"].get("accuracy", 0.0) for r in rounds), default=None)
     return {
         "run": state["run_id"], "status": status, "error": error, "stop_reason": stop_reason,
-        "spec": state["spec"], "model": state.get("model"), "rounds_completed": len(rounds),
+        "spec": state["spec"], "model": state.get("model"), "update_bound": state.get("update_bound"),
+        "rounds_completed": len(rounds),
         "final_metrics": final, "best_accuracy": best, "baseline": baseline,
         "rounds": [{"round": r["round"], **r["metrics"], "num_samples": r["num_samples"], "silos": r["silos"]}
                    for r in rounds],

@@ -34,7 +34,13 @@ class RunSpec(BaseModel):
     checkpoint_every: int = Field(5, ge=1, le=100, description="continue_as_new every K rounds to bound history")
     target_accuracy: float | None = Field(None, gt=0, le=1, description="stop early once reached")
     max_update_mb: float = Field(256, gt=0, le=4096)
-    max_update_norm: float | None = Field(None, gt=0, description="bound on ||update - global||_2")
+    max_update_norm: float | None = Field(
+        None, gt=0, description="bound on ||update - global||_2; default: derived from the initial model "
+                                "(fedfunc.security.update_bound)")
+    max_update_norm_vs_median: float | None = Field(
+        None, gt=1, description="also reject an update whose norm exceeds this multiple of the round's median")
+    max_samples_per_silo: int | None = Field(
+        None, ge=1, description="cap on the num_samples a silo's update is weighted by")
 
     @field_validator("silos")
     @classmethod

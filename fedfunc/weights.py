@@ -170,6 +170,7 @@ class ValidatedUpdate:
     arrays: dict[str, np.ndarray]
     num_samples: int
     metadata: dict[str, str]
+    norm: float | None = None  # ‖update − global‖₂ (or ‖update‖₂) when a ``max_norm`` was checked
 
 
 # Room for the JSON header on top of the tensor bytes when no explicit size bound is given.
@@ -199,8 +200,8 @@ def validate_update(
     num_samples = _check_metadata(metadata, expected)
     _check_header_matches(header, manifest)
     arrays = _tensor_views(data, header)
-    _check_values(arrays, global_arrays, max_norm)
-    return ValidatedUpdate(arrays, num_samples, metadata)
+    norm = _check_values(arrays, global_arrays, max_norm)
+    return ValidatedUpdate(arrays, num_samples, metadata, norm)
 
 
 def _check_metadata(metadata: Mapping[str, str], expected: Mapping[str, object]) -> int:
@@ -240,7 +241,8 @@ CHUNK = 1 << 20
 
 
 def _check_values(arrays: Mapping[str, np.ndarray], global_arrays: Mapping[str, np.ndarray] | None,
-                  max_norm: float | None) -> None:
+                  max_norm: float | None) -> float | None:
+    """Finiteness, and the norm bound if any; returns the norm it measured (None without a bound)."""
     sq = 0.0
     for name, a in arrays.items():
         flat = a.reshape(-1)
@@ -250,9 +252,12 @@ def _check_values(arrays: Mapping[str, np.ndarray], global_arrays: Mapping[str, 
                     raise UpdateRejected("non_finite", "contains NaN or Inf", name)
         if max_norm is not None:
             sq += _squared_distance(flat, None if global_arrays is None else global_arrays[name])
-    if max_norm is not None and math.sqrt(sq) > max_norm:
+    if max_norm is None:
+        return None
+    if math.sqrt(sq) > max_norm:
         what = "‖update − global‖₂" if global_arrays is not None else "‖update‖₂"
         raise UpdateRejected("norm", f"{what} = {math.sqrt(sq):.6g} exceeds the bound {max_norm:.6g}")
+    return math.sqrt(sq)
 
 
 def _squared_distance(flat: np.ndarray, ref: np.ndarray | None) -> float:

@@ -100,7 +100,8 @@ def federated_round(context: df.DurableOrchestrationContext):
 
     metrics = yield context.call_activity_with_retry(p.EVALUATE, ACTIVITY_RETRY, job.model_copy(
         update={"model": agg.model}).wire())
-    silos = {s: o.model_copy(update={"num_samples": agg.samples.get(s)}) for s, o in outcomes.items()}
+    silos = {s: o.model_copy(update={"num_samples": agg.samples.get(s), "capped": agg.capped.get(s)})
+             for s, o in outcomes.items()}
     context.set_custom_status(_status(job, "done", outcomes, needed=needed, metrics=metrics))
     return p.RoundResult(round=job.round, model=agg.model, metrics=metrics, num_samples=agg.num_samples,
                          silos=silos).wire()

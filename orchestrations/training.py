@@ -29,15 +29,16 @@ def federated_training(context: df.DurableOrchestrationContext):
 
     if state.model is None:
         context.set_custom_status(_summary(state, "initialising"))
-        model = yield context.call_activity_with_retry(p.INIT_RUN, ACTIVITY_RETRY, state.wire())
-        state = state.model_copy(update={"model": p.ModelRef.model_validate(model)})
+        start = p.RunStart.model_validate((yield context.call_activity_with_retry(
+            p.INIT_RUN, ACTIVITY_RETRY, state.wire())))
+        state = state.model_copy(update={"model": start.model, "update_bound": start.update_bound})
 
     first = state.next_round
     stop_reason = None
     for round_ in range(first, spec.rounds):
         context.set_custom_status(_summary(state, "training"))
         job = p.RoundJob(run_id=state.run_id, round=round_, spec=spec, model=state.model,
-                         nonce=str(context.new_uuid()))
+                         nonce=str(context.new_uuid()), update_bound=state.update_bound)
         try:
             result = p.RoundResult.model_validate((yield context.call_sub_orchestrator(
                 p.ROUND, job.wire(), instance_id=p.round_instance_id(state.run_id, round_))))

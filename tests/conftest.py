@@ -1,7 +1,8 @@
-"""Shared fixtures: one real Azurite for the whole test session."""
+"""Shared fixtures: one real Azurite for the whole test session; the ``fedfunc`` command, in-process."""
 from __future__ import annotations
 
 import pytest
+from typer.testing import CliRunner
 
 from fedfunc.azurite import Azurite
 
@@ -10,3 +11,13 @@ from fedfunc.azurite import Azurite
 def azurite(tmp_path_factory):
     with Azurite(tmp_path_factory.mktemp("azurite")) as az:
         yield az
+
+
+@pytest.fixture(scope="session")
+def fedfunc():
+    """``fedfunc(*args, env=None)`` → click Result: the command registered once per session, run in-process."""
+    from fedfunc.cli import _register, app
+
+    _register()
+    runner = CliRunner()
+    return lambda *args, env=None: runner.invoke(app, [str(a) for a in args], env=env)

@@ -13,6 +13,7 @@ from fedfunc.aggregation import UnknownStrategy, get_strategy
 from fedfunc.coordinator.services import services
 from fedfunc.registry import UnknownSilo
 from fedfunc.security.bundle import BundleConfig, SignedBundle
+from fedfunc.security.update_bound import bundle_bound
 from fedfunc.spec import RUN_ID, RunSpec, SpecError, parse_spec
 from fedfunc.tasks.registry import UnknownTask, get_task
 from triggers.auth import requires
@@ -37,6 +38,10 @@ def validate_run_request(body: object) -> tuple[str, RunSpec]:
     except (SpecError, UnknownTask, UnknownStrategy) as e:
         raise BadRequest(str(e)) from None
     spec = _with_signed_hyperparams(spec)
+    try:
+        bundle_bound(spec.bundle)
+    except ValueError as e:
+        raise BadRequest(str(e)) from None
     if isinstance(spec.silos, list):
         for silo in spec.silos:
             try:

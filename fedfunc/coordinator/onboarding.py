@@ -45,6 +45,8 @@ class SiloRequest(BaseModel):
     name: str = Field(pattern=SILO_NAME)
     compute: str = Field("local", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
     policy: InitialPolicy = Field(default_factory=InitialPolicy)
+    max_samples: int | None = Field(None, ge=1, description="cap on the samples the silo's updates are weighted "
+                                    "by (what its owner declared for its data); onboarding again replaces it")
 
 
 class OnboardingError(ValueError):
@@ -79,7 +81,7 @@ def provision(svc: Services, request: SiloRequest) -> dict:
         record = svc.provisioner.provision(request.name, request.compute, request.policy.model_dump())
     except ValueError as e:  # a setting the provisioner needs is missing
         raise OnboardingError(str(e)) from None
-    svc.registry.put(record.model_copy(update={"status": status}))
+    svc.registry.put(record.model_copy(update={"status": status, "max_samples": request.max_samples}))
     return {"account": record.account, "blob_url": record.blob_url}
 
 

@@ -1,6 +1,7 @@
 """Orchestrator-side steps of a run: initial model, round manifest, silo job requests, aggregation, evaluation."""
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 
 from azure.core.exceptions import AzureError
@@ -9,10 +10,11 @@ from fedfunc import layout, weights
 from fedfunc.aggregation import get_strategy
 from fedfunc.contracts import Hyperparams, ModelRef, OutboxReader, SiloJobBackend, SiloJobRequest
 from fedfunc.coordinator.store import RunStore, to_json
-from fedfunc.protocol import (AggregateOrder, AggregateResult, Received, Rejection, RoundJob, RoundPlan, RunState,
-                              SiloJobStarted)
+from fedfunc.protocol import (AggregateOrder, AggregateResult, Received, Rejection, RoundJob, RoundPlan, RunStart,
+                              RunState, SampleCap, SiloJobStarted)
 from fedfunc.security import Refused
 from fedfunc.security.egress import MAX_METRICS_BYTES, check_metrics
+from fedfunc.security.update_bound import above_median, resolve_bound
 from fedfunc.spec import RunSpec
 from fedfunc.tasks.registry import get_task
 
@@ -29,20 +31,24 @@ def ensure_eval_set(store: RunStore, task_name: str) -> None:
         store.create_once(layout.EVALDATA, path, weights.encode({"x": ds.x_test, "y": ds.y_test}))
 
 
-def init_run(store: RunStore, state: RunState) -> ModelRef:
-    """Write the spec and the round-0 global model (once: a retry finds and returns the first one)."""
+def init_run(store: RunStore, state: RunState) -> RunStart:
+    """Write the spec and the round-0 global model (once: a retry finds and returns the first one), and fix
+    the run's bound on updates from the bundle, the spec or that model."""
     run_id, spec = state.run_id, state.spec
     path = layout.global_model(run_id, 0)
     model = get_task(spec.task).build_model(spec.seed)
     store.create_once(layout.MODELS, path, weights.encode(weights.model_to_arrays(model), {"run": run_id, "round": "0"}))
     store.put_json(layout.RUNS, layout.run_spec(run_id), spec.model_dump(mode="json"))
     ensure_eval_set(store, spec.task)
-    return model_ref(path, store.get_bytes(layout.MODELS, path))
+    data = store.get_bytes(layout.MODELS, path)
+    bound = resolve_bound(spec.max_update_norm, spec.bundle, weights.decode(data)[0])
+    return RunStart(model=model_ref(path, data), update_bound=bound)
 
 
-def prepare_round(store: RunStore, ready_silos: list[str], job: RoundJob) -> RoundPlan:
-    """Fix the round's silos and write its manifest. A retry returns the manifest already written,
-    so the silo set cannot change between attempts even if the registry did."""
+def prepare_round(store: RunStore, ready_silos: list[str], job: RoundJob,
+                  sample_caps: dict[str, int] | None = None) -> RoundPlan:
+    """Fix the round's silos (and their registered sample caps) and write its manifest. A retry returns the
+    manifest already written, so the silo set cannot change between attempts even if the registry did."""
     spec = job.spec
     path = layout.round_manifest(job.run_id, job.round)
     existing = store.get_json(layout.RUNS, path)
@@ -57,6 +63,8 @@ def prepare_round(store: RunStore, ready_silos: list[str], job: RoundJob) -> Rou
         "run": job.run_id, "round": job.round, "nonce": job.nonce, "model": job.model.wire(),
         "deadline": job.deadline.isoformat() if job.deadline else None, "silos": silos, "excluded": excluded,
         "needed": spec.needed(len(silos)),
+        "sample_caps": {s: c for s, c in sorted((sample_caps or {}).items()) if s in silos},
+        "update_bound": job.update_bound.wire() if job.update_bound else None,
     })
     return RoundPlan(silos=silos, manifest=path)
 
@@ -101,7 +109,11 @@ def aggregate_round(store: RunStore, read_outbox: OutboxReader, order: Aggregate
     Exactly once per round: the result is recorded create-only in ``aggregate.json``; a re-run
     (after a crash, or a duplicate activity) returns that record instead of aggregating again.
     Below quorum, nothing is written: the last good global model stays the run's model. The silo
-    checked its artifacts before they left; every check runs again here, on the bytes received.
+    checked its artifacts before they left; every check runs again here, on the bytes received,
+    with the run's bound on ‖update − global‖₂ (``fedfunc.security.update_bound``). Each update is
+    weighted by its ``num_samples`` capped by the silo's registered cap and the spec's.
+    With ``max_update_norm_vs_median`` every update is read twice: once to measure the round's norms,
+    once to aggregate those within the rule (the same bytes: a blob that changed in between is rejected).
     """
     job, spec = order.job, order.job.spec
     record_path = layout.aggregate_record(job.run_id, job.round)
@@ -112,9 +124,12 @@ def aggregate_round(store: RunStore, read_outbox: OutboxReader, order: Aggregate
     global_arrays = load_global(store, job.model)
     manifest = weights.ModelManifest.from_arrays(global_arrays)
     max_bytes = int(spec.max_update_mb * 2**20)
-    rejected: list[Rejection] = []
+    bound = job.update_bound or resolve_bound(spec.max_update_norm, spec.bundle, global_arrays)
+    caps = manifest_doc.get("sample_caps") or {}
+    rejected: dict[str, Rejection] = {}
     received: dict[str, Received] = {}
     samples: dict[str, int] = {}
+    capped: dict[str, SampleCap] = {}
 
     def check(silo: str, path: str) -> weights.ValidatedUpdate | None:
         """Read and re-check one update and its metrics; None (with the reason recorded) if rejected."""
@@ -123,19 +138,38 @@ def aggregate_round(store: RunStore, read_outbox: OutboxReader, order: Aggregate
         try:
             data = read_outbox(silo, path, max_bytes)
             update = weights.validate_update(data, manifest, expected=expected, global_arrays=global_arrays,
-                                             max_bytes=max_bytes, max_norm=spec.max_update_norm)
+                                             max_bytes=max_bytes, max_norm=bound.max_norm)
             metrics = check_metrics(read_outbox(silo, path.removesuffix(layout.UPDATE) + layout.METRICS,
                                                 MAX_METRICS_BYTES))
+            digest = weights.sha256(data)
+            if silo in received and received[silo].sha256 != digest:
+                raise ValueError(f"{path} changed between reads (sha256 {received[silo].sha256} then {digest})")
         except (weights.UpdateRejected, Refused, AzureError, ValueError) as e:
-            rejected.append(Rejection(silo=silo, reason=str(e)))
+            why = f"{e} — {bound.describe()}" if getattr(e, "rule", None) == "norm" else str(e)
+            rejected[silo] = Rejection(silo=silo, reason=why)
+            received.pop(silo, None)
             return None
-        received[silo] = Received(path=path, sha256=weights.sha256(data), metrics=metrics)
+        received[silo] = Received(path=path, sha256=digest, metrics=metrics, norm=update.norm)
+        cap = sample_cap(silo, update.num_samples, caps.get(silo), spec.max_samples_per_silo)
+        if cap is not None:
+            capped[silo] = cap
+            update = dataclasses.replace(update, num_samples=cap.used)
         samples[silo] = update.num_samples
         return update
 
+    candidates = sorted(order.updates.items())
+    if spec.max_update_norm_vs_median is not None:
+        for silo, notice in candidates:  # first pass: the round's norms, one update alive at a time
+            check(silo, notice.path)
+        outliers = above_median({s: r.norm for s, r in received.items()}, spec.max_update_norm_vs_median)
+        rejected.update({s: Rejection(silo=s, reason=why) for s, why in outliers.items()})
+        candidates = [(s, n) for s, n in candidates if s in received and s not in outliers]
+        samples.clear()
+        capped.clear()
+
     def accepted() -> Iterator[weights.ValidatedUpdate]:
         """One update alive at a time: each is dropped before the next one is downloaded."""
-        for silo, notice in sorted(order.updates.items()):
+        for silo, notice in candidates:
             update = check(silo, notice.path)
             if update is not None:
                 yield update
@@ -147,9 +181,11 @@ def aggregate_round(store: RunStore, read_outbox: OutboxReader, order: Aggregate
     except ValueError:
         if samples:  # a real aggregation error, not "no update accepted"
             raise
-        return AggregateResult(rejected=rejected)
-    result = AggregateResult(accepted=sorted(samples), rejected=rejected, samples=samples, received=received,
-                             num_samples=sum(samples.values()))
+        return AggregateResult(rejected=_sorted(rejected), capped=capped, update_bound=bound)
+    received = {s: r for s, r in received.items() if s in samples}
+    result = AggregateResult(accepted=sorted(samples), rejected=_sorted(rejected), samples=samples,
+                             received=received, num_samples=sum(samples.values()), capped=capped,
+                             update_bound=bound)
     if len(samples) < manifest_doc["needed"]:
         return result
     path = layout.global_model(job.run_id, job.round + 1)
@@ -159,6 +195,21 @@ def aggregate_round(store: RunStore, read_outbox: OutboxReader, order: Aggregate
     if not store.create_once(layout.RUNS, record_path, to_json(result.wire())):
         return AggregateResult.model_validate(store.get_json(layout.RUNS, record_path))
     return result
+
+
+def _sorted(rejected: dict[str, Rejection]) -> list[Rejection]:
+    return [rejected[s] for s in sorted(rejected)]
+
+
+def sample_cap(silo: str, reported: int, registered: int | None, spec_cap: int | None) -> SampleCap | None:
+    """How many samples a silo's update is weighted by, if less than it reported: the orchestrator cannot
+    count a silo's data, so it caps the silo's claim by what was registered for it and by the spec."""
+    limits = [(c, by) for c, by in ((registered, "the silo's registered max_samples"),
+                                    (spec_cap, "the spec's max_samples_per_silo")) if c is not None and c < reported]
+    if not limits:
+        return None
+    used, by = min(limits)
+    return SampleCap(reported=reported, used=used, by=by)
 
 
 def evaluate(store: RunStore, job: RoundJob) -> dict:

@@ -31,6 +31,8 @@ def add(
     trust_signer: list[str] = typer.Option([], "--trust-signer", help="scientist public key (.pub file or base64)"),
     allow_task: list[str] = typer.Option([], "--allow-task"),
     max_rounds_per_day: Optional[int] = typer.Option(None, "--max-rounds-per-day"),
+    max_samples: Optional[int] = typer.Option(None, "--max-samples", min=1,
+                                              help="cap on the samples this silo's updates are weighted by"),
     wait: bool = typer.Option(True, "--wait/--no-wait", help="follow onboarding until ready or failed"),
     host: str = HOST, api_key: str = API_KEY,
 ) -> None:
@@ -38,7 +40,8 @@ def add(
     policy = {"trusted_signers": [_public_key_b64(k) for k in trust_signer], "allowed_tasks": allow_task,
               "max_rounds_per_day": max_rounds_per_day}
     started = time.monotonic()
-    call("POST", host, api_key, "silos", {"name": name, "compute": compute, "policy": policy})
+    call("POST", host, api_key, "silos", {"name": name, "compute": compute, "policy": policy,
+                                          "max_samples": max_samples})
     if not wait:
         console.print(f"onboarding of [bold]{name}[/] started; follow it with GET /api/silos/{name}/onboarding")
         return

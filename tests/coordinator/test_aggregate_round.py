@@ -25,19 +25,24 @@ def store(azurite, request):
     yield RunStore(svc)
 
 
-@pytest.fixture
-def job(store, request):
-    run = f"agg-{request.node.name[-40:].replace('_', '-')}"
-    spec = RunSpec(task="digits", silos=SILOS, quorum=0.6)
-    model = rounds.init_run(store, RunState(run_id=run, spec=spec))
-    job = RoundJob(run_id=run, round=0, nonce="n0", model=model, spec=spec, deadline="2030-01-01T00:00:00+00:00")
-    plan = rounds.prepare_round(store, SILOS, job)
+def make_job(store, run: str, sample_caps: dict | None = None, **spec_fields) -> RoundJob:
+    """Round 0 of a run over SILOS, as init_run and prepare_round leave it."""
+    spec = RunSpec(task="digits", silos=SILOS, quorum=0.6, **spec_fields)
+    start = rounds.init_run(store, RunState(run_id=run, spec=spec))
+    job = RoundJob(run_id=run, round=0, nonce="n0", model=start.model, spec=spec, update_bound=start.update_bound,
+                   deadline="2030-01-01T00:00:00+00:00")
+    plan = rounds.prepare_round(store, SILOS, job, sample_caps=sample_caps)
     return job.model_copy(update={"manifest": plan.manifest})
 
 
-def update_bytes(job, store, silo, *, scale=1.0, n=100, **meta_over):
+@pytest.fixture
+def job(store, request):
+    return make_job(store, f"agg-{request.node.name[-40:].replace('_', '-').replace('[', '-').rstrip(']')}")
+
+
+def update_bytes(job, store, silo, *, scale=1.0, n=100, add=0.0, **meta_over):
     arrays = rounds.load_global(store, job.model)
-    arrays = {k: (v * scale).astype(v.dtype) for k, v in arrays.items()}
+    arrays = {k: (v * scale + add).astype(v.dtype) for k, v in arrays.items()}
     meta = {"run": job.run_id, "round": "0", "silo": silo, "nonce": job.nonce, "num_samples": str(n), **meta_over}
     return weights.encode(arrays, meta)
 
@@ -122,3 +127,83 @@ def test_received_updates_are_recorded_with_their_hash(store, job):
     blobs = {s: update_bytes(job, store, s) for s in SILOS}
     result = aggregate(store, job, blobs)
     assert {s: r["sha256"] for s, r in result["received"].items()} == {s: weights.sha256(b) for s, b in blobs.items()}
+
+
+def test_without_a_bound_in_the_spec_the_default_from_the_model_rejects_a_large_constant(store, job):
+    """No max_update_norm in the spec: the run's bound is 10 × ‖initial model‖₂, and a silo adding a
+    constant to every weight is rejected with the rule, the norm, the bound and where it came from."""
+    assert job.update_bound.source == "default" and "‖initial model‖₂" in job.update_bound.how
+    blobs = {"a-silo": update_bytes(job, store, "a-silo", scale=1.5), "b-silo": update_bytes(job, store, "b-silo"),
+             "c-silo": update_bytes(job, store, "c-silo", add=1.0)}
+    result = aggregate(store, job, blobs)
+    assert result["accepted"] == ["a-silo", "b-silo"]
+    [rejected] = result["rejected"]
+    assert rejected["silo"] == "c-silo" and rejected["reason"].startswith("norm: ‖update − global‖₂ = 69.")
+    assert f"bound {job.update_bound.max_norm:.6g} from the default" in rejected["reason"]
+    assert result["update_bound"] == job.update_bound.wire()
+    assert result["received"]["a-silo"]["norm"] == pytest.approx(0.5 * weights_norm(store, job), rel=1e-4)
+
+
+def weights_norm(store, job) -> float:
+    from fedfunc.security.update_bound import float_norm
+    return float_norm(rounds.load_global(store, job.model))[0]
+
+
+def test_the_spec_and_the_signed_bundle_bound_tighter(store, request):
+    spec_bound = make_job(store, "agg-spec-bound", max_update_norm=1.0)
+    assert spec_bound.update_bound.source == "spec" and spec_bound.update_bound.max_norm == 1.0
+    blobs = {s: update_bytes(spec_bound, store, s, scale=1.5 if s == "c-silo" else 1.0) for s in SILOS}
+    [rejected] = aggregate(store, spec_bound, blobs)["rejected"]
+    assert rejected["silo"] == "c-silo" and "from the spec" in rejected["reason"]
+    bundle = {"bundle": {"config": {"hyperparams": {}, "max_update_norm": 0.5}}}
+    signed = make_job(store, "agg-bundle-bound", max_update_norm=3.0, bundle=bundle)
+    assert signed.update_bound.source == "bundle" and signed.update_bound.max_norm == 0.5  # the spec cannot loosen it
+
+
+def test_median_rule_rejects_what_the_absolute_bound_lets_through(store):
+    """Within the default bound, an update 6× the round's median norm passes; the spec's relative rule
+    rejects it (read twice: measure, then aggregate), naming the rule, the median and the multiple."""
+    honest = {s: (lambda job, s=s, k=k: update_bytes(job, store, s, scale=k)) for s, k in
+              (("a-silo", 1.1), ("b-silo", 1.12))}
+    plain = make_job(store, "agg-no-median")
+    blobs = {**{s: f(plain) for s, f in honest.items()}, "c-silo": update_bytes(plain, store, "c-silo", scale=1.6)}
+    assert aggregate(store, plain, blobs)["accepted"] == SILOS
+    ruled = make_job(store, "agg-median", max_update_norm_vs_median=3.0)
+    blobs = {**{s: f(ruled) for s, f in honest.items()}, "c-silo": update_bytes(ruled, store, "c-silo", scale=1.6)}
+    result = aggregate(store, ruled, blobs)
+    assert result["accepted"] == ["a-silo", "b-silo"] and result["num_samples"] == 200
+    [rejected] = result["rejected"]
+    assert rejected["silo"] == "c-silo" and rejected["reason"].startswith("norm.median:")
+    assert "3 × the round's median" in rejected["reason"]
+
+
+def test_an_update_that_changes_between_the_two_reads_is_rejected(store):
+    job = make_job(store, "agg-swap", max_update_norm_vs_median=3.0)
+    first = {s: update_bytes(job, store, s) for s in SILOS}
+    reads = {s: 0 for s in SILOS}
+
+    def read(silo, path, max_bytes):
+        if path.endswith(layout.METRICS):
+            return METRICS
+        reads[silo] += 1
+        return first[silo] if silo != "c-silo" or reads[silo] == 1 else update_bytes(job, store, silo, scale=1.01)
+    order = AggregateOrder(job=job, updates={s: UpdateNotice(path=f"{s}/{layout.UPDATE}") for s in SILOS})
+    result = rounds.aggregate_round(store, read, order)
+    assert result.accepted == ["a-silo", "b-silo"] and "changed between reads" in result.rejected[0].reason
+
+
+def test_num_samples_are_capped_by_the_registered_cap_and_the_spec(store):
+    """A silo claiming 10⁶ samples is weighted by its registered cap; the spec's cap binds everyone;
+    the result says who was capped, from what, by what."""
+    job = make_job(store, "agg-caps", sample_caps={"c-silo": 50}, max_samples_per_silo=400)
+    blobs = {"a-silo": update_bytes(job, store, "a-silo", n=100), "b-silo": update_bytes(job, store, "b-silo", n=1000),
+             "c-silo": update_bytes(job, store, "c-silo", scale=3.0, n=10**6)}
+    result = aggregate(store, job, blobs)
+    assert result["samples"] == {"a-silo": 100, "b-silo": 400, "c-silo": 50} and result["num_samples"] == 550
+    assert result["capped"] == {
+        "b-silo": {"reported": 1000, "used": 400, "by": "the spec's max_samples_per_silo"},
+        "c-silo": {"reported": 10**6, "used": 50, "by": "the silo's registered max_samples"}}
+    new = rounds.load_global(store, ModelRef.model_validate(result["model"]))
+    old = rounds.load_global(store, job.model)
+    for k in old:  # (100·1 + 400·1 + 50·3) / 550
+        np.testing.assert_allclose(new[k], old[k] * (650 / 550), rtol=1e-5, atol=1e-6)
