@@ -93,27 +93,31 @@ def compilable(a: np.ndarray) -> np.ndarray:
 
 @numba.njit(**_JIT)
 def _sorted_middle_mean(stack, lo, hi, out):
-    """out[j] = mean of the sorted column j's values at ranks lo..hi-1. Insertion sort per column
-    (a handful of updates), sum in sorted order: the result depends only on the multiset of
-    values, not on the order of the rows. The sum starts at +0.0 so -0.0 and 0.0 ties agree."""
-    n = stack.shape[0]
-    col = np.empty(n, dtype=np.float64)
-    for j in range(stack.shape[1]):
-        for r in range(n):
-            x = np.float64(stack[r, j])
-            k = r
-            while k > 0 and col[k - 1] > x:
-                col[k] = col[k - 1]
-                k -= 1
-            col[k] = x
-        total = 0.0
-        for r in range(lo, hi):
-            total += col[r]
-        out[j] = total / (hi - lo)
+    n, m = stack.shape
+    # Odd-even transposition sort of every column at once: n rounds of compare-exchanges between
+    # neighbouring rows, each a branch-free min/max over whole rows (vectorised across columns).
+    for p in range(n):
+        for i in range(p % 2, n - 1, 2):
+            a = stack[i]
+            b = stack[i + 1]
+            for j in range(m):
+                x = a[j]
+                y = b[j]
+                a[j] = min(x, y)
+                b[j] = max(x, y)
+    for j in range(m):
+        out[j] = 0.0  # +0.0: a sum of -0.0 and 0.0 ties is 0.0 whichever the sort put first
+    for r in range(lo, hi):
+        for j in range(m):
+            out[j] += np.float64(stack[r, j])
+    for j in range(m):
+        out[j] /= hi - lo
 
 
 def sorted_middle_mean(stack: np.ndarray, lo: int, hi: int, out: np.ndarray) -> None:
-    """Coordinate-wise mean of ranks ``lo:hi`` of ``stack`` (updates × coordinates) into float64 ``out``."""
+    """Coordinate-wise mean of ranks ``lo:hi`` of ``stack`` (updates × coordinates, sorted in place
+    along the updates) into float64 ``out``. The kept values are summed in sorted order, so the
+    result depends only on the multiset of values at each coordinate, not on the rows' order."""
     _sorted_middle_mean(stack, lo, hi, out)
 
 

@@ -17,6 +17,7 @@ Attributes the edge and the round read without running anything:
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
@@ -127,14 +128,17 @@ class Strategy:
 
     def aggregate_round(self, global_arrays: Mapping[str, np.ndarray], updates: Sequence[BlockUpdate],
                         state: State | None = None, *, max_norm: float | None = None,
-                        block_elems: int | None = None) -> Aggregation:
+                        block_elems: int | None = None, readers: int = 0) -> Aggregation:
         """The next global arrays and state from the round's updates and the previous state.
 
         Updates whose values were not checked yet (``RangeUpdate``) get the finiteness rule and, with
         ``max_norm``, the bound on ‖update − global‖₂, inside the strategy's own pass over the blocks;
         an update that fails is reported in ``rejected`` and the pass runs again without it (the
-        result is exactly what the accepted updates alone give). Raises ``TooFewUpdates`` if fewer
-        updates are left than the rule needs, ``StateError`` for a missing or mismatched state.
+        result is exactly what the accepted updates alone give). ``block_elems`` sets the block
+        (elements of one tensor per read); ``readers`` > 0 reads the next block of every update on that
+        many threads while the current one is combined (for range reads that wait on I/O). Raises
+        ``TooFewUpdates`` if fewer updates are left than the rule needs, ``StateError`` for a missing
+        or mismatched state; an error from a ``read`` itself (a blob gone) propagates.
         """
         if state is None:
             if self.stateful:
@@ -146,7 +150,7 @@ class Strategy:
         rejected: dict[str, UpdateRejected] = {}
         while True:
             self.check_count(len(ordered))
-            blocks = BlockPass(global_arrays, ordered, block_elems or self.block_elems, max_norm)
+            blocks = BlockPass(global_arrays, ordered, block_elems or self.block_elems, max_norm, readers=readers)
             arrays, new_state, selected = self._aggregate(global_arrays, ordered, state, blocks)
             failed = blocks.failures()
             if not failed:
@@ -164,9 +168,9 @@ class BlockPass:
     """Reads the updates block by block for a strategy, checking unchecked values on the way."""
 
     def __init__(self, global_arrays: Mapping[str, np.ndarray], updates: list[BlockUpdate], block_elems: int,
-                 max_norm: float | None, measure_all: bool = False):
+                 max_norm: float | None, measure_all: bool = False, readers: int = 0):
         self.global_flat = {k: np.asarray(v).reshape(-1) for k, v in global_arrays.items()}
-        self.updates, self.block_elems, self.max_norm = updates, block_elems, max_norm
+        self.updates, self.block_elems, self.max_norm, self.readers = updates, block_elems, max_norm, readers
         self._sums: dict[str, dict[str, float]] = {u.key: {} for u in updates
                                                    if measure_all or not u.values_checked}
         self._complete = False
@@ -178,9 +182,8 @@ class BlockPass:
         chosen = self.updates if updates is None else list(updates)
         checking = [] if updates is not None or self._complete else \
             [(i, u.key) for i, u in enumerate(chosen) if u.key in self._sums]
-        for name, start, stop in block_ranges(self.global_flat, self.block_elems):
+        for name, start, stop, blocks in self._read(chosen):
             g = compilable(self.global_flat[name][start:stop])
-            blocks = [compilable(u.read(name, start, stop)) for u in chosen]
             for i, key in checking:
                 if blocks[i].shape != g.shape:
                     raise ValueError(f"update {key!r}: tensor {name!r} block {start}:{stop} has "
@@ -191,6 +194,24 @@ class BlockPass:
             del blocks  # before the next block's reads
         if updates is None:
             self._complete = True
+
+    def _read(self, chosen: list[BlockUpdate]) -> Iterator[tuple[str, int, int, list[np.ndarray]]]:
+        """Each block of every chosen update. With ``readers`` threads, block k + 1 of all updates is
+        read concurrently while block k is processed (the kernels release the GIL): reads overlap
+        compute, and at most two blocks per update are in memory."""
+        ranges = list(block_ranges(self.global_flat, self.block_elems))
+        if not self.readers:
+            for name, start, stop in ranges:
+                yield name, start, stop, [compilable(u.read(name, start, stop)) for u in chosen]
+            return
+        with ThreadPoolExecutor(self.readers, thread_name_prefix="update-read") as pool:
+            def fetch(i):
+                return None if i >= len(ranges) else [pool.submit(u.read, *ranges[i]) for u in chosen]
+
+            pending = fetch(0)
+            for i, (name, start, stop) in enumerate(ranges):
+                current, pending = pending, fetch(i + 1)
+                yield name, start, stop, [compilable(f.result()) for f in current]
 
     def sq_distances(self) -> dict[str, float]:
         """‖update − global‖² of each measured update (after a full pass)."""

@@ -31,9 +31,10 @@ class FixedClipping(StrategyWrapper):
     needs_individual_updates = True
 
     def aggregate_round(self, global_arrays, updates, state: State | None = None, *, max_norm=None,
-                        block_elems=None) -> Aggregation:
+                        block_elems=None, readers=0) -> Aggregation:
         ordered = in_key_order(updates)
-        norms = BlockPass(global_arrays, ordered, block_elems or self.inner.block_elems, max_norm, measure_all=True)
+        norms = BlockPass(global_arrays, ordered, block_elems or self.inner.block_elems, max_norm, measure_all=True,
+                          readers=readers)
         for _ in norms():
             pass
         rejected = norms.failures()
@@ -41,7 +42,7 @@ class FixedClipping(StrategyWrapper):
         sq = norms.sq_distances()
         clipped = [_Clipped(u, global_arrays, min(1.0, bound / math.sqrt(sq[u.key])) if sq[u.key] > 0 else 1.0)
                    for u in ordered if u.key not in rejected]
-        result = self.inner.aggregate_round(global_arrays, clipped, state, block_elems=block_elems)
+        result = self.inner.aggregate_round(global_arrays, clipped, state, block_elems=block_elems, readers=readers)
         return replace(result, rejected={**rejected, **result.rejected})
 
 

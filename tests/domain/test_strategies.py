@@ -172,9 +172,9 @@ def test_every_strategy_is_bit_for_bit_independent_of_arrival_order_and_block_si
     state = strategy.initial_state(g)
     reference = strategy.aggregate_round(g, ups, state)
     rng = np.random.default_rng(0)
-    for block in (5, 64, None):
+    for block, readers in ((5, 0), (64, 3), (None, 0)):
         shuffled = [ups[i] for i in rng.permutation(len(ups))]
-        again = strategy.aggregate_round(g, shuffled, state, block_elems=block)
+        again = strategy.aggregate_round(g, shuffled, state, block_elems=block, readers=readers)
         assert again.selected == reference.selected
         for k in SHAPES:
             np.testing.assert_array_equal(again.arrays[k], reference.arrays[k])
@@ -297,10 +297,28 @@ def test_range_updates_give_the_same_bits_as_validated_in_memory_updates():
     from_ranges = [ranged(_blob(u), reads) for u in ups]
     for name in ("fedavg", "trimmed_mean", "median", "krum"):
         a = get_strategy(name).aggregate_round(g, validated).arrays
-        b = get_strategy(name).aggregate_round(g, from_ranges, block_elems=16).arrays
+        b = get_strategy(name).aggregate_round(g, from_ranges, block_elems=16, readers=4).arrays
         for k in SHAPES:
             np.testing.assert_array_equal(a[k], b[k])
     assert max(reads[2 * len(ups):]) == 16 * 4  # after the headers, reads are one block of one tensor
+
+
+def test_a_failing_read_fails_the_aggregation_with_its_error():
+    data = _blob(updates(1)[0])
+    calls = []
+
+    def read(offset, length):
+        calls.append(offset)
+        if len(calls) > 4:
+            raise OSError("blob gone")
+        return data[offset:offset + length]
+
+    source = RangeUpdate(read, len(data), ModelManifest.from_arrays(model()), expected={**META, "silo": "silo00"})
+    for readers in (0, 2):
+        calls.clear()
+        calls.extend([0, 0])
+        with pytest.raises(OSError, match="blob gone"):
+            FedAvg().aggregate_round(model(), [source], block_elems=8, readers=readers)
 
 
 def test_range_update_checks_the_header_rules_when_opened():
