@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from fedfunc.aggregation.sources import BlockUpdate, block_ranges, in_key_order
+from fedfunc.aggregation.sources import BlockUpdate, CheckedUpdate, block_ranges, in_key_order
 from fedfunc.aggregation.state import State, StateError, StateMissing
 from fedfunc.kernels import compilable, sumsq
 from fedfunc.validation import describe
@@ -156,7 +156,7 @@ class Strategy:
             if not failed:
                 return Aggregation(arrays, new_state, [u.key for u in ordered], rejected, selected)
             rejected.update(failed)
-            ordered = [_Checked(u) for u in ordered if u.key not in failed]
+            ordered = [CheckedUpdate(u) for u in ordered if u.key not in failed]
 
     def _aggregate(self, global_arrays: Mapping[str, np.ndarray], updates: list[BlockUpdate], state: State,
                    blocks: BlockPass) -> tuple[dict[str, np.ndarray], State, list[str]]:
@@ -228,25 +228,6 @@ class BlockPass:
             except UpdateRejected as e:
                 failed[key] = e
         return failed
-
-
-@dataclass(frozen=True)
-class _Checked:
-    """An update whose values passed the rules in an earlier pass: the next pass need not re-check."""
-
-    inner: BlockUpdate
-    values_checked: ClassVar[bool] = True
-
-    @property
-    def key(self) -> str:
-        return self.inner.key
-
-    @property
-    def num_samples(self) -> int:
-        return self.inner.num_samples
-
-    def read(self, tensor: str, start: int, stop: int) -> np.ndarray:
-        return self.inner.read(tensor, start, stop)
 
 
 def stacked(parts: list[np.ndarray]) -> Iterator[tuple[int, int, np.ndarray]]:

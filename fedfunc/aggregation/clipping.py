@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import Field
 
 from fedfunc.aggregation.base import Aggregation, BlockPass, Options
-from fedfunc.aggregation.sources import BlockUpdate, in_key_order
+from fedfunc.aggregation.sources import CheckedUpdate, in_key_order
 from fedfunc.aggregation.state import State
 from fedfunc.aggregation.wrapper import StrategyWrapper
 
@@ -47,19 +47,9 @@ class FixedClipping(StrategyWrapper):
 
 
 @dataclass(frozen=True)
-class _Clipped:
-    inner: BlockUpdate
+class _Clipped(CheckedUpdate):
     global_arrays: dict
     scale: float
-    values_checked = True
-
-    @property
-    def key(self) -> str:
-        return self.inner.key
-
-    @property
-    def num_samples(self) -> int:
-        return self.inner.num_samples
 
     def read(self, tensor: str, start: int, stop: int) -> np.ndarray:
         u = self.inner.read(tensor, start, stop)
