@@ -9,31 +9,29 @@ memory; a fused loop reads each update byte once. Rules every kernel keeps:
   is compared to a bound and never stored in a model, may be reassociated (vectorised).
 - Accumulators are float64; float32 × integer weight products are exact in float64 (24 + 29 bits).
 
-Compiled lazily per dtype on first use (cached on disk next to this file when it is writable).
+Compiled on first use (numba is imported then, not when this module is: a silo job never pays for
+it), per dtype, and cached on disk next to this file when that is writable.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numba
+import functools
+from types import SimpleNamespace
+
 import numpy as np
 
-_JIT = {"nogil": True, "cache": True}
 
-
-@numba.njit(**_JIT)
 def _acc1(acc, u0, w0):
     for i in range(acc.size):
         acc[i] += w0 * np.float64(u0[i])
 
 
-@numba.njit(**_JIT)
 def _acc2(acc, u0, u1, w0, w1):
     for i in range(acc.size):
         acc[i] += w0 * np.float64(u0[i]) + w1 * np.float64(u1[i])
 
 
-@numba.njit(**_JIT)
 def _acc4(acc, u0, u1, u2, u3, w0, w1, w2, w3):
     for i in range(acc.size):
         acc[i] += (w0 * np.float64(u0[i]) + w1 * np.float64(u1[i])) + (w2 * np.float64(u2[i]) + w3 * np.float64(u3[i]))
@@ -48,17 +46,16 @@ def accumulate(acc: np.ndarray, blocks: Sequence[np.ndarray], weights: Sequence[
     """
     i, n = 0, len(blocks)
     while n - i >= 4:
-        _acc4(acc, blocks[i], blocks[i + 1], blocks[i + 2], blocks[i + 3],
+        _jit().acc4(acc, blocks[i], blocks[i + 1], blocks[i + 2], blocks[i + 3],
               float(weights[i]), float(weights[i + 1]), float(weights[i + 2]), float(weights[i + 3]))
         i += 4
     if n - i >= 2:
-        _acc2(acc, blocks[i], blocks[i + 1], float(weights[i]), float(weights[i + 1]))
+        _jit().acc2(acc, blocks[i], blocks[i + 1], float(weights[i]), float(weights[i + 1]))
         i += 2
     if n - i == 1:
-        _acc1(acc, blocks[i], float(weights[i]))
+        _jit().acc1(acc, blocks[i], float(weights[i]))
 
 
-@numba.njit(fastmath={"reassoc"}, **_JIT)
 def _sumsq_diff(u, g):
     total = 0.0
     for i in range(u.size):
@@ -67,7 +64,6 @@ def _sumsq_diff(u, g):
     return total
 
 
-@numba.njit(fastmath={"reassoc"}, **_JIT)
 def _sumsq(u):
     total = 0.0
     for i in range(u.size):
@@ -80,7 +76,8 @@ def sumsq(u: np.ndarray, ref: np.ndarray | None = None) -> float:
     """‖u − ref‖² (‖u‖² without ``ref``) in float64, one pass. It is NaN or inf exactly when ``u``
     holds a NaN or inf (float32 squares cannot overflow float64), so it doubles as the finiteness
     check. Reassociated (vectorised): the last bits may differ between CPUs; it is only compared."""
-    return float(_sumsq(compilable(u)) if ref is None else _sumsq_diff(compilable(u), compilable(ref)))
+    k = _jit()
+    return float(k.sumsq(compilable(u)) if ref is None else k.sumsq_diff(compilable(u), compilable(ref)))
 
 
 def compilable(a: np.ndarray) -> np.ndarray:
@@ -91,7 +88,6 @@ def compilable(a: np.ndarray) -> np.ndarray:
     return a.view(np.uint8) if a.dtype == np.bool_ else a
 
 
-@numba.njit(**_JIT)
 def _sorted_middle_mean(stack, lo, hi, out):
     n, m = stack.shape
     # Odd-even transposition sort of every column at once: n rounds of compare-exchanges between
@@ -118,10 +114,9 @@ def sorted_middle_mean(stack: np.ndarray, lo: int, hi: int, out: np.ndarray) -> 
     """Coordinate-wise mean of ranks ``lo:hi`` of ``stack`` (updates × coordinates, sorted in place
     along the updates) into float64 ``out``. The kept values are summed in sorted order, so the
     result depends only on the multiset of values at each coordinate, not on the rows' order."""
-    _sorted_middle_mean(stack, lo, hi, out)
+    _jit().sorted_middle_mean(stack, lo, hi, out)
 
 
-@numba.njit(**_JIT)
 def _pairwise_sq(stack, out):
     n = stack.shape[0]
     for a in range(n):
@@ -149,4 +144,16 @@ def _pairwise_sq(stack, out):
 def add_pairwise_sq(stack: np.ndarray, out: np.ndarray) -> None:
     """``out[a, b] += ‖stack[a] − stack[b]‖²`` for every pair (float64, not reassociated: Krum's
     choice must not depend on the CPU)."""
-    _pairwise_sq(stack, out)
+    _jit().pairwise_sq(stack, out)
+
+
+@functools.cache
+def _jit() -> SimpleNamespace:
+    import numba
+
+    plain = {"nogil": True, "cache": True}
+    reassoc = {**plain, "fastmath": {"reassoc"}}  # squared norms only: compared to a bound, never stored
+    return SimpleNamespace(
+        acc1=numba.njit(**plain)(_acc1), acc2=numba.njit(**plain)(_acc2), acc4=numba.njit(**plain)(_acc4),
+        sumsq=numba.njit(**reassoc)(_sumsq), sumsq_diff=numba.njit(**reassoc)(_sumsq_diff),
+        sorted_middle_mean=numba.njit(**plain)(_sorted_middle_mean), pairwise_sq=numba.njit(**plain)(_pairwise_sq))
