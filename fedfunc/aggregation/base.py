@@ -33,6 +33,9 @@ from fedfunc.weights import UpdateRejected, check_value_sums
 
 # Elements per block: a float64 accumulator of 1 MB stays in the core's cache while updates stream past.
 BLOCK_ELEMS = 1 << 17
+# Bytes of one block of every update: with many updates, blocks shrink so that the blocks in flight
+# stay well under one model (at 100 updates of 10M float32: 40K elements, 16 MB per block set).
+READ_BUDGET = 16 << 20
 # Bytes of the (updates × columns) stack that coordinate-wise rules sort or compare at a time.
 STACK_BYTES = 4 << 20
 
@@ -150,7 +153,8 @@ class Strategy:
         rejected: dict[str, UpdateRejected] = {}
         while True:
             self.check_count(len(ordered))
-            blocks = BlockPass(global_arrays, ordered, block_elems or self.block_elems, max_norm, readers=readers)
+            block = block_elems or max(4096, min(self.block_elems, READ_BUDGET // (8 * max(1, len(ordered)))))
+            blocks = BlockPass(global_arrays, ordered, block, max_norm, readers=readers)
             arrays, new_state, selected = self._aggregate(global_arrays, ordered, state, blocks)
             failed = blocks.failures()
             if not failed:
