@@ -83,7 +83,8 @@ def test_blob_written_while_down_gives_exactly_one_event_after_restart(host, azu
         container.create_container()
     host.start()
     spec = {"function": "on_event", "connection": account.connection_string, "container": "downtime"}
-    assert requests.put(host.url("/runtime/webhooks/eventgrid/subscriptions/down"), json=spec).status_code == 200
+    assert requests.put(host.url("/runtime/webhooks/eventgrid/subscriptions/down"), json=spec,
+                        headers=host.headers).status_code == 200
     time.sleep(1.1)  # blob times have one-second resolution
     host.kill()
     container.upload_blob("while-down.bin", b"x", overwrite=True)
