@@ -9,6 +9,7 @@ when set, take precedence over the file for those two keys (and are not written 
 """
 from __future__ import annotations
 
+import base64
 import hmac
 import json
 import os
@@ -24,6 +25,11 @@ SYSTEM_KEYS = ("durabletask_extension", "eventgrid_extension", "blobs_extension"
 
 def new_key() -> str:
     return secrets.token_urlsafe(32)
+
+
+def new_topic_key() -> str:
+    """Base64, like Event Grid's topic keys (SAS tokens are signed with the decoded bytes)."""
+    return base64.b64encode(secrets.token_bytes(32)).decode()
 
 
 def same(given: str | None, key: str | None) -> bool:
@@ -79,7 +85,7 @@ class HostKeys:
     def topic_key(self, topic: str) -> str:
         """The key of local custom topic `topic`, created (and saved) on first use."""
         if topic not in self.topics:
-            self.topics[topic] = new_key()
+            self.topics[topic] = new_topic_key()
             if self.path:
                 stored = json.loads(self.path.read_text())
                 stored["topicKeys"] = {**stored.get("topicKeys", {}), topic: self.topics[topic]}

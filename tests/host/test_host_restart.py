@@ -95,5 +95,7 @@ def test_blob_written_while_down_gives_exactly_one_event_after_restart(host, azu
     wait_until(events, what="event for the blob written while down")
     host.kill()  # and again: the watcher must not emit it a second time
     host.start()
-    time.sleep(1.0)
+    container.upload_blob("later.bin", b"y", overwrite=True)  # its event proves the watcher listed again
+    wait_until(lambda: [e for e in lines(host.out, "on_event") if e["subject"].endswith("/later.bin")],
+               what="event for a later blob")
     assert len(events()) == 1
