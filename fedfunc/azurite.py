@@ -111,6 +111,11 @@ class Azurite:
         tmp.replace(self._config_path)
 
     @property
+    def log_path(self) -> Path:
+        """Azurite's output, with its access log: one line per request once answered (`fedfunc host --storage-log`)."""
+        return self.location / "azurite.log"
+
+    @property
     def data_dir(self) -> Path:
         """Where Azurite keeps blobs and metadata (what `fedfunc host --watch` watches)."""
         return self.location / "data"
@@ -136,13 +141,13 @@ class Azurite:
         env["AZURITE_ACCOUNTS"] = ";".join(f"{n}:{k}" for n, k in self._config["keys"].items())
         ports = {name: self._config.get(f"{name}_port") or 0 for name in SERVICES}
         cmd = [
-            azurite_binary(), "--silent", "--location", str(self.data_dir),
+            azurite_binary(), "--location", str(self.data_dir),  # not --silent: the access log names each write
             "--blobPort", str(ports["blob"]), "--queuePort", str(ports["queue"]),
             "--tablePort", str(ports["table"]), "--blobHost", "127.0.0.1",
             "--queueHost", "127.0.0.1", "--tableHost", "127.0.0.1",
             "--disableTelemetry", "--skipApiVersionCheck", "--loose",
         ]
-        log_path = self.location / "azurite.log"
+        log_path = self.log_path
         log = open(log_path, "ab")
         offset = log.tell()
         self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -40,7 +40,7 @@ class DevStack:
         self.scientist_signing_key = keys.load_private(self._key("scientist"))
         self._extra_settings = dict(extra_settings or {})
         self.host = HostProcess(REPO_ROOT, state=self.root / "host" / "state.sqlite", port=port,
-                                args=("--watch", str(self.azurite.data_dir)))
+                                args=("--storage-log", str(self.azurite.log_path)))
         # the host's keys (master, host, system keys), made here and kept with the host's state
         self.host_keys = HostKeys.load(self.host.keys_path, environ={})
         for setting in (MASTER_KEY_SETTING, FUNCTION_KEY_SETTING):  # the keys file, not the caller's shell

@@ -18,7 +18,10 @@ def register(app: typer.Typer) -> None:
                                                   "with suffix .keys.json)"),
              max_activities: int = typer.Option(8, help="Activities run at once"),
              poll_interval: Optional[float] = typer.Option(
-                 None, help="Seconds between storage listings for Event Grid events (default 0.5; 5 with --watch)"),
+                 None, help="Seconds between storage listings for Event Grid events (default 0.5; "
+                            "5 with --storage-log or --watch)"),
+             storage_log: List[Path] = typer.Option([], help="Azurite's access log (Azurite without --silent): "
+                                                             "each blob written is listed at once"),
              watch: List[Path] = typer.Option([], help="Folder where the storage emulator keeps its data (Azurite's "
                                                        "--location): a change there triggers a listing at once"),
              ready_file: Optional[Path] = typer.Option(None, help="Written once serving: JSON {pid, port, origin}"),
@@ -32,7 +35,7 @@ def register(app: typer.Typer) -> None:
         logging.getLogger("azure").setLevel(logging.WARNING)
         try:
             asyncio.run(Host(app_dir, port, state, bind, max_activities, poll_interval, keys=keys,
-                             watch=tuple(watch), ready_file=ready_file).run_forever())
+                             watch=tuple(watch), storage_logs=tuple(storage_log), ready_file=ready_file).run_forever())
         except (AppLoadError, StateError, KeysError, BindError) as exc:
             typer.echo(f"fedfunc host: {exc}", err=True)
             raise typer.Exit(2)

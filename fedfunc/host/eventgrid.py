@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,8 +27,8 @@ from fedfunc.host.app_loader import App, Function, resolve_settings
 from fedfunc.host.auth import HostRoutes, master, system, topic_key
 from fedfunc.host.invoke import Invoker, background, logged
 from fedfunc.host.keys import HostKeys
-from fedfunc.host.storage_watch import (BLOB_CREATED, SUBJECT, StorageWatcher, SubscriptionError, blob_created_event,
-                                        blob_service)
+from fedfunc.host.storage_watch import (BLOB_CREATED, SUBJECT, Changes, StorageWatcher, SubscriptionError,
+                                        account_name, blob_created_event, blob_service)
 from fedfunc.host.store import Store
 from fedfunc.host.topics import TOPICS, check_topic_name, event_kind, parse_published, topic_endpoint, topic_resource
 
@@ -146,11 +147,15 @@ def blob_trigger_subscription(f: Function) -> Subscription:
 
 class EventGrid:
     def __init__(self, app: App, store: Store, invoker: Invoker, keys: HostKeys, origin: str = "",
-                 poll_interval: float | None = None, watch: tuple[Path, ...] = ()):
-        """`poll_interval`: the safety poll (default 0.5 s, or 5 s when `watch` folders tell of changes)."""
+                 poll_interval: float | None = None, watch: tuple[Path, ...] = (), access_logs: tuple[Path, ...] = ()):
+        """`poll_interval`: the safety poll (default 0.5 s; 5 s when `watch` folders or storage
+        `access_logs` tell of changes)."""
         self.app, self.store, self.invoker, self.keys, self.origin = app, store, invoker, keys, origin
-        self.poll_interval = poll_interval if poll_interval is not None else (5.0 if watch else 0.5)
-        self.watcher = StorageWatcher(self.poll_once, self.poll_interval, tuple(watch))
+        told = bool(watch or access_logs)
+        self.poll_interval = poll_interval if poll_interval is not None else (5.0 if told else 0.5)
+        self.watcher = StorageWatcher(self.poll_once, self.poll_interval, tuple(watch), tuple(access_logs))
+        self._clients: dict[str, object] = {}  # connection → BlobServiceClient (keeps its HTTP connections)
+        self._lister = ThreadPoolExecutor(4, thread_name_prefix="eg-list")
         self._tasks: list[asyncio.Task] = []
         self._inflight: set[int] = set()
         self._wake = asyncio.Event()
@@ -226,33 +231,57 @@ class EventGrid:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._session:
             await self._session.close()
+        self._lister.shutdown(wait=False)
 
     # ---- storage source ----------------------------------------------------------------------------
-    def poll_once(self) -> int:
-        """List each subscribed container once; queue an event per new blob version. Returns
-        how many events were queued."""
+    def poll_once(self, only: Changes | None = None) -> int:
+        """List each subscribed container (or, given `only`, just the blobs named there); queue an
+        event per new blob version. Returns how many events were queued."""
         groups: dict[tuple[str, str], list[tuple[Subscription, float]]] = {}
         for sub, created in self.all():
             if sub.connection:
                 groups.setdefault((sub.connection, sub.container), []).append((sub, created))
-        queued = 0
+        work = []
         for (connection, container), subs in groups.items():
-            prefix = os.path.commonprefix([s.blob_prefix() for s, _ in subs])
             try:
-                client = blob_service(connection)
-                blobs = list(client.get_container_client(container).list_blobs(name_starts_with=prefix or None))
-            except Exception as exc:
-                problem = f"{container}: {exc}"
-                if "ContainerNotFound" not in str(exc) and self._problems.get(connection) != problem:
-                    self._problems[connection] = problem  # once per distinct problem, not every poll
-                    log.warning("event grid watcher: cannot list %s in %s: %s", container,
-                                _SECRET.sub(r"\1***", connection), exc)
+                client = self._client(connection)
+            except SubscriptionError:
                 continue
-            for sub, created in subs:
+            if only is None:
+                work.append((client, container, subs, [os.path.commonprefix([s.blob_prefix() for s, _ in subs])]))
+            elif (account_name(client), container) in only:
+                names = only[(account_name(client), container)]
+                work.append((client, container, subs, sorted(names) if names is not None else [""]))
+        queued = 0
+        for (client, container, subs, _), blobs in zip(work, self._lister.map(self._list, work)):
+            for sub, created in subs if blobs is not None else ():
                 queued += self._record(client, sub, created, container, blobs)
         if queued:
             self.invoker.loop.call_soon_threadsafe(self._wake.set)
         return queued
+
+    def _client(self, connection: str):
+        if connection not in self._clients:
+            self._clients[connection] = blob_service(connection)
+        return self._clients[connection]
+
+    def _list(self, item) -> list | None:
+        """The blobs under each prefix (an exact name from the access log lists that name and any
+        name it begins); None when the container cannot be listed."""
+        client, container, _, prefixes = item
+        try:
+            listed = {}
+            for prefix in prefixes:
+                for blob in client.get_container_client(container).list_blobs(name_starts_with=prefix or None):
+                    listed[blob.name] = blob
+            return list(listed.values())
+        except Exception as exc:
+            problem = f"{container}: {exc}"
+            where = client.url.split("?")[0]
+            if "ContainerNotFound" not in str(exc) and self._problems.get(where) != problem:
+                self._problems[where] = problem  # once per distinct problem, not every poll
+                log.warning("event grid watcher: cannot list %s in %s: %s", container, where, exc)
+            return None
 
     def _record(self, client, sub: Subscription, created: float, container: str, blobs: list) -> int:
         seen = dict(self.store.query("SELECT blob, etag FROM eg_seen WHERE subscription=?", (sub.name,)))

@@ -37,16 +37,18 @@ class BindError(RuntimeError):
 class Host:
     def __init__(self, app_dir: Path, port: int = 7071, state: Path | None = None, bind: str = "127.0.0.1",
                  max_activities: int = 8, poll_interval: float | None = None, keys: Path | None = None,
-                 watch: tuple[Path, ...] = (), ready_file: Path | None = None):
+                 watch: tuple[Path, ...] = (), storage_logs: tuple[Path, ...] = (), ready_file: Path | None = None):
         """`port` 0 binds a free port (see `origin` once started, or `ready_file`); `watch` lists folders
-        whose changes mean storage changed (Azurite's data folder), so the Event Grid watcher looks at
+        whose changes mean storage changed (Azurite's data folder) and `storage_logs` access logs that
+        name each blob written (Azurite's log without `--silent`), so the Event Grid watcher looks at
         once instead of waiting for its safety poll."""
         self.app_dir = Path(app_dir).resolve()
         self.port, self.bind = port, bind
         self.state_path = Path(state) if state else default_state_path(self.app_dir)
         self.keys_path = Path(keys) if keys else default_keys_path(self.state_path)
         self.max_activities, self.poll_interval = max_activities, poll_interval
-        self.watch, self.ready_file = tuple(Path(p) for p in watch), ready_file
+        self.watch, self.storage_logs = tuple(Path(p) for p in watch), tuple(Path(p) for p in storage_logs)
+        self.ready_file = ready_file
         self._runner: web.AppRunner | None = None
         self._services: list = []
 
@@ -96,7 +98,7 @@ class Host:
         from fedfunc.host.timers import TimerTriggers
         return [TimerTriggers(self.app, self.store, self.invoker),
                 EventGrid(self.app, self.store, self.invoker, self.keys, self.origin,
-                          poll_interval=self.poll_interval, watch=self.watch)]
+                          poll_interval=self.poll_interval, watch=self.watch, access_logs=self.storage_logs)]
 
     def _print_functions(self) -> None:
         lines = ["Functions:"]

@@ -1,23 +1,26 @@
 """The storage watcher: new or changed blobs in subscribed containers become `Microsoft.Storage.BlobCreated`
 events (Event Grid schema), each blob version exactly once, also across restarts (seen ETags are stored).
 
-Listing every container often burns CPU for nothing; listing rarely makes events late. So the watcher
-lists when storage tells it something changed: given the folder where Azurite keeps its data, it
-watches it with inotify (Azurite writes a blob's bytes to its extent files before it answers the
-upload) and lists at once, then once more shortly after (the listing can race Azurite's metadata
-commit). A slow safety poll covers what a folder cannot show (storage elsewhere, block-list commits,
-no inotify on this system).
+Listing every container often burns CPU for nothing (a listing costs Azurite about 5-8 ms), and
+listing rarely makes events late. So the watcher lists when storage says what changed:
+- Azurite's access log (`--storage-log`, Azurite started without `--silent`) names each blob written,
+  once the upload is answered: only that blob's name is listed, at once;
+- or, more coarsely, the folder where Azurite keeps its data (`--watch`): any change there lists every
+  subscribed container, and once more shortly after (the change can come before the commit).
+Both are read with inotify on the event loop. A slow safety poll covers what they cannot show
+(storage elsewhere, no inotify on this system).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
+import re
 import time
 import uuid
 from pathlib import Path
 from typing import Callable
-from urllib.parse import quote, urlparse
+from urllib.parse import quote, unquote, urlparse
 
 from azure.storage.blob import BlobServiceClient
 
@@ -70,24 +73,67 @@ def blob_created_event(client: BlobServiceClient, container: str, blob) -> dict:
     }
 
 
-class FolderWatch:
-    """inotify on a folder tree, read on the event loop (no thread, no CPU while nothing changes)."""
+Changes = dict[tuple[str, str], "set[str] | None"]  # (account, container) → blob names written, None: any
+_ACCESS = re.compile(r'"(?:PUT|POST|DELETE) /([^/?\s]+)/([^/?\s]+)(?:/([^?\s]*))?(?:\?\S*)? HTTP/[0-9.]+" 2[0-9][0-9] ')
 
-    def __init__(self, roots: tuple[Path, ...], on_change: Callable[[], None]):
+
+def merge(into: Changes, more: Changes) -> None:
+    for key, names in more.items():
+        if names is None or (key in into and into[key] is None):
+            into[key] = None
+        else:
+            into[key] = (into.get(key) or set()) | names
+
+
+class AccessLog:
+    """Azurite's access log (without `--silent`: one line per request, written once the response is
+    sent): which blobs were just written, so only those are listed."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.offset = self.path.stat().st_size if self.path.exists() else 0
+        self.partial = b""
+
+    def read(self) -> Changes:
+        try:
+            with open(self.path, "rb") as f:
+                if os.fstat(f.fileno()).st_size < self.offset:
+                    self.offset, self.partial = 0, b""  # truncated or replaced
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return {}
+        self.offset += len(data)
+        *lines, self.partial = (self.partial + data).split(b"\n")
+        changes: Changes = {}
+        for line in lines:
+            m = _ACCESS.search(line.decode(errors="replace"))
+            if m:
+                account, container, blob = m.group(1), m.group(2), unquote(m.group(3) or "")
+                merge(changes, {(account, container): {blob} if blob else None})
+        return changes
+
+
+class FileEvents:
+    """inotify on folder trees and files, read on the event loop (no thread, no CPU while nothing changes)."""
+
+    def __init__(self, on_events: Callable[[set[int]], None]):
         from inotify_simple import INotify, flags
         self.flags = flags
         self.mask = flags.MODIFY | flags.CLOSE_WRITE | flags.CREATE | flags.DELETE | flags.MOVED_TO
         self.inotify = INotify(nonblocking=True)
-        self.on_change = on_change
-        self.paths: dict[int, Path] = {}  # watch descriptor → folder
-        for root in roots:
-            Path(root).mkdir(parents=True, exist_ok=True)
-            self._add_tree(Path(root))
+        self.on_events = on_events
+        self.trees: dict[int, Path] = {}  # watch descriptor → folder, for folders watched as trees
         asyncio.get_running_loop().add_reader(self.inotify.fileno(), self._read)
 
-    def _add_tree(self, root: Path) -> None:
+    def tree(self, root: Path) -> None:
+        Path(root).mkdir(parents=True, exist_ok=True)
         for folder, _, _ in os.walk(root):
-            self.paths[self.inotify.add_watch(folder, self.mask)] = Path(folder)
+            self.trees[self.inotify.add_watch(folder, self.mask)] = Path(folder)
+
+    def file(self, path: Path) -> int:
+        Path(path).touch(exist_ok=True)
+        return self.inotify.add_watch(str(path), self.flags.MODIFY)
 
     def _read(self) -> None:
         try:
@@ -95,10 +141,10 @@ class FolderWatch:
         except BlockingIOError:
             return
         for e in events:
-            if e.mask & self.flags.CREATE and e.mask & self.flags.ISDIR and e.wd in self.paths:
-                self._add_tree(self.paths[e.wd] / e.name)
+            if e.mask & self.flags.CREATE and e.mask & self.flags.ISDIR and e.wd in self.trees:
+                self.tree(self.trees[e.wd] / e.name)
         if events:
-            self.on_change()
+            self.on_events({e.wd for e in events})
 
     def close(self) -> None:
         asyncio.get_running_loop().remove_reader(self.inotify.fileno())
@@ -106,40 +152,59 @@ class FolderWatch:
 
 
 class StorageWatcher:
-    """Runs `poll` (a blocking listing of every subscribed container) when storage changed, else
-    every `safety_interval` seconds; polls never overlap."""
+    """Runs `poll(only)` (a blocking listing: of the blobs in `only`, or of every subscribed container when
+    `only` is None) when storage changed, else every `safety_interval` seconds; polls never overlap."""
 
-    def __init__(self, poll: Callable[[], int], safety_interval: float, watch: tuple[Path, ...] = ()):
-        self.poll, self.safety_interval, self.watch = poll, safety_interval, watch
+    def __init__(self, poll: Callable[[Changes | None], int], safety_interval: float,
+                 watch: tuple[Path, ...] = (), access_logs: tuple[Path, ...] = ()):
+        self.poll, self.safety_interval = poll, safety_interval
+        self.watch, self.access_logs = watch, access_logs
         self._changed = asyncio.Event()
-        self._folders: FolderWatch | None = None
+        self._pending: Changes = {}
+        self._everything = False
 
-    def changed(self) -> None:
-        self._changed.set()
+    def _on_events(self, wds: set[int]) -> None:
+        if wds & set(self._files.trees):
+            self._everything = True
+        for access_log in self._logs:
+            merge(self._pending, access_log.read())
+        if self._everything or self._pending:
+            self._changed.set()
 
     async def run(self) -> None:
-        if self.watch:
+        self._logs = [AccessLog(p) for p in self.access_logs]
+        self._files = None
+        if self.watch or self.access_logs:
             try:
-                self._folders = FolderWatch(self.watch, self.changed)
+                self._files = FileEvents(self._on_events)
+                for root in self.watch:
+                    self._files.tree(root)
+                for path in self.access_logs:
+                    self._files.file(path)
             except (ImportError, OSError) as exc:
                 log.warning("event grid watcher: cannot watch %s (%s); polling every %.1fs",
-                            ", ".join(map(str, self.watch)), exc, self.safety_interval)
+                            ", ".join(map(str, self.watch + self.access_logs)), exc, self.safety_interval)
         loop = asyncio.get_running_loop()
         next_poll = loop.time()
         try:
             while True:
+                folder_change = False
                 try:
                     await asyncio.wait_for(self._changed.wait(), timeout=max(0.0, next_poll - loop.time()))
-                    woke = True
-                    await asyncio.sleep(SETTLE)
+                    folder_change = self._everything
+                    if folder_change:
+                        await asyncio.sleep(SETTLE)  # a folder change comes as a burst of file events
                 except asyncio.TimeoutError:
-                    woke = False
+                    self._everything = True  # the safety poll (or the follow-up after a folder change)
                 self._changed.clear()
+                only = None if self._everything else self._pending
+                self._pending, self._everything = {}, False
                 try:
-                    await loop.run_in_executor(None, self.poll)
+                    await loop.run_in_executor(None, self.poll, only)
                 except Exception:
                     log.exception("event grid watcher: poll failed")
-                next_poll = loop.time() + (FOLLOW_UP if woke else self.safety_interval)
+                # a folder change can come before the upload is committed: look again shortly after
+                next_poll = loop.time() + (FOLLOW_UP if folder_change and self._files else self.safety_interval)
         finally:
-            if self._folders:
-                self._folders.close()
+            if self._files:
+                self._files.close()

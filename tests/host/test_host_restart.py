@@ -16,8 +16,10 @@ from fedfunc.host.testing import HostProcess, wait_until
 
 @pytest.fixture
 def host(tmp_path, azurite):
+    """The storage watcher here learns of changes from Azurite's data folder (and lists at start)."""
     (tmp_path / "out").mkdir()
-    process = HostProcess(APPS / "features", tmp_path / "state.sqlite", env=features_env(tmp_path / "out", azurite))
+    process = HostProcess(APPS / "features", tmp_path / "state.sqlite", env=features_env(tmp_path / "out", azurite),
+                          args=("--watch", str(azurite.data_dir), "--poll-interval", "3600"))
     process.out = tmp_path / "out"
     yield process
     process.stop()
