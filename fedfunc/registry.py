@@ -13,11 +13,10 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import TableClient, UpdateMode
 from pydantic import BaseModel, ConfigDict, Field
 
-from fedfunc.validation import UnknownName
+from fedfunc.validation import SILO_NAME, UnknownName
 
 TABLE = "silos"
 _PARTITION = "silo"
-SILO_NAME = r"^[a-z0-9][a-z0-9-]{1,22}[a-z0-9]$"
 Status = Literal["onboarding", "ready", "disabled"]
 _LIST_FIELDS = ("trusted_signers",)
 

@@ -8,9 +8,13 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fedfunc.contracts import Hyperparams
-from fedfunc.validation import parse
+from fedfunc.validation import SILO_NAME_RULE, is_silo_name, parse
 
-RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")  # fullmatch: a run id is an instance id and a blob path
+
+
+def is_run_id(value: object) -> bool:
+    return isinstance(value, str) and RUN_ID.fullmatch(value) is not None
 
 
 class SpecError(ValueError):
@@ -50,6 +54,9 @@ class RunSpec(BaseModel):
                 raise ValueError("list at least one silo, or 'all'")
             if len(set(v)) != len(v):
                 raise ValueError("silo names repeat")
+            bad = [name for name in v if not is_silo_name(name)]
+            if bad:
+                raise ValueError(f"{bad[0][:40]!r} is not a silo name ({SILO_NAME_RULE})")
         return v
 
     def needed(self, n_silos: int) -> int:

@@ -1,11 +1,21 @@
 """One way to validate what crosses the edge: every bad field named, with pydantic's reason."""
 from __future__ import annotations
 
+import re
 from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 M = TypeVar("M", bound=BaseModel)
+
+# A silo's name: it becomes blob paths, table keys and storage resource names, so it is checked wherever
+# it enters (an onboarding request, a run spec, a route) before anything looks it up.
+SILO_NAME = r"^[a-z0-9][a-z0-9-]{1,22}[a-z0-9]$"
+SILO_NAME_RULE = "3-24 lowercase letters, digits or hyphens, starting and ending with a letter or digit"
+
+
+def is_silo_name(value: object) -> bool:
+    return isinstance(value, str) and re.fullmatch(SILO_NAME, value) is not None
 
 
 def describe(e: ValidationError) -> str:

@@ -24,3 +24,5 @@ def json_body(req: func.HttpRequest) -> object:
         return req.get_json()
     except ValueError:
         raise BadRequest("request body is not valid JSON") from None
+    except RecursionError:
+        raise BadRequest("request body is nested too deeply") from None

@@ -14,7 +14,7 @@ from fedfunc.coordinator.services import services
 from fedfunc.registry import UnknownSilo
 from fedfunc.security.bundle import BundleConfig, SignedBundle
 from fedfunc.security.update_bound import bundle_bound
-from fedfunc.spec import RUN_ID, RunSpec, SpecError, parse_spec
+from fedfunc.spec import RunSpec, SpecError, is_run_id, parse_spec
 from fedfunc.tasks.registry import UnknownTask, get_task
 from triggers.auth import requires
 from triggers.http_util import BadRequest, error, json_body, respond
@@ -29,7 +29,7 @@ def validate_run_request(body: object) -> tuple[str, RunSpec]:
         raise BadRequest("the body must be a JSON object: a run spec, optionally with \"run_id\"")
     body = dict(body)
     run_id = body.pop("run_id", None) or f"run-{uuid.uuid4().hex[:12]}"
-    if not (isinstance(run_id, str) and RUN_ID.match(run_id)):
+    if not is_run_id(run_id):
         raise BadRequest("run_id: 1-63 letters, digits, '_', '.' or '-', starting with a letter or digit")
     try:
         spec = parse_spec(body)
@@ -116,6 +116,8 @@ async def list_runs(req: func.HttpRequest, client: df.DurableOrchestrationClient
 
 
 async def _run(client: df.DurableOrchestrationClient, run_id: str) -> df.DurableOrchestrationStatus | None:
+    if not is_run_id(run_id):  # not a name any run can have: looked up nowhere
+        return None
     status = await client.get_status(run_id)
     if not status or status.runtime_status is None or status.name != p.TRAINING:
         return None

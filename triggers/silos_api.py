@@ -8,6 +8,7 @@ from fedfunc import protocol as p
 from fedfunc.coordinator import onboarding
 from fedfunc.coordinator.services import services
 from fedfunc.registry import UnknownSilo
+from fedfunc.validation import SILO_NAME_RULE, is_silo_name
 from triggers.auth import requires
 from triggers.http_util import BadRequest, error, json_body, respond
 
@@ -16,6 +17,18 @@ bp = df.Blueprint()
 
 def onboarding_instance(silo: str) -> str:
     return f"onboard:{silo}"
+
+
+class NotASilo(LookupError):
+    """A route names something no silo can be called."""
+
+
+def _silo_name(req: func.HttpRequest) -> str:
+    """The route's silo name; ``NotASilo`` (404) for a name no silo can have, before anything looks it up."""
+    name = req.route_params["name"]
+    if not is_silo_name(name):
+        raise NotASilo(f"no silo {name[:40]!r}: silo names are {SILO_NAME_RULE}")
+    return name
 
 
 def _public(record) -> dict:
@@ -53,7 +66,10 @@ async def list_silos(req: func.HttpRequest) -> func.HttpResponse:
 @bp.durable_client_input(client_name="client")
 @requires("admin")
 async def onboarding_status(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
-    name = req.route_params["name"]
+    try:
+        name = _silo_name(req)
+    except NotASilo as e:
+        return error(404, str(e))
     status = await client.get_status(onboarding_instance(name))
     if not status or status.runtime_status is None:
         return error(404, f"no onboarding of silo {name!r}")
@@ -67,8 +83,8 @@ async def onboarding_status(req: func.HttpRequest, client: df.DurableOrchestrati
 async def disable_silo(req: func.HttpRequest) -> func.HttpResponse:
     """A disabled silo is left out from the next round on; the round in progress is not disturbed."""
     try:
-        record = services().registry.set_status(req.route_params["name"], "disabled")
-    except UnknownSilo as e:
+        record = services().registry.set_status(_silo_name(req), "disabled")
+    except (NotASilo, UnknownSilo) as e:
         return error(404, str(e))
     services().audit.record("silo_disabled", silo=record.name)
     return respond(200, _public(record))
@@ -77,10 +93,10 @@ async def disable_silo(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route="silos/{name}", methods=["DELETE"])
 @requires("admin")
 async def remove_silo(req: func.HttpRequest) -> func.HttpResponse:
-    name = req.route_params["name"]
     try:
+        name = _silo_name(req)
         services().registry.get(name)
-    except UnknownSilo as e:
+    except (NotASilo, UnknownSilo) as e:
         return error(404, str(e))
     onboarding.remove(services(), name)
     services().audit.record("silo_removed", silo=name)
