@@ -44,7 +44,7 @@ def upload_of(event: func.EventGridEvent) -> dict | None:
     account = account_of(event.topic or "")
     silos = [r.name for r in services().registry.list() if r.account == account]
     if not silos:
-        log.warning("ignored data upload %s: storage account %r belongs to no registered silo", event.subject, account)
+        log.warning("ignored data upload %r: storage account %r belongs to no registered silo", event.subject, account)
         return None
     return {"silo": silos[0], "path": blob[1]}
 

@@ -7,6 +7,7 @@ import uuid
 
 import azure.durable_functions as df
 import azure.functions as func
+from pydantic import ValidationError
 
 from fedfunc import protocol as p
 from fedfunc.aggregation import UnknownStrategy, get_strategy
@@ -14,6 +15,7 @@ from fedfunc.coordinator.services import services
 from fedfunc.registry import UnknownSilo
 from fedfunc.security.bundle import BundleConfig, SignedBundle
 from fedfunc.security.update_bound import bundle_bound
+from fedfunc.validation import describe
 from fedfunc.spec import RunSpec, SpecError, is_run_id, parse_spec
 from fedfunc.tasks.registry import UnknownTask, get_task
 from triggers.auth import requires
@@ -62,7 +64,10 @@ def _with_signed_hyperparams(spec: RunSpec) -> RunSpec:
         raise BadRequest(f"bundle: not a signed bundle ({e.__class__.__name__})") from None
     if signed.bundle.task != spec.task:
         raise BadRequest(f"bundle: signed for task {signed.bundle.task!r}, the spec asks for {spec.task!r}")
-    hyperparams = BundleConfig.model_validate(signed.bundle.config).hyperparams
+    try:
+        hyperparams = BundleConfig.model_validate(signed.bundle.config).hyperparams
+    except ValidationError as e:
+        raise BadRequest(f"bundle: config: {describe(e)}") from None
     if spec.hyperparams is not None and spec.hyperparams != hyperparams:
         raise BadRequest(f"hyperparams: {spec.hyperparams.model_dump()} differ from the signed bundle's "
                          f"{hyperparams.model_dump()}")

@@ -47,7 +47,7 @@ def route_outbox_event(event: func.EventGridEvent) -> tuple[str, str, dict] | No
     blob = blob_of(event.subject or "")
     parsed = layout.parse_outbox_blob(blob[1]) if blob and blob[0] == layout.OUTBOX else None
     if event.event_type != SystemEventNames.StorageBlobCreatedEventName or not parsed:
-        log.info("ignored event %s (%s %s): not an outbox artifact", event.id, event.event_type, event.subject)
+        log.info("ignored event %r (%r %r): not an outbox artifact", event.id, event.event_type, event.subject)
         return None
     if parsed["name"] not in (layout.UPDATE, layout.FAILED):
         return None
@@ -55,11 +55,11 @@ def route_outbox_event(event: func.EventGridEvent) -> tuple[str, str, dict] | No
     try:
         record = services().registry.get(silo)
     except UnknownSilo:
-        log.warning("ignored event %s: %s names unknown silo %r", event.id, event.subject, silo)
+        log.warning("ignored event %r: %r names unknown silo %r", event.id, event.subject, silo)
         return None
     account = account_of(event.topic or "")
     if account != record.account:
-        log.warning("ignored event %s: from storage account %r, but silo %r's outbox is in %r",
+        log.warning("ignored event %r: from storage account %r, but silo %r's outbox is in %r",
                     event.id, account, silo, record.account)
         return None
     landed = _landed(event, silo, blob[1])
@@ -85,12 +85,12 @@ def _landed(event: func.EventGridEvent, silo: str, path: str) -> OutboxBlob | No
     data = data if isinstance(data, dict) else {}
     found = services().outbox_blob(silo, path)  # a storage error raises: Event Grid delivers again
     if found is None:
-        log.warning("ignored event %s: %s is not in silo %r's outbox (forged, or sent ahead of its blob); "
+        log.warning("ignored event %r: %r is not in silo %r's outbox (forged, or sent ahead of its blob); "
                     "the silo keeps waiting", event.id, path, silo)
         return None
     etag, size = data.get("eTag"), data.get("contentLength")
     if (etag is not None and str(etag).strip('"') != found.etag) or (size is not None and size != found.size):
-        log.warning("ignored event %s: it says eTag %r and %r bytes, but silo %r's outbox holds %s with eTag %r "
+        log.warning("ignored event %r: it says eTag %r and %r bytes, but silo %r's outbox holds %r with eTag %r "
                     "and %d bytes", event.id, etag, size, silo, path, found.etag, found.size)
         return None
     return found
