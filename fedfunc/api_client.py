@@ -3,25 +3,28 @@ from __future__ import annotations
 
 import requests
 import typer
-from rich.console import Console
+
+from fedfunc.cli import CliError
 
 HOST = typer.Option("http://127.0.0.1:7071", "--host", envvar="FEDFUNC_HOST", help="the Function App / fedfunc host")
 API_KEY = typer.Option(..., "--api-key", envvar="FEDFUNC_API_KEY", help="an API key from FEDFUNC_API_KEYS")
-console = Console()
-
 
 def call(method: str, host: str, api_key: str, path: str, body: object | None = None) -> dict:
-    """``/api/{path}``; on an error, print the API's reason and exit 1 (2 if the host cannot be reached)."""
+    """``/api/{path}``'s JSON answer; ``CliError`` with the API's reason (exit 1), or exit 2 if the host
+    cannot be reached or does not answer JSON."""
     url = f"{host.rstrip('/')}/api/{path}"
     try:
         r = requests.request(method, url, json=body, headers={"x-api-key": api_key}, timeout=60)
     except requests.RequestException as e:
-        console.print(f"[red]cannot reach {host}: {e}[/]")
-        raise typer.Exit(2) from None
-    data = r.json() if r.headers.get("content-type", "").startswith("application/json") else {"message": r.text}
+        raise CliError(f"cannot reach {host}: {type(e).__name__}", exit_code=2) from None
+    try:
+        data = r.json() if r.headers.get("content-type", "").startswith("application/json") else {"message": r.text}
+    except ValueError:
+        raise CliError(f"{method} /api/{path} → {r.status_code}: the answer is not JSON", exit_code=2) from None
+    if not isinstance(data, dict):
+        data = {"message": str(data)}
     if r.status_code >= 400:
         said = " — ".join(str(data[k]) for k in ("error", "message") if data.get(k)) or str(data)
         rule = f" (rule {data['rule']})" if data.get("rule") else ""
-        console.print(f"[red]{method} /api/{path} → {r.status_code}[/] {said}{rule}")
-        raise typer.Exit(1)
+        raise CliError(f"{method} /api/{path} → {r.status_code} {said[:500]}{rule}")
     return data

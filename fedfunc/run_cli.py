@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fedfunc.api_client import API_KEY, HOST, call
+from fedfunc.cli import safe
 
 run_app = typer.Typer(no_args_is_help=True, help="Start and watch federated runs on a running Function App.")
 console = Console()
@@ -23,25 +24,40 @@ def start(spec: Path = typer.Argument(..., exists=True, dir_okay=False, help="th
     except json.JSONDecodeError as e:
         raise typer.BadParameter(f"{spec} is not valid JSON: {e}") from None
     started = call("POST", host, api_key, "runs", body)
-    console.print(f"started run [bold]{started['run']}[/]; watch it with: fedfunc run status {started['run']}")
+    run = safe(started["run"])
+    console.print(f"started run [bold]{run}[/]; watch it with: fedfunc run status {run}")
 
 
 @run_app.command("status")
 def status(run_id: str, host: str = HOST, api_key: str = API_KEY) -> None:
     """A run's state, per-round metrics and per-silo outcomes."""
     s = call("GET", host, api_key, f"runs/{run_id}")
-    console.print(f"run [bold]{s['run']}[/]: {s['runtime_status']} ({s.get('phase')}), "
-                  f"round {s.get('round')} of {s.get('rounds')}" + (f"\n[red]{s['error']}[/]" if s.get("error") else ""))
+    console.print(f"run [bold]{safe(s.get('run'))}[/]: {safe(s.get('runtime_status'))} ({safe(s.get('phase'))}), "
+                  f"round {safe(s.get('round'))} of {safe(s.get('rounds'))}"
+                  + (f"\n[red]{safe(s['error'])}[/]" if s.get("error") else ""))
     table = Table("round", "accuracy", "loss", "samples", "silos")
-    for r in s.get("history", []):
-        silos = ", ".join(f"{n}:{o['state']}" for n, o in sorted(r["silos"].items()))
-        table.add_row(str(r["round"]), f"{r['metrics']['accuracy']:.4f}", f"{r['metrics']['loss']:.4f}",
-                      str(r["num_samples"]), silos)
+    for r in s.get("history") or []:
+        metrics = r.get("metrics") or {}
+        silos = ", ".join(f"{n}:{o.get('state')}" + (f" (weighted {o['num_samples']} of {o['capped']['reported']})"
+                                                     if o.get("capped") else "")
+                          for n, o in sorted((r.get("silos") or {}).items()))
+        table.add_row(*(safe(v) for v in (r.get("round"), _num(metrics.get("accuracy")), _num(metrics.get("loss")),
+                                          r.get("num_samples"), silos)))
     console.print(table)
-    if s.get("current_round"):
-        c = s["current_round"]
-        console.print(f"round {c.get('round')} {c.get('phase')}: received {c.get('received')}, missing "
-                      f"{c.get('missing')}, failed {c.get('failed')}")
+    c = s.get("current_round")
+    if c:
+        console.print(f"round {safe(c.get('round'))} {safe(c.get('phase'))}: received {safe(c.get('received'))}, "
+                      f"missing {safe(c.get('missing'))}")
+    for r in [*(s.get("history") or []), *([{"round": c.get("round"), "silos": {
+            **{n: {"state": "failed", "reason": why} for n, why in (c.get("failed") or {}).items()},
+            **{n: {"state": "rejected", "reason": why} for n, why in (c.get("rejected") or {}).items()}}}] if c else [])]:
+        for n, o in sorted((r.get("silos") or {}).items()):
+            if o.get("state") in ("failed", "rejected"):
+                console.print(f"  round {safe(r.get('round'))} {safe(n)} {safe(o['state'])}: {safe(o.get('reason'))}")
+
+
+def _num(value) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) else str(value)
 
 
 @run_app.command("list")
@@ -49,15 +65,15 @@ def list_runs(host: str = HOST, api_key: str = API_KEY) -> None:
     table = Table("run", "status", "phase", "round", "accuracy")
     for r in call("GET", host, api_key, "runs")["runs"]:
         acc = (r.get("metrics") or {}).get("accuracy")
-        table.add_row(r["run"], r["runtime_status"] or "", r.get("phase") or "", str(r.get("round")),
-                      "" if acc is None else f"{acc:.4f}")
+        table.add_row(*(safe(v) for v in (r.get("run"), r.get("runtime_status") or "", r.get("phase") or "",
+                                          r.get("round"), "" if acc is None else _num(acc))))
     console.print(table)
 
 
 @run_app.command("cancel")
 def cancel(run_id: str, host: str = HOST, api_key: str = API_KEY) -> None:
     result = call("POST", host, api_key, f"runs/{run_id}/cancel")
-    console.print(f"cancelled run {run_id}; jobs cancelled: {result['cancelled_jobs']}")
+    console.print(f"cancelled run {safe(run_id)}; jobs cancelled: {safe(result.get('cancelled_jobs'))}")
 
 
 def register(app: typer.Typer) -> None:

@@ -76,6 +76,7 @@ def audit(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """List the audit trail (orchestrator storage from FEDFUNC_STORAGE), filtered."""
+    from fedfunc.cli import safe
     from fedfunc.registry import SiloRegistry
     from fedfunc.security.audit import AuditLog, silo_events
     from fedfunc.settings import load_settings
@@ -99,8 +100,8 @@ def audit(
         table.add_column(col, overflow="fold")
     for e in events:
         detail = ", ".join(f"{k}={v}" for k, v in e.detail.items())
-        table.add_row(e.at.strftime("%Y-%m-%d %H:%M:%S"), e.source, e.kind, e.run or "",
-                      "" if e.round is None else str(e.round), e.silo or "", detail)
+        table.add_row(*(safe(v) for v in (e.at.strftime("%Y-%m-%d %H:%M:%S"), e.source, e.kind, e.run or "",
+                                          "" if e.round is None else e.round, e.silo or "", detail)))
     console.print(table)
 
 

@@ -11,10 +11,22 @@ import typer
 from rich.console import Console
 
 from fedfunc.api_client import API_KEY, HOST, call
+from fedfunc.cli import CliError, safe
 from rich.table import Table
 
 console = Console()
 silo_app = typer.Typer(no_args_is_help=True, help="Onboard, list, disable and remove silos; a silo owner's policy.")
+
+def _silo_name(value: str) -> str:
+    from fedfunc.validation import SILO_NAME_RULE, is_silo_name
+
+    if not is_silo_name(value):
+        raise typer.BadParameter(f"{value[:40]!r} is not a silo name ({SILO_NAME_RULE})")
+    return value
+
+
+SILO = typer.Argument(..., callback=_silo_name, help="the silo's name")
+
 
 def _public_key_b64(value: str) -> str:
     from fedfunc.security.keys import load_public, public_b64
@@ -26,7 +38,7 @@ def _public_key_b64(value: str) -> str:
 
 @silo_app.command("add")
 def add(
-    name: str = typer.Argument(...),
+    name: str = SILO,
     compute: str = typer.Option("local", "--compute"),
     trust_signer: list[str] = typer.Option([], "--trust-signer", help="scientist public key (.pub file or base64)"),
     allow_task: list[str] = typer.Option([], "--allow-task"),
@@ -53,8 +65,7 @@ def add(
                 break
             time.sleep(0.3)
     if state["runtime_status"] != "Completed":
-        console.print(f"[red]onboarding {name} failed[/]: {state.get('error') or state.get('output')}")
-        raise typer.Exit(1)
+        raise CliError(f"onboarding {name} failed: {state.get('error') or state.get('output')}")
     console.print(f"silo [bold]{name}[/] is ready ({time.monotonic() - started:.1f} s); it trains from the next round")
 
 
@@ -66,20 +77,21 @@ def list_(host: str = HOST, api_key: str = API_KEY) -> None:
     for col in ("name", "status", "compute", "account", "trusted signers", "updated"):
         table.add_column(col)
     for s in silos:
-        table.add_row(s["name"], s["status"], s["compute"], s["account"], ", ".join(s["trusted_signers"]),
-                      s["updated_at"][:19])
+        table.add_row(*(safe(v) for v in (s.get("name"), s.get("status"), s.get("compute"), s.get("account"),
+                                          ", ".join(map(str, s.get("trusted_signers") or [])),
+                                          str(s.get("updated_at"))[:19])))
     console.print(table)
 
 
 @silo_app.command("disable")
-def disable(name: str, host: str = HOST, api_key: str = API_KEY) -> None:
+def disable(name: str = SILO, host: str = HOST, api_key: str = API_KEY) -> None:
     """Leave a silo out from the next round on."""
     call("POST", host, api_key, f"silos/{name}/disable")
     console.print(f"silo [bold]{name}[/] disabled")
 
 
 @silo_app.command("remove")
-def remove(name: str, host: str = HOST, api_key: str = API_KEY) -> None:
+def remove(name: str = SILO, host: str = HOST, api_key: str = API_KEY) -> None:
     """Remove a silo from the registry."""
     call("DELETE", host, api_key, f"silos/{name}")
     console.print(f"silo [bold]{name}[/] removed")
@@ -87,26 +99,42 @@ def remove(name: str, host: str = HOST, api_key: str = API_KEY) -> None:
 
 @silo_app.command("policy")
 def policy(
-    name: str = typer.Argument(...),
+    name: str = SILO,
     local_home: Path = typer.Option(Path(".fedfunc"), "--local-home", envvar="FEDFUNC_LOCAL_HOME"),
     set_: Optional[Path] = typer.Option(None, "--set", exists=True, dir_okay=False,
                                         help="replace the policy with this JSON file"),
 ) -> None:
     """Show or set a local silo's policy, as its owner: with the silo's own key, not through the orchestrator."""
-    from fedfunc.security.policy import SiloPolicy, parse_policy, write_policy
+    from fedfunc.security.policy import parse_policy, write_policy
     from fedfunc.silo.home import read_credentials, silo_home
     from fedfunc.silo.io import BlobSiloIO
 
     creds = read_credentials(silo_home(local_home, name))
     if set_ is not None:
-        write_policy(creds.connection_string, SiloPolicy.model_validate_json(set_.read_text()), replace=True)
+        write_policy(creds.connection_string, _policy_file(set_, name), replace=True)
     current = parse_policy(BlobSiloIO(creds.connection_string, creds.models_sas).read_policy())
     typer.echo(json.dumps(current.model_dump(mode="json"), indent=2))
 
 
+def _policy_file(path: Path, silo: str):
+    """The policy in ``path``, validated; BadParameter naming the file and each bad field."""
+    from pydantic import ValidationError
+
+    from fedfunc.security.policy import SiloPolicy
+    from fedfunc.validation import describe
+
+    try:
+        policy = SiloPolicy.model_validate_json(path.read_bytes())
+    except ValidationError as e:
+        raise typer.BadParameter(f"--set {path}: not a silo policy: {describe(e)}") from None
+    if policy.silo != silo:
+        raise typer.BadParameter(f"--set {path}: the policy is for silo {policy.silo!r}, not {silo!r}")
+    return policy
+
+
 @silo_app.command("upload")
 def upload(
-    name: str = typer.Argument(...),
+    name: str = SILO,
     task: str = typer.Option(..., "--task", help="the task this data trains, e.g. digits"),
     file: Optional[Path] = typer.Option(None, "--file", exists=True, dir_okay=False,
                                         help="a safetensors file with arrays x (float32) and y (int64)"),

@@ -56,7 +56,13 @@ def silo_job(
     from fedfunc.security import Refused
     from fedfunc.silo.runner import JobFailed, authenticate, report_failure, run_job
 
-    req = SiloJobRequest.model_validate_json(request.read_text())
+    from pydantic import ValidationError
+
+    from fedfunc.validation import describe
+    try:
+        req = SiloJobRequest.model_validate_json(request.read_bytes())
+    except ValidationError as e:
+        raise typer.BadParameter(f"--request {request}: not a silo job request: {describe(e)}") from None
     if worker:
         try:
             run_job(req, _io(aml, data, model, outbox, policy))

@@ -29,6 +29,11 @@ class SiloCredentials(BaseModel):
 
 
 def silo_home(home_root: Path, silo: str) -> Path:
+    """``home_root/silos/{silo}``; ValueError for a name no silo can have (never a path elsewhere)."""
+    from fedfunc.validation import SILO_NAME_RULE, is_silo_name
+
+    if not is_silo_name(silo):
+        raise ValueError(f"{str(silo)[:40]!r} is not a silo name ({SILO_NAME_RULE})")
     return Path(home_root) / "silos" / silo
 
 

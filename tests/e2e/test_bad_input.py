@@ -10,6 +10,10 @@ import requests
     ({"rounds": 0}, "rounds"),
     ({"task": "imagenet"}, "imagenet"),
     ({"silos": ["site-1", "nowhere"]}, "nowhere"),
+    ({"silos": ["site-1", "a/b"]}, "'a/b' is not a silo name"),
+    ({"silos": ["site-1", "A'B"]}, "is not a silo name"),
+    ({"bundle": {"bundle": {"task": "digits", "config": {}, "files": {}}, "code_hash": "x", "signer": "y",
+                 "signature": "z"}}, "hyperparams"),
     ({"aggregator": "fedmystery"}, "fedmystery"),
     ({"quorum": 1.5}, "quorum"),
     ({"surprise": 1}, "surprise"),
@@ -41,3 +45,18 @@ def test_roles(stack, spec):
     assert scientist_on_admin_route["rule"] == "auth.role" and "admin" in scientist_on_admin_route["message"]
     wrong_key = requests.get(stack.host.url("/api/runs"), headers={"x-api-key": "not-a-key"})
     assert wrong_key.status_code == 401
+
+
+@pytest.mark.parametrize("route", ["/api/runs", "/api/silos"])
+def test_deeply_nested_json_is_400(stack, route):
+    r = requests.post(stack.host.url(route), data="[" * 100_000 + "]" * 100_000,
+                      headers={"x-api-key": stack.admin_key})
+    assert r.status_code == 400 and "nested too deeply" in r.json()["error"]
+
+
+@pytest.mark.parametrize("method, route", [
+    ("GET", "/api/runs/%27%22"), ("POST", "/api/runs/%00/cancel"), ("GET", "/api/silos/%27/onboarding"),
+    ("POST", "/api/silos/Bad%20Name/disable"), ("DELETE", "/api/silos/" + "x" * 300)])
+def test_names_no_run_or_silo_can_have_are_404_looked_up_nowhere(stack, method, route):
+    r = requests.request(method, stack.host.url(route), headers={"x-api-key": stack.admin_key})
+    assert r.status_code == 404 and r.json()["error"].startswith("no ")
