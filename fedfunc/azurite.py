@@ -134,12 +134,23 @@ class Azurite:
     def silo_accounts(self) -> list[Account]:
         return [self.account(n) for n in self._config["keys"] if n != ORCHESTRATOR_ACCOUNT]
 
+    def serve_through(self, ports: dict[str, int]) -> None:
+        """Let clients reach Azurite through other ports (a proxy in front of it, e.g. one injecting faults):
+        connection strings then name ``ports``, and Azurite keeps listening on the ports it has."""
+        if not all(self._config.get(f"{name}_port") for name in SERVICES):
+            raise RuntimeError("start Azurite once first: its own ports are not known yet")
+        self._config["listen_ports"] = self._config.get("listen_ports") or {
+            name: self._config[f"{name}_port"] for name in SERVICES}
+        self._config.update({f"{name}_port": port for name, port in ports.items()})
+        self._save(self._config)
+
     def start(self, timeout: float = 30.0) -> "Azurite":
         """Start Azurite on the kept ports (port 0 for those never bound) and wait until it says
         where each service listens; the ports it reports are kept for later starts."""
         env = dict(os.environ)
         env["AZURITE_ACCOUNTS"] = ";".join(f"{n}:{k}" for n, k in self._config["keys"].items())
-        ports = {name: self._config.get(f"{name}_port") or 0 for name in SERVICES}
+        listen = self._config.get("listen_ports")
+        ports = {name: (listen or {}).get(name) or self._config.get(f"{name}_port") or 0 for name in SERVICES}
         cmd = [
             azurite_binary(), "--location", str(self.data_dir),  # not --silent: the access log names each write
             "--blobPort", str(ports["blob"]), "--queuePort", str(ports["queue"]),
@@ -157,7 +168,10 @@ class Azurite:
                 f.seek(offset)
                 bound = {m.group(1).lower(): int(m.group(2)) for m in _LISTENING.finditer(f.read().decode(errors="replace"))}
             if len(bound) == len(SERVICES):
-                self._config.update({f"{name}_port": port for name, port in bound.items()})
+                if listen:
+                    listen.update(bound)
+                else:
+                    self._config.update({f"{name}_port": port for name, port in bound.items()})
                 self._save(self._config)
                 return self
             if self.proc.poll() is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
+from urllib.parse import urlsplit
 
 from azure.data.tables import TableServiceClient
 from azure.storage.blob import BlobClient, BlobSasPermissions, BlobServiceClient, generate_blob_sas
@@ -31,17 +32,32 @@ def _conn(c: Connection) -> StorageConnection:
     return c
 
 
+# A local emulator answers in milliseconds: retry a failed request after ~0.5, 1, 2, 4, 8 s rather than the
+# SDK's 15, 18, 24 s (tuned for a throttling cloud service), and do not wait a minute on a dead socket.
+LOCAL_RETRY = {"initial_backoff": 0.5, "increment_base": 2, "retry_total": 5, "random_jitter_range": 0.2,
+               "retry_backoff_factor": 0.5, "connection_timeout": 5, "read_timeout": 30}
+_LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def client_options(url_or_connection: str) -> dict:
+    """Client keyword arguments for an endpoint: quick retries for a local emulator, SDK defaults on Azure."""
+    text = url_or_connection or ""
+    hosts = [urlsplit(part.split("=", 1)[1]).hostname for part in text.split(";") if "Endpoint=" in part] \
+        if ";" in text else [urlsplit(text).hostname]
+    return dict(LOCAL_RETRY) if hosts and all(h in _LOCAL_HOSTS for h in hosts) else {}
+
+
 def blob_service(c: Connection) -> BlobServiceClient:
     s = _conn(c)
     if s.connection_string:
-        return BlobServiceClient.from_connection_string(s.connection_string)
+        return BlobServiceClient.from_connection_string(s.connection_string, **client_options(s.connection_string))
     return BlobServiceClient(s.blob_service_uri, credential=credential())
 
 
 def table_service(c: Connection) -> TableServiceClient:
     s = _conn(c)
     if s.connection_string:
-        return TableServiceClient.from_connection_string(s.connection_string)
+        return TableServiceClient.from_connection_string(s.connection_string, **client_options(s.connection_string))
     return TableServiceClient(s.table_service_uri, credential=credential())
 
 

@@ -49,7 +49,8 @@ def federated_round(context: df.DurableOrchestrationContext):
 
     context.set_custom_status(_status(job, "starting jobs", outcomes, needed=needed))
     started = yield context.task_all([
-        context.call_activity(p.START_SILO_JOB, p.SiloJobOrder(job=job, silo=s).wire()) for s in plan.silos])
+        context.call_activity_with_retry(p.START_SILO_JOB, ACTIVITY_RETRY, p.SiloJobOrder(job=job, silo=s).wire())
+        for s in plan.silos])  # idempotent (one job per run, round, silo): a storage fault is retried
     jobs = {}
     for answer in map(p.SiloJobStarted.model_validate, started):
         if answer.error:

@@ -21,7 +21,7 @@ from fedfunc.registry import SiloRecord, SiloRegistry
 from fedfunc.security.audit import AuditLog
 from fedfunc.security.keys import load_private, public_b64
 from fedfunc.settings import Settings, SettingsError, load_settings
-from fedfunc.storage import blob_service, credential, table_service
+from fedfunc.storage import blob_service, client_options, credential, table_service
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ class Services:
     def outbox(self, record: SiloRecord) -> ContainerClient:
         """Read access to one silo's outbox: a read+list SAS locally, the app's managed identity on Azure."""
         cred = record.outbox_read_sas or credential()
-        return ContainerClient(record.blob_url, layout.OUTBOX, credential=cred)
+        return ContainerClient(record.blob_url, layout.OUTBOX, credential=cred, **client_options(record.blob_url))
 
     def outbox_blob(self, silo: str, path: str) -> OutboxBlob | None:
         """The etag and size of ``path`` in silo ``silo``'s own outbox, or None if no such blob exists

@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Protocol
 
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
-from azure.storage.blob import BlobClient, BlobServiceClient, ContainerClient
+from azure.storage.blob import BlobClient, ContainerClient
 
 from fedfunc import layout
 from fedfunc.contracts import SiloJobRequest
 from fedfunc.security.policy import POLICY_BLOB, POLICY_CONTAINER
+from fedfunc.storage import blob_service, client_options
 
 
 class OutboxConflict(RuntimeError):
@@ -70,7 +71,7 @@ class BlobSiloIO:
     """A local silo job: the silo's own account via its connection string; the model via a read SAS."""
 
     def __init__(self, connection_string: str, models_sas: str):
-        self.service = BlobServiceClient.from_connection_string(connection_string)
+        self.service = blob_service(connection_string)
         self.models_sas = models_sas
         self.outbox = BlobOutbox(self.service.get_container_client(layout.OUTBOX))
 
@@ -84,7 +85,7 @@ class BlobSiloIO:
 
     def read_model(self, request: SiloJobRequest) -> bytes:
         url = request.model_url if "?" in request.model_url else f"{request.model_url}?{self.models_sas}"
-        return BlobClient.from_blob_url(url).download_blob().readall()
+        return BlobClient.from_blob_url(url, **client_options(url)).download_blob().readall()
 
     def read_policy(self) -> bytes | None:
         try:

@@ -1,0 +1,125 @@
+"""Chaos on the real system: every storage request of the app, the host and the silos goes through a proxy
+that injects transient faults (503s, server timeouts, connections dropped before or after storage applied
+the request, slow answers); mid-run a silo's training process is killed and Azurite itself is killed and
+restarted. The run completes, every update that left a silo is counted exactly once, and nothing in the
+audit trail or the aggregate records is missing or doubled."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from fedfunc import layout, weights
+from fedfunc.azurite import Azurite
+from fedfunc.backends.local import LocalProcessBackend
+from fedfunc.devstack import DevStack
+from fedfunc.security.audit import AuditLog
+from fedfunc.silo.home import read_credentials, silo_home
+from fedfunc.storage import blob_service, table_service
+from fedfunc.tasks.partition import partition
+from fedfunc.tasks.registry import get_task
+from tests.chaos.faultproxy import FaultProxy
+
+SILOS = ("chaos-1", "chaos-2", "chaos-3")
+HP = {"epochs": 1, "lr": 0.05, "batch_size": 16, "seed": 0}
+pytestmark = pytest.mark.slow
+
+
+def proxied_stack(root: Path, *, rate: float, budget: int, seed: int) -> tuple[DevStack, dict[str, FaultProxy]]:
+    """A dev stack whose storage clients all reach Azurite through fault proxies (blob and table)."""
+    azurite = Azurite(root / "azurite").start()  # once, to learn the ports Azurite binds
+    ports = {name: azurite._config[f"{name}_port"] for name in ("blob", "queue", "table")}
+    azurite.stop()
+    proxies = {name: FaultProxy(ports[name], rate=rate, budget=budget, seed=seed + i).start()
+               for i, name in enumerate(("blob", "table"))}
+    azurite.serve_through({**{name: p.port for name, p in proxies.items()}, "queue": ports["queue"]})
+    return DevStack(root).start(), proxies
+
+
+def worker_of(supervisor: int, timeout: float = 30) -> int | None:
+    """The training process a silo job's supervisor started, once it exists (None if the job ended)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == supervisor:
+                    return int(stat.parent.name)
+            except (OSError, ValueError, IndexError):
+                continue
+        if not Path(f"/proc/{supervisor}").exists():
+            return None
+        time.sleep(0.05)
+    return None
+
+
+def check_nothing_lost_or_doubled(stack: DevStack, run: str, status: dict) -> Counter:
+    """Every update in a silo's outbox was accepted once with its hash; the trail has one entry per fact."""
+    outcomes = Counter()
+    entries = Counter((e.kind, e.round, e.silo) for e in AuditLog.create(
+        table_service(stack.azurite.orchestrator.connection_string)).query(run=run))
+    for r in status["history"]:
+        record = json.loads(stack.download(layout.RUNS, layout.aggregate_record(run, r["round"])))
+        assert record["model"]["path"] == layout.global_model(run, r["round"] + 1)
+        for silo in SILOS:
+            own = blob_service(read_credentials(silo_home(stack.home, silo)).connection_string)
+            blob = own.get_blob_client(layout.OUTBOX, layout.outbox_prefix(run, r["round"], silo) + layout.UPDATE)
+            state = r["silos"][silo]["state"]
+            outcomes[state] += 1
+            assert entries["ticket_issued", r["round"], silo] == 1
+            if blob.exists():  # it left the silo: it must have been received, once, as it was
+                assert state == "received" and silo in record["accepted"], (r, silo)
+                assert record["received"][silo]["sha256"] == weights.sha256(blob.download_blob().readall())
+                assert entries["artifact_received", r["round"], silo] == 1
+            else:
+                assert state == "failed" and entries["artifact_received", r["round"], silo] == 0, (r, silo)
+    return outcomes
+
+
+def chaos_run(root: Path, *, rounds: int, rate: float, budget: int, seed: int, kill: bool = True) -> dict:
+    """One run under faults (and, with ``kill``, a killed silo worker in round 1 and a killed Azurite in
+    round 2); returns what happened. Shared with ``bench/chaos.py``."""
+    stack, proxies = proxied_stack(root, rate=rate, budget=budget, seed=seed)
+    try:
+        data = get_task("digits").load_dataset()
+        for silo, idx in zip(SILOS, partition(data.y_train, len(SILOS), alpha=None, seed=0)):
+            stack.add_silo(silo)
+            stack.upload_data(silo, "digits", data.x_train[idx], data.y_train[idx])
+        run = stack.start_run({"task": "digits", "silos": list(SILOS), "rounds": rounds, "quorum": 0.6,
+                               "round_deadline_s": 240, "run_id": f"chaos-{seed}",
+                               "bundle": stack.signed_bundle("digits", HP)})
+        killed = {}
+        if kill:
+            collecting = stack.wait_round(run, 1, timeout=240)
+            worker = worker_of(LocalProcessBackend(stack.home).pid(collecting["current_round"]["jobs"]["chaos-2"]))
+            if worker is not None:
+                os.kill(worker, signal.SIGKILL)
+                killed["worker"] = worker
+            stack.wait_round(run, 2, timeout=240)
+            stack.azurite.proc.kill()  # storage gone mid-round: every client meets refused connections
+            stack.azurite.proc.wait()
+            stack.azurite.start()
+            killed["azurite"] = True
+        status = stack.wait_run(run, timeout=600)
+        assert status["runtime_status"] == "Completed", status
+        outcomes = check_nothing_lost_or_doubled(stack, run, status)
+        faults = sum((p.counts for p in proxies.values()), Counter())
+        return {"status": status, "outcomes": outcomes, "faults": faults, "killed": killed}
+    finally:
+        stack.stop()
+        for p in proxies.values():
+            p.stop()
+
+
+def test_run_survives_storage_faults_a_killed_worker_and_a_killed_azurite(tmp_path):
+    result = chaos_run(tmp_path, rounds=3, rate=0.04, budget=12, seed=1)
+    faults = result["faults"]
+    print(f"faults injected: {dict(faults)}; outcomes {dict(result['outcomes'])}; killed {result['killed']}")
+    assert sum(faults[f] for f in ("busy", "timeout", "drop_before", "drop_after", "slow")) >= 6
+    if "worker" in result["killed"]:  # the silo whose worker died says so, and the round went on at quorum
+        reason = result["status"]["history"][1]["silos"]["chaos-2"].get("reason") or ""
+        assert result["status"]["history"][1]["silos"]["chaos-2"]["state"] == "failed" and "SIGKILL" in reason
