@@ -86,16 +86,24 @@ class FaultProxy:
                                    f"Connection: close\r\n\r\n".encode() + xml)
                     await client_w.drain()
                     return
-                if upstream is None:
+                for attempt in (1, 2):  # a kept-alive upstream connection storage closed: open a new one, once
+                    if upstream is None:
+                        try:
+                            upstream = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+                        except OSError:
+                            self.counts["storage_down"] += 1
+                            return
+                    up_r, up_w = upstream
                     try:
-                        upstream = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-                    except OSError:
-                        self.counts["storage_down"] += 1
-                        return
-                up_r, up_w = upstream
-                up_w.write(head + body)
-                await up_w.drain()
-                answer = await up_r.readuntil(b"\r\n\r\n")
+                        up_w.write(head + body)
+                        await up_w.drain()
+                        answer = await up_r.readuntil(b"\r\n\r\n")
+                        break
+                    except (asyncio.IncompleteReadError, ConnectionError) as e:
+                        up_w.close()
+                        upstream = None
+                        if attempt == 2 or (isinstance(e, asyncio.IncompleteReadError) and e.partial):
+                            raise
                 status = int(answer.split(b" ", 2)[1])
                 no_body = head.startswith(b"HEAD ") or status in (204, 304) or 100 <= status < 200
                 answer += await _read_body(up_r, answer, no_body)

@@ -1,7 +1,7 @@
 """Chaos on the real system: every storage request of the app, the host and the silos goes through a proxy
 that injects transient faults (503s, server timeouts, connections dropped before or after storage applied
 the request, slow answers); mid-run a silo's training process is killed and Azurite itself is killed and
-restarted. The run completes, every update that left a silo is counted exactly once, and nothing in the
+restarted (stopped with SIGTERM: see ``chaos_run``). The run completes, every update that left a silo is counted exactly once, and nothing in the
 audit trail or the aggregate records is missing or doubled."""
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def check_nothing_lost_or_doubled(stack: DevStack, run: str, status: dict) -> Co
             blob = own.get_blob_client(layout.OUTBOX, layout.outbox_prefix(run, r["round"], silo) + layout.UPDATE)
             state = r["silos"][silo]["state"]
             outcomes[state] += 1
-            assert entries["ticket_issued", r["round"], silo] == 1
+            assert entries["ticket_issued", r["round"], silo] == 1, sorted(entries.items())
             if blob.exists():  # it left the silo: it must have been received, once, as it was
                 assert state == "received" and silo in record["accepted"], (r, silo)
                 assert record["received"][silo]["sha256"] == weights.sha256(blob.download_blob().readall())
@@ -81,30 +81,42 @@ def check_nothing_lost_or_doubled(stack: DevStack, run: str, status: dict) -> Co
 
 
 def chaos_run(root: Path, *, rounds: int, rate: float, budget: int, seed: int, kill: bool = True) -> dict:
-    """One run under faults (and, with ``kill``, a killed silo worker in round 1 and a killed Azurite in
-    round 2); returns what happened. Shared with ``bench/chaos.py``."""
-    stack, proxies = proxied_stack(root, rate=rate, budget=budget, seed=seed)
+    """One run under faults (and, with ``kill``, a killed silo worker in round 0 and Azurite stopped and
+    restarted in round 1); returns what happened. Shared with ``bench/chaos.py``."""
+    t0 = time.monotonic()
+    mark = lambda what: print(f"[chaos] {time.monotonic() - t0:6.1f}s {what}")  # noqa: E731
+    stack, proxies = proxied_stack(root, rate=0.0, budget=budget, seed=seed)  # faults once the run starts
+    mark("stack up")
     try:
         data = get_task("digits").load_dataset()
         for silo, idx in zip(SILOS, partition(data.y_train, len(SILOS), alpha=None, seed=0)):
             stack.add_silo(silo)
             stack.upload_data(silo, "digits", data.x_train[idx], data.y_train[idx])
+        mark("silos onboarded")
+        for proxy in proxies.values():
+            proxy.rate = rate
         run = stack.start_run({"task": "digits", "silos": list(SILOS), "rounds": rounds, "quorum": 0.6,
                                "round_deadline_s": 240, "run_id": f"chaos-{seed}",
                                "bundle": stack.signed_bundle("digits", HP)})
         killed = {}
         if kill:
-            collecting = stack.wait_round(run, 1, timeout=240)
+            collecting = stack.wait_round(run, 0, timeout=240)
             worker = worker_of(LocalProcessBackend(stack.home).pid(collecting["current_round"]["jobs"]["chaos-2"]))
             if worker is not None:
                 os.kill(worker, signal.SIGKILL)
                 killed["worker"] = worker
-            stack.wait_round(run, 2, timeout=240)
-            stack.azurite.proc.kill()  # storage gone mid-round: every client meets refused connections
-            stack.azurite.proc.wait()
+            mark("round 0: worker killed")
+            stack.wait_round(run, 1, timeout=240)
+            mark("round 1 collecting")
+            # Storage gone mid-round: every client meets refused connections until it is back. SIGTERM, not
+            # SIGKILL: Azurite keeps its metadata in memory and saves it every few seconds (LokiJS), so a
+            # SIGKILL loses the emulator's last writes, which no real storage account does.
+            stack.azurite.stop()
             stack.azurite.start()
             killed["azurite"] = True
+            mark("azurite restarted")
         status = stack.wait_run(run, timeout=600)
+        mark("run ended")
         assert status["runtime_status"] == "Completed", status
         outcomes = check_nothing_lost_or_doubled(stack, run, status)
         faults = sum((p.counts for p in proxies.values()), Counter())
@@ -116,10 +128,10 @@ def chaos_run(root: Path, *, rounds: int, rate: float, budget: int, seed: int, k
 
 
 def test_run_survives_storage_faults_a_killed_worker_and_a_killed_azurite(tmp_path):
-    result = chaos_run(tmp_path, rounds=3, rate=0.04, budget=12, seed=1)
+    result = chaos_run(tmp_path, rounds=2, rate=0.05, budget=10, seed=1)
     faults = result["faults"]
     print(f"faults injected: {dict(faults)}; outcomes {dict(result['outcomes'])}; killed {result['killed']}")
-    assert sum(faults[f] for f in ("busy", "timeout", "drop_before", "drop_after", "slow")) >= 6
+    assert sum(faults[f] for f in ("busy", "timeout", "drop_before", "drop_after", "slow")) >= 5
     if "worker" in result["killed"]:  # the silo whose worker died says so, and the round went on at quorum
-        reason = result["status"]["history"][1]["silos"]["chaos-2"].get("reason") or ""
-        assert result["status"]["history"][1]["silos"]["chaos-2"]["state"] == "failed" and "SIGKILL" in reason
+        outcome = result["status"]["history"][0]["silos"]["chaos-2"]
+        assert outcome["state"] == "failed" and "SIGKILL" in (outcome.get("reason") or "")
