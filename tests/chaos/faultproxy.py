@@ -127,8 +127,14 @@ class FaultProxy:
         async with server:
             await server.serve_forever()
 
+    def _run(self) -> None:
+        try:
+            self._loop.run_until_complete(self._serve())
+        except asyncio.CancelledError:  # stop()
+            pass
+
     def start(self) -> "FaultProxy":
-        threading.Thread(target=self._loop.run_until_complete, args=(self._serve(),), daemon=True).start()
+        threading.Thread(target=self._run, daemon=True).start()
         self._ready.wait(10)
         return self
 
