@@ -46,7 +46,7 @@ class Arm:
     def instances(self, symbol: str) -> list[dict]:
         """The evaluated body of a resource, once per loop item (condition ignored: what it creates when on)."""
         r = self.f.resources[symbol]
-        items = self.value(self.f.variables[r.loop_over]) if r.loop_over else [None]
+        items = self.value(r.loop_node) if r.loop_node is not None else [None]
         out = []
         for item in items:
             self.locals = {r.loop_var: item} if r.loop_var else {}
@@ -181,6 +181,8 @@ class Arm:
             return args[0][:args[1]]
         if name == "guid":
             return _guid(*args)
+        if name == "items":
+            return [{"key": k, "value": v} for k, v in sorted(args[0].items())]
         if name == "empty":
             return not args[0]
         if name == "resourceId":

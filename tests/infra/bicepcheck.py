@@ -68,6 +68,7 @@ class Resource:
     loop_var: str | None
     loop_over: str | None
     body: dict
+    loop_node: object = None  # the loop's iterable expression, for evaluation (armsim)
 
     @property
     def name(self) -> str | None:
@@ -143,16 +144,10 @@ def _module(decl) -> Module:
 def _resource(decl) -> Resource:
     symbol, type_ = text(decl.named_children[0]), _literal(decl.named_children[1]).split("@")[0]
     existing = any(c.type == "existing" for c in decl.children)
-    condition = loop_var = loop_over = None
     body = decl.named_children[-1]
-    if body.type == "for_statement":
-        variable, iterable = body.named_children[0], body.named_children[1]
-        loop_var = text(variable.named_children[0] if variable.type == "for_loop_parameters" else variable)
-        loop_over = text(iterable) if iterable.type == "identifier" else None
-        body = body.named_children[-1]
-    if body.type == "if_statement":
-        condition, body = text(body.named_children[0]), body.named_children[-1]
-    return Resource(symbol, type_, existing, condition, loop_var, loop_over, _props(body))
+    iterable = body.named_children[1] if body.type == "for_statement" else None
+    condition, loop_var, loop_over, body = _unwrap(body)
+    return Resource(symbol, type_, existing, condition, loop_var, loop_over, _props(body), iterable)
 
 
 def _role_names(f: BicepFile, node, res: Resource) -> list[str]:

@@ -87,23 +87,31 @@ def indexed(package) -> dict:
     return index(package, bicep_settings())
 
 
-def registered_functions() -> dict[str, str]:
-    """Every function the repo's app registers (name → trigger type), loaded in this process."""
+@pytest.fixture(scope="module")
+def app_functions() -> dict[str, str]:
+    """Every function the repo's app registers (name → trigger type), loaded in this process under a plain
+    local configuration: what the app defines, whatever an Azure deployment's settings do to it."""
     from fedfunc.host.app_loader import load_app
-    return {f.name: f.trigger_type for f in load_app(REPO).functions.values()}
+
+    with pytest.MonkeyPatch.context() as env:
+        for name in [k for k in os.environ if k.startswith("FEDFUNC_")]:
+            env.delenv(name)
+        env.setenv("FEDFUNC_STORAGE", "UseDevelopmentStorage=true")
+        return {f.name: f.trigger_type for f in load_app(REPO).functions.values()}
 
 
-def test_main_bicep_settings_pass_load_settings_and_index_every_function(indexed, package):
+def test_main_bicep_settings_pass_load_settings_and_index_every_function(indexed, package, app_functions):
     assert indexed["fedfunc"] == str(package / "fedfunc")  # the package's code, not the repo's
     assert "load_error" not in indexed, indexed.get("load_error")
     assert indexed["settings_error"] is None
     assert indexed["unresolved"] == {}
-    assert {n: f["type"] for n, f in indexed["functions"].items()} == registered_functions()
+    assert {n: f["type"] for n, f in indexed["functions"].items()} == app_functions
     assert indexed["functions"]["scheduled_retraining"]["disabled"]  # off unless the admin turns it on
 
 
 def test_a_bad_setting_still_indexes_every_function_and_names_itself(package, indexed):
     found = index(package, {**bicep_settings(), "FEDFUNC_AML_WORKSPACE": "x"})
+    assert "load_error" not in found, found.get("load_error")
     assert found["settings_error"].startswith("FEDFUNC_AML_WORKSPACE")
     assert "FEDFUNC_AML_WORKSPACE" in found["log"]
     assert set(found["functions"]) == set(indexed["functions"])
@@ -141,9 +149,17 @@ class RecordingGateway:
 
 
 def onboarding_subscriptions() -> list[dict]:
-    from fedfunc.settings import load_settings
+    from fedfunc.settings import AmlSettings
 
-    aml = load_settings({**bicep_settings(), "FEDFUNC_AML_CODE": str(REPO / "fedfunc")}).aml
+    app = SILO_PARAMS["functionAppId"]
+    aml = AmlSettings.model_validate({
+        "FEDFUNC_AML_SUBSCRIPTION_ID": armsim.SUBSCRIPTION, "FEDFUNC_AML_RESOURCE_GROUP": "rg-fl",
+        "FEDFUNC_AML_WORKSPACE": "fl-mlw", "FEDFUNC_AML_ENVIRONMENT": "fedfunc-silo:1",
+        "FEDFUNC_AML_CODE": str(REPO / "fedfunc"), "FEDFUNC_AML_LOCATION": "westeurope",
+        "FEDFUNC_AML_ORCHESTRATOR_PRINCIPAL_ID": SILO_PARAMS["orchestratorPrincipalId"],
+        "FEDFUNC_AML_ORCHESTRATOR_STORAGE_ID": f"{app.split('/providers/')[0]}/providers/Microsoft.Storage/"
+                                               f"storageAccounts/{SILO_PARAMS['orchestratorStorageName']}",
+        "FEDFUNC_AML_FUNCTION_APP_ID": app})
     gw = RecordingGateway()
     onboarding.ensure(gw, aml, "north-eu", "event_subscriptions")
     topics = {k: v for k, v in gw.resources.items() if "/eventSubscriptions/" not in k}
@@ -215,13 +231,13 @@ def _function_of(sub: dict) -> str:
 
 
 @pytest.mark.parametrize("subs", [bicep_subscriptions, onboarding_subscriptions], ids=["bicep", "onboarding"])
-def test_every_subscription_reaches_a_function_that_accepts_its_events(subs, indexed, accepts):
+def test_every_subscription_reaches_a_function_that_accepts_its_events(subs, app_functions, accepts):
     subs = subs()
     assert subs
     for sub in subs:
         where, function = sub["origin"], _function_of(sub)
         assert sub["endpoint"] == "AzureFunction", where
-        assert indexed["functions"].get(function, {}).get("type") == "eventGridTrigger", \
+        assert app_functions.get(function) == "eventGridTrigger", \
             f"{where}: no Event Grid trigger function {function!r} in the app"
         assert set(sub["types"]) <= TOPIC_EVENTS[sub["topic_type"]], f"{where}: event types of another topic"
         for f in sub["advanced"]:
