@@ -13,9 +13,11 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import pathspec
+from packaging.requirements import Requirement
 
 FUNCIGNORE = ".funcignore"
 JOB_CODE = "aml-code"
@@ -43,6 +45,33 @@ def package_files(app_dir: Path, *, skip_git: bool = True) -> list[Path]:
 
 def package_bytes(app_dir: Path, files: list[Path]) -> int:
     return sum((Path(app_dir) / f).stat().st_size for f in files)
+
+
+def requirements(path: Path) -> tuple[list[Requirement], list[str]]:
+    """The requirements of a pip requirements file and its option lines (``--extra-index-url ...``)."""
+    reqs, options = [], []
+    for line in Path(path).read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line.startswith("-"):
+            options.append(line)
+        elif line:
+            reqs.append(Requirement(line))
+    return reqs, options
+
+
+def installed_closure(path: Path) -> dict[str, metadata.Distribution]:
+    """Every distribution installing ``path``'s requirements pulls in, resolved in this environment (what a
+    remote build installs, given the same pins): normalized name → distribution."""
+    todo, found = requirements(path)[0], {}
+    while todo:
+        req = todo.pop()
+        name = req.name.lower().replace("_", "-")
+        if name in found:
+            continue
+        found[name] = metadata.distribution(req.name)
+        todo += [r for r in map(Requirement, found[name].requires or [])
+                 if r.marker is None or r.marker.evaluate({"extra": ""})]
+    return found
 
 
 def build(app_dir: Path, out: Path) -> list[Path]:
