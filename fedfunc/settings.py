@@ -18,6 +18,7 @@ from fedfunc.validation import describe
 
 DATASTORE = r"^[A-Za-z0-9_]{1,255}$"  # AML datastore names: letters, digits, underscores
 KEY_VAULT_REFERENCE = "@Microsoft.KeyVault("
+APP_ROOT = Path(__file__).resolve().parents[1]  # the folder holding function_app.py and this package
 GUID = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 STORAGE = "FEDFUNC_STORAGE"
 
@@ -76,9 +77,10 @@ class AmlSettings(BaseModel):
         if v.startswith("azureml:"):
             raise ValueError("registered code assets live in workspace storage, which silo identities cannot "
                              "read; give the folder the app uploads to its own code container (docs/azure.md)")
-        if not Path(v).is_dir():
-            raise ValueError(f"folder {v!r} does not exist in the app")
-        return v
+        path = Path(v) if Path(v).is_absolute() else APP_ROOT / v  # not the worker's working directory
+        if not path.is_dir():
+            raise ValueError(f"folder {v!r} does not exist in the app ({APP_ROOT})")
+        return str(path)
 
 
 class Settings(BaseModel):

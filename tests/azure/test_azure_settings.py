@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from fedfunc.settings import SettingsError, load_settings
+from fedfunc.settings import APP_ROOT, SettingsError, load_settings
 from fedfunc.storage import blob_service, read_url_for, table_service
 
 from azure_env import IDENTITY, KEYED, aml_env
@@ -38,6 +38,14 @@ def test_aml_complete(tmp_path):
 def test_bad_aml_setting_is_named(tmp_path, name, value, fragment):
     with pytest.raises(SettingsError, match=fragment):
         load_settings(aml_env(tmp_path, **{name: value}))
+
+
+def test_relative_code_folder_is_the_apps_not_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert load_settings(aml_env(tmp_path, FEDFUNC_AML_CODE="fedfunc")).aml.code == str(APP_ROOT / "fedfunc")
+    (tmp_path / "jobcode").mkdir()  # in the working directory, not in the app
+    with pytest.raises(SettingsError, match="FEDFUNC_AML_CODE: .*'jobcode' does not exist in the app"):
+        load_settings(aml_env(tmp_path, FEDFUNC_AML_CODE="jobcode"))
 
 
 def test_datastore_names_as_main_bicep_writes_them(tmp_path):
