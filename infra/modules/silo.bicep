@@ -240,11 +240,10 @@ resource toFunctions 'Microsoft.EventGrid/systemTopics/eventSubscriptions@2022-0
         preferredBatchSizeInKilobytes: 64
       }
     }
-    filter: {
+    filter: union({
       includedEventTypes: [ 'Microsoft.Storage.BlobCreated' ]
       subjectBeginsWith: s.beginsWith
-      subjectEndsWith: s.endsWith
-    }
+    }, empty(s.endsWith) ? {} : { subjectEndsWith: s.endsWith })
     eventDeliverySchema: 'EventGridSchema'
     retryPolicy: {
       maxDeliveryAttempts: 30

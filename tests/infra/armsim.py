@@ -183,6 +183,8 @@ class Arm:
             return _guid(*args)
         if name == "items":
             return [{"key": k, "value": v} for k, v in sorted(args[0].items())]
+        if name == "union" and all(isinstance(a, dict) for a in args):
+            return {k: v for a in args for k, v in a.items()}
         if name == "empty":
             return not args[0]
         if name == "resourceId":
