@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from fedfunc import layout
-from fedfunc.backends import Hyperparams, SiloJobRequest
+from fedfunc.contracts import Hyperparams, SiloJobRequest
 from fedfunc.security import keys
 from fedfunc.security.audit import AuditLog, SiloAuditTrail
 from fedfunc.security.bundle import build_bundle, check_installed_code, check_request, sign_bundle, verify_bundle

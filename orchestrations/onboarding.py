@@ -8,25 +8,24 @@ from __future__ import annotations
 
 import azure.durable_functions as df
 
-from orchestrations.round import ACTIVITY_RETRY
+from fedfunc import protocol as p
+from orchestrations.failures import ACTIVITY_RETRY, failure_reason
 
 bp = df.Blueprint()
-STEPS = ("provision_silo", "grant_silo_access", "smoke_test_silo", "mark_silo_ready")
 
 
 @bp.orchestration_trigger(context_name="context")
 def onboard_silo(context: df.DurableOrchestrationContext):
-    request = context.get_input()
-    request = yield context.call_activity("validate_silo", request)
+    request = yield context.call_activity(p.VALIDATE_SILO, context.get_input())
     request = {**request, "smoke_id": f"{context.instance_id}-{context.new_uuid()}"}
     done = []
-    for step in STEPS:
+    for step in p.ONBOARDING_STEPS:
         context.set_custom_status({"silo": request["name"], "step": step, "done": done})
         try:
             result = yield context.call_activity_with_retry(step, ACTIVITY_RETRY, request)
         except Exception as e:
-            reason = str(e).split("$OutOfProcData$")[0].strip()
-            yield context.call_activity("abandon_onboarding", request)
+            reason = failure_reason(e)
+            yield context.call_activity(p.ABANDON_ONBOARDING, request)
             context.set_custom_status({"silo": request["name"], "step": step, "done": done, "error": reason})
             raise RuntimeError(f"onboarding {request['name']} failed at {step}: {reason}") from None
         done.append({"step": step, "result": result})

@@ -11,6 +11,8 @@ from datetime import timedelta
 
 import azure.durable_functions as df
 
+from fedfunc import protocol as p
+
 bp = df.Blueprint()
 DEBOUNCER = "retrain"
 UPLOAD_EVENT = "upload"
@@ -32,7 +34,7 @@ def retrain_debounce(context: df.DurableOrchestrationContext):
         upload = context.wait_for_external_event(UPLOAD_EVENT)
     run_id = f"retrain-{context.current_utc_datetime:%Y%m%dT%H%M%S}"
     context.set_custom_status({"phase": "training", "run": run_id, "uploads": len(uploads)})
-    result = yield context.call_sub_orchestrator("federated_training", {"run_id": run_id, "spec": job["spec"]},
+    result = yield context.call_sub_orchestrator(p.TRAINING, {"run_id": run_id, "spec": job["spec"]},
                                                  instance_id=run_id)
     # An upload during training has completed the outstanding wait; then it opens the next burst.
     now = context.create_timer(context.current_utc_datetime)

@@ -9,64 +9,63 @@ from datetime import timedelta
 
 import azure.durable_functions as df
 
-from fedfunc.protocol import failed_event, update_event
-from fedfunc.spec import RunSpec
+from fedfunc import protocol as p
+from orchestrations.failures import ACTIVITY_RETRY
 
 bp = df.Blueprint()
-
-# Activities are idempotent; a transient storage or submit error is retried before the silo counts as failed.
-ACTIVITY_RETRY = df.RetryOptions(first_retry_interval_in_milliseconds=2000, max_number_of_attempts=3)
 
 
 class RoundFailed(Exception):
     """A round that cannot produce a new global model (below quorum); the last good model stays."""
 
 
-def _status(round_: int, phase: str, outcomes: dict, **extra) -> dict:
-    return {
-        "round": round_, "phase": phase,
-        "received": sorted(s for s, o in outcomes.items() if o["state"] == "received"),
-        "missing": sorted(s for s, o in outcomes.items() if o["state"] == "waiting"),
-        "failed": {s: o["reason"] for s, o in outcomes.items() if o["state"] == "failed"},
-        "rejected": {s: o["reason"] for s, o in outcomes.items() if o["state"] == "rejected"},
-        **extra,
-    }
+def _status(job: p.RoundJob, phase: str, outcomes: dict[str, p.SiloOutcome], **extra) -> dict:
+    def having(state: str) -> dict[str, str | None]:
+        return {s: o.reason for s, o in sorted(outcomes.items()) if o.state == state}
+
+    return {"round": job.round, "phase": phase, "received": list(having("received")), "missing": list(having("waiting")),
+            "failed": having("failed"), "rejected": having("rejected"), **extra}
+
+
+def _quorum_lost(job: p.RoundJob, what: str, count: int, needed: int, outcomes: dict[str, p.SiloOutcome]) -> RoundFailed:
+    why = "; ".join(f"{s}: {o.reason}" for s, o in sorted(outcomes.items()) if o.state in ("failed", "rejected"))
+    return RoundFailed(f"round {job.round}: {count} {what} of {len(outcomes)} silo(s), quorum needs {needed}"
+                       + (f"; {why}" if why else ""))
 
 
 @bp.orchestration_trigger(context_name="context")
 def federated_round(context: df.DurableOrchestrationContext):
-    job = context.get_input()
-    spec = RunSpec.model_validate(job["spec"])
-    round_ = job["round"]
-    deadline = context.current_utc_datetime + timedelta(seconds=spec.round_deadline_s)
+    job = p.RoundJob.model_validate(context.get_input())
+    deadline = context.current_utc_datetime + timedelta(seconds=job.spec.round_deadline_s)
+    job = job.model_copy(update={"deadline": deadline})
 
-    job = {**job, "deadline": deadline.isoformat()}
-    plan = yield context.call_activity_with_retry("prepare_round", ACTIVITY_RETRY, job)
-    silos = plan["silos"]
-    needed = spec.needed(len(silos))
-    outcomes = {s: {"state": "waiting", "reason": None} for s in silos}
-    if len(silos) < needed:
-        raise RoundFailed(f"round {round_}: {len(silos)} ready silo(s), quorum needs {needed}")
+    plan = p.RoundPlan.model_validate((yield context.call_activity_with_retry(
+        p.PREPARE_ROUND, ACTIVITY_RETRY, job.wire())))
+    job = job.model_copy(update={"manifest": plan.manifest})
+    needed = job.spec.needed(len(plan.silos))
+    outcomes = {s: p.SiloOutcome(state="waiting") for s in plan.silos}
+    if len(plan.silos) < needed:
+        raise RoundFailed(f"round {job.round}: {len(plan.silos)} ready silo(s), quorum needs {needed}")
 
-    context.set_custom_status(_status(round_, "starting jobs", outcomes, needed=needed))
+    context.set_custom_status(_status(job, "starting jobs", outcomes, needed=needed))
     started = yield context.task_all([
-        context.call_activity("start_silo_job", {**job, "silo": s, "manifest": plan["manifest"]}) for s in silos])
+        context.call_activity(p.START_SILO_JOB, p.SiloJobOrder(job=job, silo=s).wire()) for s in plan.silos])
     jobs = {}
-    for s in started:
-        if s.get("error"):
-            outcomes[s["silo"]] = {"state": "failed", "reason": s["error"]}
+    for answer in map(p.SiloJobStarted.model_validate, started):
+        if answer.error:
+            outcomes[answer.silo] = p.SiloOutcome(state="failed", reason=answer.error)
         else:
-            jobs[s["silo"]] = s["job_id"]
+            jobs[answer.silo] = answer.job_id
 
     # Wait for each silo's update or failure, all racing one deadline timer.
     waits = {}
     for silo in jobs:
-        waits[context.wait_for_external_event(update_event(silo))] = (silo, "update")
-        waits[context.wait_for_external_event(failed_event(silo))] = (silo, "failed")
+        waits[context.wait_for_external_event(p.update_event(silo))] = (silo, "update")
+        waits[context.wait_for_external_event(p.failed_event(silo))] = (silo, "failed")
     timer = context.create_timer(deadline)
-    updates = {}
+    updates: dict[str, p.UpdateNotice] = {}
     while waits:
-        context.set_custom_status(_status(round_, "collecting", outcomes, needed=needed, jobs=jobs,
+        context.set_custom_status(_status(job, "collecting", outcomes, needed=needed, jobs=jobs,
                                           deadline=deadline.isoformat()))
         winner = yield context.task_any([*waits, timer])
         if winner is timer:
@@ -75,39 +74,33 @@ def federated_round(context: df.DurableOrchestrationContext):
         for task in [t for t, (s, _) in waits.items() if s == silo]:
             del waits[task]
         if kind == "update":
-            updates[silo] = winner.result
-            outcomes[silo] = {"state": "received", "reason": None}
+            updates[silo] = p.UpdateNotice.model_validate(winner.result)
+            outcomes[silo] = p.SiloOutcome(state="received")
         else:
-            outcomes[silo] = {"state": "failed", "reason": (winner.result or {}).get("reason", "job failed")}
+            outcomes[silo] = p.SiloOutcome(state="failed", reason=p.FailureNotice.model_validate(
+                winner.result or {}).reason)
     if not timer.is_completed:
         timer.cancel()
     for silo, o in outcomes.items():
-        if o["state"] == "waiting":
-            outcomes[silo] = {"state": "failed", "reason": f"no update before the deadline {deadline.isoformat()}"}
+        if o.state == "waiting":
+            outcomes[silo] = p.SiloOutcome(state="failed", reason=f"no update before the deadline {deadline.isoformat()}")
 
     if len(updates) < needed:
-        context.set_custom_status(_status(round_, "failed", outcomes, needed=needed))
-        raise RoundFailed(f"round {round_}: {len(updates)} update(s) of {len(silos)} silo(s), quorum needs "
-                          f"{needed}; failed: " + "; ".join(f"{s}: {o['reason']}" for s, o in outcomes.items()
-                                                           if o["state"] == "failed"))
+        context.set_custom_status(_status(job, "failed", outcomes, needed=needed))
+        raise _quorum_lost(job, "update(s)", len(updates), needed, outcomes)
 
-    context.set_custom_status(_status(round_, "aggregating", outcomes, needed=needed))
-    agg = yield context.call_activity_with_retry("aggregate", ACTIVITY_RETRY, {
-        **job, "manifest": plan["manifest"],
-        "updates": [{"silo": s, **u} for s, u in sorted(updates.items())]})
-    for r in agg["rejected"]:
-        outcomes[r["silo"]] = {"state": "rejected", "reason": r["reason"]}
-    if len(agg["accepted"]) < needed:
-        context.set_custom_status(_status(round_, "failed", outcomes, needed=needed))
-        raise RoundFailed(f"round {round_}: {len(agg['accepted'])} valid update(s), quorum needs {needed}; rejected: "
-                          + "; ".join(f"{r['silo']}: {r['reason']}" for r in agg["rejected"]))
+    context.set_custom_status(_status(job, "aggregating", outcomes, needed=needed))
+    agg = p.AggregateResult.model_validate((yield context.call_activity_with_retry(
+        p.AGGREGATE, ACTIVITY_RETRY, p.AggregateOrder(job=job, updates=updates).wire())))
+    for r in agg.rejected:
+        outcomes[r.silo] = p.SiloOutcome(state="rejected", reason=r.reason)
+    if agg.model is None:
+        context.set_custom_status(_status(job, "failed", outcomes, needed=needed))
+        raise _quorum_lost(job, "valid update(s)", len(agg.accepted), needed, outcomes)
 
-    metrics = yield context.call_activity_with_retry("evaluate", ACTIVITY_RETRY, {
-        "task": spec.task, "model": agg["model"]})
-    result = {
-        "round": round_, "model": agg["model"], "metrics": metrics, "num_samples": agg["num_samples"],
-        "silos": {s: {**o, **({"num_samples": agg["samples"][s]} if s in agg["samples"] else {})}
-                  for s, o in outcomes.items()},
-    }
-    context.set_custom_status(_status(round_, "done", outcomes, needed=needed, metrics=metrics))
-    return result
+    metrics = yield context.call_activity_with_retry(p.EVALUATE, ACTIVITY_RETRY, job.model_copy(
+        update={"model": agg.model}).wire())
+    silos = {s: o.model_copy(update={"num_samples": agg.samples.get(s)}) for s, o in outcomes.items()}
+    context.set_custom_status(_status(job, "done", outcomes, needed=needed, metrics=metrics))
+    return p.RoundResult(round=job.round, model=agg.model, metrics=metrics, num_samples=agg.num_samples,
+                         silos=silos).wire()

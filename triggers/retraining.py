@@ -12,6 +12,7 @@ import azure.functions as func
 from azure.eventgrid import SystemEventNames
 
 from fedfunc import layout
+from fedfunc import protocol as p
 from fedfunc.coordinator.services import services
 from orchestrations.retraining import DEBOUNCER, UPLOAD_EVENT
 from triggers.runs_api import BadRequest, start_training, validate_run_request
@@ -58,7 +59,7 @@ async def on_data_uploaded(event: func.EventGridEvent, client: df.DurableOrchest
     status = await client.get_status(DEBOUNCER)
     if not (status and status.runtime_status and status.runtime_status.value in ("Running", "Pending")):
         try:
-            await client.start_new("retrain_debounce", DEBOUNCER, {"spec": spec, "uploads": [],
+            await client.start_new(p.RETRAINING, DEBOUNCER, {"spec": spec, "uploads": [],
                                                                    "quiet_s": services().settings.retrain_quiet_s})
         except Exception as e:  # another upload started it a moment ago
             log.info("retraining debouncer already starting: %s", e)

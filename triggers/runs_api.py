@@ -8,9 +8,9 @@ import uuid
 import azure.durable_functions as df
 import azure.functions as func
 
+from fedfunc import protocol as p
 from fedfunc.aggregation import UnknownStrategy, get_strategy
 from fedfunc.coordinator.services import services
-from fedfunc.protocol import round_instance_id
 from fedfunc.registry import UnknownSilo
 from fedfunc.security.bundle import BundleConfig, SignedBundle
 from fedfunc.spec import RUN_ID, RunSpec, SpecError, parse_spec
@@ -20,7 +20,6 @@ from triggers.http_util import BadRequest, error, json_body, respond
 
 bp = df.Blueprint()
 log = logging.getLogger("fedfunc.runs")
-RUN_ORCHESTRATOR = "federated_training"
 
 
 def validate_run_request(body: object) -> tuple[str, RunSpec]:
@@ -66,7 +65,7 @@ def _with_signed_hyperparams(spec: RunSpec) -> RunSpec:
 
 
 async def start_training(client: df.DurableOrchestrationClient, run_id: str, spec: RunSpec) -> str:
-    return await client.start_new(RUN_ORCHESTRATOR, run_id, {"run_id": run_id, "spec": spec.model_dump(mode="json")})
+    return await client.start_new(p.TRAINING, run_id, p.RunState(run_id=run_id, spec=spec).wire())
 
 
 @bp.route(route="runs", methods=["POST"])
@@ -107,13 +106,13 @@ def _error(status: df.DurableOrchestrationStatus) -> str | None:
 @bp.durable_client_input(client_name="client")
 @requires("scientist", "admin")
 async def list_runs(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
-    runs = [s for s in await client.get_status_all() if s.name == RUN_ORCHESTRATOR]
+    runs = [s for s in await client.get_status_all() if s.name == p.TRAINING]
     return respond(200, {"runs": [_run_view(s) for s in sorted(runs, key=lambda s: str(s.created_time))]})
 
 
 async def _run(client: df.DurableOrchestrationClient, run_id: str) -> df.DurableOrchestrationStatus | None:
     status = await client.get_status(run_id)
-    if not status or status.runtime_status is None or status.name != RUN_ORCHESTRATOR:
+    if not status or status.runtime_status is None or status.name != p.TRAINING:
         return None
     return status
 
@@ -123,7 +122,7 @@ async def _current_round(client: df.DurableOrchestrationClient, run: df.DurableO
     round_ = (run.custom_status or {}).get("round")
     if run.runtime_status.value not in ("Running", "Pending") or round_ is None:
         return None
-    status = await client.get_status(round_instance_id(run.instance_id, round_))
+    status = await client.get_status(p.round_instance_id(run.instance_id, round_))
     if not status or not status.runtime_status or status.runtime_status.value != "Running":
         return None
     return status

@@ -16,7 +16,7 @@ from azure.eventgrid import SystemEventNames
 from fedfunc import layout
 from fedfunc.azure.events import job_failure
 from fedfunc.coordinator.services import services
-from fedfunc.protocol import failed_event, round_instance_id, update_event
+from fedfunc.protocol import FailureNotice, UpdateNotice, failed_event, round_instance_id, update_event
 from fedfunc.registry import UnknownSilo
 
 bp = df.Blueprint()
@@ -61,20 +61,21 @@ def route_outbox_event(event: func.EventGridEvent) -> tuple[str, str, dict] | No
     instance = round_instance_id(parsed["run"], parsed["round"])
     data = event.get_json() or {}
     if parsed["name"] == layout.UPDATE:
-        return instance, update_event(silo), {"path": blob[1], "etag": data.get("eTag"),
-                                              "size": data.get("contentLength")}
+        return instance, update_event(silo), UpdateNotice(path=blob[1], etag=data.get("eTag"),
+                                                          size=data.get("contentLength")).wire()
     note = _failure_note(silo, blob[1])
     services().audit.record("job_refused" if note.get("rule") else "job_failed", run=parsed["run"],
                             round=parsed["round"], silo=silo, event_id=f"failed:{parsed['run']}:{parsed['round']}:{silo}",
                             rule=note.get("rule"), reason=note["reason"])
-    return instance, failed_event(silo), {"reason": note["reason"], "rule": note.get("rule")}
+    return instance, failed_event(silo), FailureNotice(reason=note["reason"], rule=note.get("rule")).wire()
 
 
 def _failure_note(silo: str, path: str) -> dict:
     """The silo's own failure note (bounded read); the event still counts if the note is unreadable."""
     try:
         note = json.loads(services().outbox_reader()(silo, path, MAX_FAILURE_NOTE))
-        return {"reason": str(note.get("reason") or "job failed (no reason given)"), "rule": note.get("rule")}
+        rule = note.get("rule")
+        return {"reason": str(note.get("reason") or "job failed (no reason given)"), "rule": str(rule) if rule else None}
     except Exception as e:  # the failure still ends the silo's wait
         return {"reason": f"job failed (failure note unreadable: {type(e).__name__})", "rule": None}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import azure.durable_functions as df
 import azure.functions as func
 
+from fedfunc import protocol as p
 from fedfunc.coordinator import onboarding
 from fedfunc.coordinator.services import services
 from fedfunc.registry import UnknownSilo
@@ -38,7 +39,7 @@ async def add_silo(req: func.HttpRequest, client: df.DurableOrchestrationClient)
                              "note": "onboarding already in progress"})
     if current and current.runtime_status:
         await client.purge_instance_history(instance)
-    await client.start_new("onboard_silo", instance, request.model_dump(mode="json"))
+    await client.start_new(p.ONBOARDING, instance, request.model_dump(mode="json"))
     return respond(202, {"silo": request.name, "onboarding": f"/api/silos/{request.name}/onboarding"})
 
 

@@ -44,7 +44,7 @@ from urllib.parse import unquote, urlparse
 from fedfunc import layout
 from fedfunc.azure import naming
 from fedfunc.azure.gateway import AzureGateway, JobExists
-from fedfunc.backends import SiloJobRequest
+from fedfunc.contracts import SiloJobRequest
 from fedfunc.security.policy import POLICY_BLOB, POLICY_CONTAINER
 from fedfunc.settings import Settings
 

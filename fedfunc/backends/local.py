@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fedfunc.backends import SiloJobRequest
+from fedfunc.contracts import SiloJobRequest
 from fedfunc.silo.home import HOME_ENV, silo_home
 
 _PASSTHROUGH = ("PATH", "PYTHONPATH", "VIRTUAL_ENV", "LANG", "LC_ALL", "TZ")

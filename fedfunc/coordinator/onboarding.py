@@ -1,29 +1,18 @@
-"""Onboarding steps, each an idempotent ensure-step on the local or the Azure backend.
+"""Onboarding steps, each an idempotent ensure-step on the silo provisioner ``services`` chose.
 
-Local: the silo's storage is an Azurite pool account (keys stay in the silo's home), access is an
-outbox read SAS for the orchestrator plus a local Event Grid subscription. Azure: ARM/AML ensure-steps
-(``fedfunc.azure.onboarding``) — storage, identity, compute, datastores, role assignments, Event Grid.
+The provisioner (``fedfunc.contracts.SiloProvisioner``) does the backend's work — Azurite pool accounts
+locally, ARM/AML resources on Azure; these steps keep the registry consistent around it.
 """
 from __future__ import annotations
 
-import json
-from datetime import datetime, timedelta, timezone
-
-from azure.storage.blob import ContainerSasPermissions, generate_container_sas
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from fedfunc import layout
 from fedfunc.coordinator.services import Services
-from fedfunc.registry import SILO_NAME, SiloRecord, UnknownSilo
-from fedfunc.security.keys import parse_public_b64, public_b64
-from fedfunc.security.policy import MinPrivacy, SiloPolicy
-from fedfunc.silo.smoke import smoke_report
+from fedfunc.registry import SILO_NAME, UnknownSilo
+from fedfunc.security.keys import parse_public_b64
+from fedfunc.security.policy import MinPrivacy
 from fedfunc.tasks.registry import TASKS
 from fedfunc.validation import parse
-
-AZURE_PROVISION = ("storage", "containers", "identity", "compute", "datastores")
-AZURE_GRANT = ("role_assignments", "event_subscriptions")
-OUTBOX_EVENTS = f"/blobServices/default/containers/{layout.OUTBOX}/blobs/runs/"
 
 
 class InitialPolicy(BaseModel):
@@ -68,10 +57,10 @@ def parse_request(body: object) -> SiloRequest:
 
 
 def validate(svc: Services, request: SiloRequest) -> SiloRequest:
-    local = svc.settings.job_backend == "local"
-    if local != (request.compute == "local"):
-        raise OnboardingError(f"compute: {request.compute!r} — the {svc.settings.job_backend} backend "
-                              + ("runs silos on compute 'local'" if local else "needs an AML compute name"))
+    try:
+        svc.provisioner.check_compute(request.compute)
+    except ValueError as e:
+        raise OnboardingError(str(e)) from None
     try:
         existing = svc.registry.get(request.name)
     except UnknownSilo:
@@ -86,79 +75,22 @@ def provision(svc: Services, request: SiloRequest) -> dict:
         status = svc.registry.get(request.name).status
     except UnknownSilo:
         status = "onboarding"
-    if svc.settings.job_backend == "local":
-        from fedfunc.silo.local import provision_local_silo
-
-        if svc.settings.azurite_home is None:
-            raise OnboardingError("FEDFUNC_AZURITE_HOME: missing; local onboarding claims accounts from Azurite's pool")
-        policy = SiloPolicy(silo=request.name, orchestrator_keys=[public_b64(svc.ticket_key.public_key())],
-                            **request.policy.model_dump())
-        record = provision_local_silo(request.name, azurite_home=svc.settings.azurite_home,
-                                      orchestrator_conn=svc.settings.storage.connection_string,
-                                      home_root=svc.settings.local_home, initial_policy=policy,
-                                      compute=request.compute)
-    else:
-        from fedfunc.azure.onboarding import ensure, silo_record
-
-        for step in AZURE_PROVISION:
-            ensure(svc.azure_gateway, svc.settings.aml, request.name, step, compute=request.compute)
-        record = silo_record(svc.settings.aml, request.name, request.policy.trusted_signers, compute=request.compute)
+    try:
+        record = svc.provisioner.provision(request.name, request.compute, request.policy.model_dump())
+    except ValueError as e:  # a setting the provisioner needs is missing
+        raise OnboardingError(str(e)) from None
     svc.registry.put(record.model_copy(update={"status": status}))
     return {"account": record.account, "blob_url": record.blob_url}
 
 
 def grant(svc: Services, request: SiloRequest) -> dict:
     """Let the orchestrator hear about (and read) the silo's outbox, and nothing else of the silo."""
-    record: SiloRecord = svc.registry.get(request.name)
-    if svc.settings.job_backend == "local":
-        from fedfunc.host.subscriptions import put_subscription
-
-        put_subscription(subscription_name(request.name), "on_update",
-                         f"{record.blob_url}?{record.outbox_read_sas}", layout.OUTBOX,
-                         subject_begins_with=OUTBOX_EVENTS)
-        put_subscription(subscription_name(request.name, layout.DATA), "on_data_uploaded",
-                         _data_events_connection(svc, record), layout.DATA)
-        return {"event_subscriptions": [subscription_name(request.name), subscription_name(request.name, layout.DATA)]}
-    from fedfunc.azure.onboarding import ensure
-
-    return {step: ensure(svc.azure_gateway, svc.settings.aml, request.name, step, compute=request.compute)
-            for step in AZURE_GRANT}
-
-
-def subscription_name(silo: str, container: str = layout.OUTBOX) -> str:
-    return f"{container}-{silo}"
-
-
-def _data_events_connection(svc: Services, record: SiloRecord) -> str:
-    """A list-only SAS on the silo's ``data`` for the emulated Event Grid (names and sizes, never contents).
-
-    On Azure the storage account's system topic publishes these events itself; locally the host's
-    watcher stands in for it, and onboarding (the platform admin who created the account) hands it this.
-    """
-    from fedfunc.azurite import read_accounts
-
-    account = read_accounts(svc.settings.azurite_home)[record.account]
-    now = datetime.now(timezone.utc)
-    sas = generate_container_sas(account.name, layout.DATA, account_key=account.key,
-                                 permission=ContainerSasPermissions(list=True),
-                                 start=now - timedelta(minutes=5), expiry=now + timedelta(days=365))
-    return f"{record.blob_url}?{sas}"
+    return svc.provisioner.grant(svc.registry.get(request.name))
 
 
 def smoke(svc: Services, request: SiloRequest, smoke_id: str) -> dict:
-    """A non-ML job on the silo's compute: reads its data, writes its outbox, and is refused elsewhere.
-    On AML the verdict is the report the job wrote to the silo's outbox, read with the app's identity."""
-    if svc.settings.job_backend == "local":
-        result = svc.backend.smoke(request.name, smoke_id)
-    else:
-        models_url = f"{svc.settings.storage.blob_service_uri}/{layout.MODELS}"
-        job = svc.backend.smoke(request.name, smoke_id, models_url)
-        try:
-            result = json.loads(svc.outbox_reader()(request.name, smoke_report(smoke_id), 64 * 1024))
-        except Exception as e:  # no verdict: the job failed before writing it
-            result = {"ok": False, "checks": {}, "reason": f"smoke job {job['job']} {job['status']}: "
-                                                          f"no report ({type(e).__name__})"}
-        result["ok"] = job["ok"] and all(result.get("checks", {}).values()) and bool(result.get("checks"))
+    """A non-ML job on the silo's compute: reads its data, writes its outbox, and is refused elsewhere."""
+    result = svc.provisioner.smoke(svc.registry.get(request.name), smoke_id)
     if not result.get("ok"):
         failed = [k for k, passed in result.get("checks", {}).items() if not passed]
         raise OnboardingError(f"smoke job on silo {request.name!r} failed checks {failed} {result.get('reason', '')}")
@@ -173,30 +105,18 @@ def mark_ready(svc: Services, request: SiloRequest) -> dict:
 
 
 def abandon(svc: Services, request: SiloRequest) -> None:
-    """Undo a failed onboarding's registration; a silo that was ready before stays as it was."""
+    """Undo a failed onboarding's registration; a silo that was ready before stays as it was.
+    Its storage is kept, and reused by the next attempt."""
     try:
         record = svc.registry.get(request.name)
     except UnknownSilo:
         return
     if record.status == "onboarding":
         svc.registry.remove(request.name)
-        if svc.settings.job_backend == "local":
-            unsubscribe_local(request.name)
-
-
-def unsubscribe_local(silo: str) -> None:
-    from fedfunc.host.subscriptions import delete_subscription
-
-    for container in (layout.OUTBOX, layout.DATA):
-        delete_subscription(subscription_name(silo, container))
+        svc.provisioner.release(request.name, storage=False)
 
 
 def remove(svc: Services, name: str) -> None:
-    """Unregister a silo; locally also release its pool account (revoking the outbox SAS) and its home."""
+    """Unregister a silo and release what provisioning claimed (locally its pool account, revoking the SAS)."""
     svc.registry.remove(name)
-    if svc.settings.job_backend == "local":
-        from fedfunc.silo.local import release_local_silo
-
-        unsubscribe_local(name)
-        release_local_silo(name, azurite_home=svc.settings.azurite_home,
-                           orchestrator_conn=svc.settings.storage.connection_string, home_root=svc.settings.local_home)
+    svc.provisioner.release(name, storage=True)

@@ -1,25 +1,24 @@
 """Orchestrator-side steps of a run: initial model, round manifest, silo job requests, aggregation, evaluation."""
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from azure.core.exceptions import AzureError
 
 from fedfunc import layout, weights
 from fedfunc.aggregation import get_strategy
-from fedfunc.backends import Hyperparams, SiloJobBackend, SiloJobRequest
+from fedfunc.contracts import Hyperparams, ModelRef, OutboxReader, SiloJobBackend, SiloJobRequest
 from fedfunc.coordinator.store import RunStore, to_json
+from fedfunc.protocol import (AggregateOrder, AggregateResult, Received, Rejection, RoundJob, RoundPlan, RunState,
+                              SiloJobStarted)
 from fedfunc.security import Refused
 from fedfunc.security.egress import MAX_METRICS_BYTES, check_metrics
 from fedfunc.spec import RunSpec
 from fedfunc.tasks.registry import get_task
 
-# Reads one blob from a silo's outbox: (silo, path, max_bytes) -> bytes.
-OutboxReader = Callable[[str, str, int], bytes]
 
-
-def model_ref(path: str, data: bytes) -> dict:
-    return {"path": path, "sha256": weights.sha256(data)}
+def model_ref(path: str, data: bytes) -> ModelRef:
+    return ModelRef(path=path, sha256=weights.sha256(data))
 
 
 def ensure_eval_set(store: RunStore, task_name: str) -> None:
@@ -30,8 +29,9 @@ def ensure_eval_set(store: RunStore, task_name: str) -> None:
         store.create_once(layout.EVALDATA, path, weights.encode({"x": ds.x_test, "y": ds.y_test}))
 
 
-def init_run(store: RunStore, run_id: str, spec: RunSpec) -> dict:
+def init_run(store: RunStore, state: RunState) -> ModelRef:
     """Write the spec and the round-0 global model (once: a retry finds and returns the first one)."""
+    run_id, spec = state.run_id, state.spec
     path = layout.global_model(run_id, 0)
     model = get_task(spec.task).build_model(spec.seed)
     store.create_once(layout.MODELS, path, weights.encode(weights.model_to_arrays(model), {"run": run_id, "round": "0"}))
@@ -40,24 +40,25 @@ def init_run(store: RunStore, run_id: str, spec: RunSpec) -> dict:
     return model_ref(path, store.get_bytes(layout.MODELS, path))
 
 
-def prepare_round(store: RunStore, ready_silos: list[str], job: dict) -> dict:
+def prepare_round(store: RunStore, ready_silos: list[str], job: RoundJob) -> RoundPlan:
     """Fix the round's silos and write its manifest. A retry returns the manifest already written,
     so the silo set cannot change between attempts even if the registry did."""
-    spec = RunSpec.model_validate(job["spec"])
-    path = layout.round_manifest(job["run_id"], job["round"])
+    spec = job.spec
+    path = layout.round_manifest(job.run_id, job.round)
     existing = store.get_json(layout.RUNS, path)
-    if existing and existing["nonce"] == job["nonce"]:
-        return {"silos": existing["silos"], "manifest": path}
+    if existing and existing["nonce"] == job.nonce:
+        return RoundPlan(silos=existing["silos"], manifest=path)
     if spec.silos == "all":
         silos, excluded = sorted(ready_silos), {}
     else:
         silos = [s for s in spec.silos if s in ready_silos]
         excluded = {s: "not ready (disabled, onboarding or removed)" for s in spec.silos if s not in ready_silos}
     store.put_json(layout.RUNS, path, {
-        "run": job["run_id"], "round": job["round"], "nonce": job["nonce"], "model": job["model"],
-        "deadline": job["deadline"], "silos": silos, "excluded": excluded, "needed": spec.needed(len(silos)),
+        "run": job.run_id, "round": job.round, "nonce": job.nonce, "model": job.model.wire(),
+        "deadline": job.deadline.isoformat() if job.deadline else None, "silos": silos, "excluded": excluded,
+        "needed": spec.needed(len(silos)),
     })
-    return {"silos": silos, "manifest": path}
+    return RoundPlan(silos=silos, manifest=path)
 
 
 def local_hyperparams(spec: RunSpec) -> Hyperparams:
@@ -68,34 +69,33 @@ def local_hyperparams(spec: RunSpec) -> Hyperparams:
     return get_task(spec.task).default_hyperparams.model_copy(update={"seed": spec.seed})
 
 
-def silo_job_request(store: RunStore, job: dict, silo: str, ticket: str | None) -> SiloJobRequest:
-    spec = RunSpec.model_validate(job["spec"])
+def silo_job_request(store: RunStore, job: RoundJob, silo: str, ticket: str | None) -> SiloJobRequest:
     return SiloJobRequest(
-        run_id=job["run_id"], round=job["round"], silo=silo, nonce=job["nonce"], task=spec.task,
-        hyperparams=local_hyperparams(spec),
-        model_url=store.model_read_url(job["model"]["path"]), model_sha256=job["model"]["sha256"],
-        outbox_prefix=layout.outbox_prefix(job["run_id"], job["round"], silo), ticket=ticket, bundle=spec.bundle)
+        run_id=job.run_id, round=job.round, silo=silo, nonce=job.nonce, task=job.spec.task,
+        hyperparams=local_hyperparams(job.spec),
+        model_url=store.model_read_url(job.model.path), model_sha256=job.model.sha256,
+        outbox_prefix=layout.outbox_prefix(job.run_id, job.round, silo), ticket=ticket, bundle=job.spec.bundle)
 
 
-def start_silo_job(backend: SiloJobBackend, request: SiloJobRequest) -> dict:
+def start_silo_job(backend: SiloJobBackend, request: SiloJobRequest) -> SiloJobStarted:
     """Submit; a submission error makes the silo fail this round (with the backend's message), not the round."""
     try:
-        return {"silo": request.silo, "job_id": backend.submit(request)}
+        return SiloJobStarted(silo=request.silo, job_id=backend.submit(request))
     except Exception as e:  # any backend error: the round goes on at quorum
-        return {"silo": request.silo, "error": f"job submission failed: {type(e).__name__}: {e}"}
+        return SiloJobStarted(silo=request.silo, error=f"job submission failed: {type(e).__name__}: {e}")
 
 
-def load_global(store: RunStore, ref: dict) -> dict:
-    data = store.get_bytes(layout.MODELS, ref["path"])
+def load_global(store: RunStore, ref: ModelRef) -> dict:
+    data = store.get_bytes(layout.MODELS, ref.path)
     if data is None:
-        raise FileNotFoundError(f"global model {ref['path']} is missing from {layout.MODELS}")
-    if weights.sha256(data) != ref["sha256"]:
-        raise ValueError(f"global model {ref['path']} does not match its recorded sha256")
+        raise FileNotFoundError(f"global model {ref.path} is missing from {layout.MODELS}")
+    if weights.sha256(data) != ref.sha256:
+        raise ValueError(f"global model {ref.path} does not match its recorded sha256")
     arrays, _ = weights.decode(data)
     return arrays
 
 
-def aggregate_round(store: RunStore, read_outbox: OutboxReader, job: dict, updates: list[dict]) -> dict:
+def aggregate_round(store: RunStore, read_outbox: OutboxReader, order: AggregateOrder) -> AggregateResult:
     """Validate every update and stream the accepted ones through the run's strategy.
 
     Exactly once per round: the result is recorded create-only in ``aggregate.json``; a re-run
@@ -103,74 +103,71 @@ def aggregate_round(store: RunStore, read_outbox: OutboxReader, job: dict, updat
     Below quorum, nothing is written: the last good global model stays the run's model. The silo
     checked its artifacts before they left; every check runs again here, on the bytes received.
     """
-    run_id, round_ = job["run_id"], job["round"]
-    record_path = layout.aggregate_record(run_id, round_)
+    job, spec = order.job, order.job.spec
+    record_path = layout.aggregate_record(job.run_id, job.round)
     done = store.get_json(layout.RUNS, record_path)
     if done is not None:
-        return done
-    spec = RunSpec.model_validate(job["spec"])
-    manifest_doc = store.get_json(layout.RUNS, job["manifest"])
-    global_arrays = load_global(store, job["model"])
+        return AggregateResult.model_validate(done)
+    manifest_doc = store.get_json(layout.RUNS, job.manifest)
+    global_arrays = load_global(store, job.model)
     manifest = weights.ModelManifest.from_arrays(global_arrays)
     max_bytes = int(spec.max_update_mb * 2**20)
-    rejected: list[dict] = []
+    rejected: list[Rejection] = []
+    received: dict[str, Received] = {}
     samples: dict[str, int] = {}
-    received: dict[str, dict] = {}
 
-    def check(u: dict) -> tuple[weights.ValidatedUpdate, dict] | None:
+    def check(silo: str, path: str) -> weights.ValidatedUpdate | None:
         """Read and re-check one update and its metrics; None (with the reason recorded) if rejected."""
-        expected = {"run": run_id, "round": round_, "silo": u["silo"], "nonce": job["nonce"],
+        expected = {"run": job.run_id, "round": job.round, "silo": silo, "nonce": job.nonce,
                     "silos": manifest_doc["silos"]}
         try:
-            data = read_outbox(u["silo"], u["path"], max_bytes)
+            data = read_outbox(silo, path, max_bytes)
             update = weights.validate_update(data, manifest, expected=expected, global_arrays=global_arrays,
                                              max_bytes=max_bytes, max_norm=spec.max_update_norm)
-            metrics = check_metrics(read_outbox(
-                u["silo"], u["path"].removesuffix(layout.UPDATE) + layout.METRICS, MAX_METRICS_BYTES))
+            metrics = check_metrics(read_outbox(silo, path.removesuffix(layout.UPDATE) + layout.METRICS,
+                                                MAX_METRICS_BYTES))
         except (weights.UpdateRejected, Refused, AzureError, ValueError) as e:
-            rejected.append({"silo": u["silo"], "reason": str(e)})
+            rejected.append(Rejection(silo=silo, reason=str(e)))
             return None
-        return update, {"sha256": weights.sha256(data), "path": u["path"], "metrics": metrics}
+        received[silo] = Received(path=path, sha256=weights.sha256(data), metrics=metrics)
+        samples[silo] = update.num_samples
+        return update
 
     def accepted() -> Iterator[weights.ValidatedUpdate]:
         """One update alive at a time: each is dropped before the next one is downloaded."""
-        for u in updates:
-            checked = check(u)
-            if checked is None:
-                continue
-            samples[u["silo"]], received[u["silo"]] = checked[0].num_samples, checked[1]
-            yield checked[0]
-            checked = None
+        for silo, notice in sorted(order.updates.items()):
+            update = check(silo, notice.path)
+            if update is not None:
+                yield update
+            update = None
 
-    needed = manifest_doc["needed"]
     strategy = get_strategy(spec.aggregator)
-    result = {"accepted": [], "rejected": rejected, "samples": samples, "received": received, "num_samples": 0,
-              "model": None}
     try:
         new_arrays = strategy.aggregate(global_arrays, accepted())
     except ValueError:
         if samples:  # a real aggregation error, not "no update accepted"
             raise
+        return AggregateResult(rejected=rejected)
+    result = AggregateResult(accepted=sorted(samples), rejected=rejected, samples=samples, received=received,
+                             num_samples=sum(samples.values()))
+    if len(samples) < manifest_doc["needed"]:
         return result
-    result.update(accepted=sorted(samples), num_samples=sum(samples.values()))
-    if len(samples) < needed:
-        return result
-    path = layout.global_model(run_id, round_ + 1)
-    data = weights.encode(new_arrays, {"run": run_id, "round": str(round_ + 1)})
+    path = layout.global_model(job.run_id, job.round + 1)
+    data = weights.encode(new_arrays, {"run": job.run_id, "round": str(job.round + 1)})
     store.put_bytes(layout.MODELS, path, data)
-    result["model"] = model_ref(path, data)
-    if not store.create_once(layout.RUNS, record_path, to_json(result)):
-        return store.get_json(layout.RUNS, record_path)
+    result = result.model_copy(update={"model": model_ref(path, data)})
+    if not store.create_once(layout.RUNS, record_path, to_json(result.wire())):
+        return AggregateResult.model_validate(store.get_json(layout.RUNS, record_path))
     return result
 
 
-def evaluate(store: RunStore, task_name: str, ref: dict) -> dict:
+def evaluate(store: RunStore, job: RoundJob) -> dict:
     """The global model's loss and accuracy on the orchestrator's held-out set."""
-    task = get_task(task_name)
-    data = store.get_bytes(layout.EVALDATA, layout.eval_set(task_name))
+    task = get_task(job.spec.task)
+    data = store.get_bytes(layout.EVALDATA, layout.eval_set(job.spec.task))
     if data is None:
-        raise FileNotFoundError(f"no held-out set at {layout.EVALDATA}/{layout.eval_set(task_name)}")
+        raise FileNotFoundError(f"no held-out set at {layout.EVALDATA}/{layout.eval_set(job.spec.task)}")
     arrays, _ = weights.decode(data)
     model = task.build_model(0)
-    weights.load_arrays_into(model, load_global(store, ref))
+    weights.load_arrays_into(model, load_global(store, job.model))
     return task.evaluate(model, arrays["x"], arrays["y"])

@@ -1,12 +1,12 @@
 """The orchestrator's backends, built once per process from validated settings.
 
-Only this module chooses implementations: ``FEDFUNC_JOB_BACKEND`` picks local processes or Azure ML,
-the storage setting picks Azurite keys or managed identity. Orchestrations never see the choice.
+Only this module chooses implementations: ``FEDFUNC_JOB_BACKEND`` picks local silos (processes and
+Azurite pool accounts) or Azure (ML jobs and ARM ensure-steps), once, in ``_silo_backends``; the storage
+setting picks Azurite keys or managed identity. Orchestrations, activities and triggers never see the choice.
 """
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
@@ -14,11 +14,11 @@ from azure.storage.blob import ContainerClient
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedfunc import layout
-from fedfunc.backends import SiloJobBackend
+from fedfunc.contracts import OutboxReader, SiloJobBackend, SiloProvisioner
 from fedfunc.coordinator.store import RunStore
 from fedfunc.registry import SiloRecord, SiloRegistry
 from fedfunc.security.audit import AuditLog
-from fedfunc.security.keys import load_private
+from fedfunc.security.keys import load_private, public_b64
 from fedfunc.settings import Settings, SettingsError, load_settings
 from fedfunc.storage import blob_service, credential, table_service
 
@@ -53,18 +53,31 @@ class Services:
 
     @cached_property
     def backend(self) -> SiloJobBackend:
+        return self._silo_backends[0]
+
+    @cached_property
+    def provisioner(self) -> SiloProvisioner:
+        return self._silo_backends[1]
+
+    @cached_property
+    def _silo_backends(self) -> tuple[SiloJobBackend, SiloProvisioner]:
+        """The one place that chooses between local silos and Azure silos."""
         if self.settings.job_backend == "aml":
             from fedfunc.backends.aml import backend_from_settings
-            return backend_from_settings(self.settings)
+            from fedfunc.backends.azure_provisioner import AzureProvisioner
+            jobs = backend_from_settings(self.settings)
+            return jobs, AzureProvisioner(self.azure_gateway, self.settings, jobs, self.outbox_reader())
         from fedfunc.backends.local import LocalProcessBackend
-        return LocalProcessBackend(self.settings.local_home)
+        from fedfunc.backends.local_provisioner import LocalProvisioner
+        jobs = LocalProcessBackend(self.settings.local_home)
+        return jobs, LocalProvisioner(self.settings, lambda: public_b64(self.ticket_key.public_key()), jobs)
 
     def outbox(self, record: SiloRecord) -> ContainerClient:
         """Read access to one silo's outbox: a read+list SAS locally, the app's managed identity on Azure."""
         cred = record.outbox_read_sas or credential()
         return ContainerClient(record.blob_url, layout.OUTBOX, credential=cred)
 
-    def outbox_reader(self) -> Callable[[str, str, int], bytes]:
+    def outbox_reader(self) -> OutboxReader:
         """``read(silo, path, max_bytes)`` from silos' own outboxes, for one activity: each silo's record
         and container client are looked up once, and a blob is read in one request, never past the bound."""
         outboxes: dict[str, ContainerClient] = {}

@@ -24,7 +24,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from fedfunc.backends import Hyperparams, SiloJobRequest
+from fedfunc.contracts import Hyperparams, SiloJobRequest
 from fedfunc.security import Refused
 from fedfunc.security.keys import key_id, keyring
 

@@ -16,7 +16,7 @@ from azure.core.exceptions import ResourceExistsError
 from azure.storage.blob import BlobServiceClient
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from fedfunc.backends import SiloJobRequest
+from fedfunc.contracts import SiloJobRequest
 from fedfunc.registry import SILO_NAME
 from fedfunc.security import Refused
 from fedfunc.security.keys import key_id, parse_public_b64

@@ -16,7 +16,7 @@ from typing import Optional
 import typer
 
 from fedfunc import layout
-from fedfunc.backends import SiloJobRequest
+from fedfunc.contracts import SiloJobRequest
 
 
 def _io(aml: bool, data: Path | None, model: Path | None, outbox: Path | None, policy: Path | None):

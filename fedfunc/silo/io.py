@@ -14,7 +14,7 @@ from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import BlobClient, BlobServiceClient, ContainerClient
 
 from fedfunc import layout
-from fedfunc.backends import SiloJobRequest
+from fedfunc.contracts import SiloJobRequest
 from fedfunc.security.policy import POLICY_BLOB, POLICY_CONTAINER
 
 

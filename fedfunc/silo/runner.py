@@ -20,7 +20,7 @@ from datetime import datetime
 import numpy as np
 
 from fedfunc import layout
-from fedfunc.backends import SiloJobRequest
+from fedfunc.contracts import SiloJobRequest
 from fedfunc.security import Refused
 from fedfunc.security.audit import SiloAuditTrail
 from fedfunc.security.bundle import check_installed_code, check_request, verify_bundle

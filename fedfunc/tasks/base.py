@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedfunc.backends import Hyperparams  # the one model of local training settings
+from fedfunc.contracts import Hyperparams  # the one model of local training settings
 
 
 @dataclass(frozen=True)

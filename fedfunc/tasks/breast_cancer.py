@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fedfunc.backends import Hyperparams
+from fedfunc.contracts import Hyperparams
 from fedfunc.tasks.base import Dataset, Task, split
 
 N_FEATURES = 30

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fedfunc.backends import Hyperparams
+from fedfunc.contracts import Hyperparams
 from fedfunc.tasks.base import Dataset, Task, split
 
 # Pixel intensities are 0..16 by construction of the dataset, so dividing by this constant scales

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 import numpy as np
 
 from fedfunc.aggregation import ClientUpdate, get_strategy
-from fedfunc.backends import Hyperparams
+from fedfunc.contracts import Hyperparams
 from fedfunc.tasks.base import Task
 from fedfunc.tasks.partition import partition
 from fedfunc.weights import ModelManifest, ValidatedUpdate, encode, load_arrays_into, model_to_arrays, validate_update

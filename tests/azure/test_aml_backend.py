@@ -8,9 +8,9 @@ import yaml
 
 from fedfunc.azure import naming
 from fedfunc.azure.gateway import AzureCallError, JobExists
-from fedfunc.backends import Hyperparams, SiloJobRequest
 from fedfunc.backends.aml import (CODE_COMPLETE, COMMAND, REQUEST_ENV, AmlSiloJobBackend, CodePublisher,
                                   backend_from_settings, code_digest, code_files, model_path)
+from fedfunc.contracts import Hyperparams, SiloJobRequest
 from fedfunc.settings import load_settings
 
 from azure_env import aml_env
@@ -123,8 +123,8 @@ def test_submission_error_fails_only_that_silo_with_amls_message(settings):
 
     gw = FakeGateway(create_error=AzureCallError("Compute fl-north-eu not found in workspace", 400, "UserError"))
     result = start_silo_job(AmlSiloJobBackend(gw, settings, publish), request())
-    assert result["silo"] == "north-eu" and "job_id" not in result
-    assert "Compute fl-north-eu not found in workspace" in result["error"]
+    assert result.silo == "north-eu" and result.job_id is None
+    assert "Compute fl-north-eu not found in workspace" in result.error
 
 
 def test_cancel_goes_to_the_gateway(settings):
@@ -155,10 +155,12 @@ def test_one_setting_switches_the_backend(tmp_path):
     """Only FEDFUNC_JOB_BACKEND changes; the orchestrator's services pick the implementation."""
     from fedfunc.coordinator.services import Services
 
-    azure = Services(load_settings(aml_env(tmp_path))).backend
-    assert isinstance(azure, AmlSiloJobBackend)
-    local = Services(load_settings({**aml_env(tmp_path), "FEDFUNC_JOB_BACKEND": "local"})).backend
-    assert type(local).__module__ == "fedfunc.backends.local"
+    azure = Services(load_settings(aml_env(tmp_path)))
+    assert isinstance(azure.backend, AmlSiloJobBackend)
+    assert type(azure.provisioner).__name__ == "AzureProvisioner"
+    local = Services(load_settings({**aml_env(tmp_path), "FEDFUNC_JOB_BACKEND": "local"}))
+    assert type(local.backend).__module__ == "fedfunc.backends.local"
+    assert type(local.provisioner).__name__ == "LocalProvisioner"
 
 
 def test_production_wiring_builds_offline(tmp_path):

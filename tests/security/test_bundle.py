@@ -3,7 +3,7 @@ import shutil
 
 import pytest
 
-from fedfunc.backends import Hyperparams
+from fedfunc.contracts import Hyperparams
 from fedfunc.security import Refused, bundle as bundle_mod, keys
 from fedfunc.security.bundle import build_bundle, check_installed_code, check_request, sign_bundle, verify_bundle
 
@@ -85,7 +85,7 @@ def test_added_module_reached_by_the_registry_is_refused(signed, installed_copy)
 
 
 def test_request_must_match_the_signed_task_and_config(signed):
-    from fedfunc.backends import SiloJobRequest
+    from fedfunc.contracts import SiloJobRequest
     req = SiloJobRequest(run_id="r", round=0, silo="alpha", nonce="n", task="digits",
                          hyperparams=Hyperparams(**CONFIG["hyperparams"]), model_url="http://x/m",
                          model_sha256="0" * 64, outbox_prefix="runs/r/rounds/0000/silos/alpha/")

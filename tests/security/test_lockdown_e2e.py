@@ -12,7 +12,7 @@ from azure.core.exceptions import HttpResponseError
 from azure.storage.blob import BlobServiceClient
 
 from fedfunc import layout
-from fedfunc.backends import Hyperparams, SiloJobRequest
+from fedfunc.contracts import Hyperparams, SiloJobRequest
 from fedfunc.backends.local import LocalProcessBackend
 from fedfunc.security import keys
 from fedfunc.security.tickets import issue_ticket

@@ -3,7 +3,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from fedfunc.backends import Hyperparams, SiloJobRequest
+from fedfunc.contracts import Hyperparams, SiloJobRequest
 from fedfunc.security import Refused, keys
 from fedfunc.security.policy import SiloPolicy, enforce, parse_policy, recent_usage
 

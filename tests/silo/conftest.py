@@ -11,7 +11,7 @@ from azure.core.exceptions import ResourceExistsError
 from azure.storage.blob import BlobServiceClient
 
 from fedfunc import layout
-from fedfunc.backends import Hyperparams, SiloJobRequest
+from fedfunc.contracts import Hyperparams, SiloJobRequest
 from fedfunc.registry import SiloRegistry
 from fedfunc.security import keys
 from fedfunc.security.bundle import build_bundle, sign_bundle

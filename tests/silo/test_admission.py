@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from fedfunc import layout
-from fedfunc.backends import Hyperparams
+from fedfunc.contracts import Hyperparams
 from fedfunc.backends.local import LocalProcessBackend
 from fedfunc.security import keys
 from fedfunc.security.audit import SiloAuditTrail

@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 from fedfunc import layout
-from fedfunc.backends import SiloJobRequest
+from fedfunc.contracts import SiloJobRequest
 from fedfunc.backends.aml import COMMAND
 from fedfunc.backends.local import REPO_ROOT
 from fedfunc.security.tickets import issue_ticket

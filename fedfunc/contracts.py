@@ -1,0 +1,96 @@
+"""The contracts between the orchestrator, the silos and the backends: what crosses a seam, typed once.
+
+Tasks, security checks, the silo runner, the coordinator and both backends (local, Azure) agree on these
+types and protocols; none of them owns them. Nothing here does I/O or imports Azure.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from fedfunc.registry import SiloRecord
+
+
+class Hyperparams(BaseModel):
+    """Local training settings every silo of a run trains with (fixed by the signed bundle)."""
+
+    epochs: int = Field(1, ge=1, le=100)
+    lr: float = Field(0.05, gt=0, le=10)
+    batch_size: int = Field(32, ge=1, le=4096)
+    seed: int = 0
+
+
+class Message(BaseModel):
+    """A value that crosses a process boundary as JSON and is validated again on arrival."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def wire(self) -> dict:
+        """The JSON form (what Durable stores in history and hands to the other side)."""
+        return self.model_dump(mode="json")
+
+
+class ModelRef(Message):
+    """A global model in the orchestrator's ``models`` container, pinned by its sha256."""
+
+    path: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class SiloJobRequest(BaseModel):
+    """Everything a silo job needs, and nothing secret about other silos."""
+
+    run_id: str
+    round: int
+    silo: str
+    nonce: str
+    task: str
+    hyperparams: Hyperparams
+    model_url: str       # global model; locally a URL carrying a read-only SAS, on Azure read with the job's identity
+    model_sha256: str
+    outbox_prefix: str   # fedfunc.layout.outbox_prefix(run, round, silo)
+    ticket: str | None = None   # job ticket signed by the orchestrator (fedfunc.security)
+    bundle: dict | None = None  # signed code bundle reference (fedfunc.security)
+
+    @property
+    def job_key(self) -> str:
+        return f"{self.run_id}-r{self.round}-{self.silo}"
+
+
+# Reads one blob from a silo's outbox: (silo, path, max_bytes) -> bytes; over the bound is an error.
+OutboxReader = Callable[[str, str, int], bytes]
+
+
+class SiloJobBackend(Protocol):
+    """How one silo's training job for one round gets started: local processes or Azure ML jobs."""
+
+    def submit(self, request: SiloJobRequest) -> str:
+        """Start the job and return its id. Submitting the same (run, round, silo) twice starts it once."""
+
+    def cancel(self, job_id: str) -> None:
+        """Stop a job if it still runs; unknown or finished jobs are ignored."""
+
+
+class SiloProvisioner(Protocol):
+    """Where a silo's storage, identity and compute come from: Azurite pool accounts or Azure resources.
+
+    Every method is an idempotent ensure-step, so a retried onboarding activity leaves the same state.
+    """
+
+    def check_compute(self, compute: str) -> None:
+        """Raise ``ValueError`` naming ``compute`` if silos of this backend cannot run on it."""
+
+    def provision(self, name: str, compute: str, policy: dict) -> SiloRecord:
+        """Storage, containers, identity, compute; ``policy`` (the admin's proposal) seeds the silo's own."""
+
+    def grant(self, record: SiloRecord) -> dict:
+        """Let the orchestrator hear about (and read) the silo's outbox, and nothing else of the silo."""
+
+    def smoke(self, record: SiloRecord, smoke_id: str) -> dict:
+        """Run the onboarding smoke job on the silo's compute: ``{"ok", "checks", "reason"?}``."""
+
+    def release(self, name: str, *, storage: bool) -> None:
+        """Undo the orchestrator's wiring to the silo; ``storage`` also frees what provisioning claimed."""
