@@ -6,6 +6,8 @@ then installs ``requirements.txt``. Both are checked here against this checkout 
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -16,7 +18,12 @@ from fedfunc.azure.package import installed_closure, package_files, requirements
 
 REPO = Path(__file__).resolve().parents[2]
 FILES = [p.as_posix() for p in package_files(REPO)]
-DEV_ONLY = {"pytest", "tree-sitter", "tree-sitter-bicep", "pathspec", "croniter", "typer", "rich"}
+DEV_ONLY = {"pytest", "tree-sitter", "tree-sitter-bicep", "pathspec", "croniter", "typer", "rich", "inotify-simple"}
+# The local implementations behind the backend interfaces (local silo processes, Azurite accounts, the local
+# Durable host's Event Grid stand-in): coordinator/services.py picks them only for FEDFUNC_JOB_BACKEND=local,
+# so they are never imported on Azure and their dependencies are development ones.
+LOCAL_ONLY = ("fedfunc.host", "fedfunc.backends.local", "fedfunc.backends.local_provisioner", "fedfunc.silo.local",
+              "fedfunc.azurite")
 
 
 def test_package_is_the_app_and_what_it_reads():
@@ -78,7 +85,8 @@ def _third_party_imports() -> dict[str, str]:
             for name in names:
                 top = name.split(".")[0]
                 if top in first_party:
-                    todo.append(name)
+                    if not name.startswith(LOCAL_ONLY):
+                        todo.append(name)
                 elif top not in sys.stdlib_module_names and top != "__future__":
                     found.setdefault(name if top == "azure" else top, module)
     return found
@@ -95,6 +103,17 @@ def test_requirements_cover_everything_the_app_imports():
             dists = {d.lower() for d in provided["azure"]
                      if any(str(f).startswith("/".join(parts[:2]) + "/") for f in metadata.distribution(d).files)}
         assert dists & set(closure), f"{name} (imported by {importer}) is not installed by requirements.txt"
+
+
+def test_the_app_loads_no_local_implementation_at_start():
+    """What makes leaving LOCAL_ONLY out of the import check honest: starting the app does not import it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEDFUNC_")}
+    code = ("import sys, function_app; "
+            f"print([m for m in sys.modules if m.startswith({LOCAL_ONLY!r})])")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**env, "PYTHONPATH": str(REPO), "FEDFUNC_STORAGE": "UseDevelopmentStorage=true"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_shared_pins_agree_across_requirement_files():
