@@ -8,11 +8,11 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP) node_modules/.installed
 
-$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+# requirements-dev.txt includes the app's (requirements.txt) and the silo jobs' (requirements-silo.txt).
+$(STAMP): requirements.txt requirements-silo.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install -q -r requirements-dev.txt
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 

@@ -1,8 +1,11 @@
 """The fedfunc Function App: federated learning rounds as Durable Functions orchestrations.
 
-The same file runs on Azure Functions and under ``fedfunc host``. Settings are validated at import,
-so a bad deployment fails at start naming the setting, not at the first round.
+The same file runs on Azure Functions and under ``fedfunc host``. Settings are validated at start; a
+missing or invalid one is logged with its name and the app still indexes every function, so HTTP calls
+answer 503 naming the setting (``triggers.auth``) and Event Grid keeps retrying its deliveries until an
+admin fixes it, instead of an app with no functions at all.
 """
+import logging
 import os
 
 import azure.durable_functions as df
@@ -10,13 +13,16 @@ import azure.functions as func
 
 from activities import onboarding as onboarding_activities
 from activities import runs as run_activities
-from fedfunc.settings import load_settings
+from fedfunc.settings import SettingsError, load_settings
 from orchestrations import onboarding, retraining, training
 from orchestrations import round as round_orchestration
 from triggers import retraining as retraining_triggers
 from triggers import runs_api, silo_events, silos_api
 
-load_settings(os.environ)
+try:
+    load_settings(os.environ)
+except SettingsError as e:
+    logging.getLogger("fedfunc").error("invalid app setting; HTTP calls answer 503 until it is fixed: %s", e)
 
 # Routes check roles themselves (API keys locally, App Service Authentication on Azure).
 app = df.DFApp(http_auth_level=func.AuthLevel.ANONYMOUS)

@@ -16,6 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fedfunc.validation import describe
 
+DATASTORE = r"^[A-Za-z0-9_]{1,255}$"  # AML datastore names: letters, digits, underscores
+KEY_VAULT_REFERENCE = "@Microsoft.KeyVault("
+APP_ROOT = Path(__file__).resolve().parents[1]  # the folder holding function_app.py and this package
 GUID = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 STORAGE = "FEDFUNC_STORAGE"
 
@@ -46,7 +49,8 @@ class AmlSettings(BaseModel):
     workspace: str = Field(alias="FEDFUNC_AML_WORKSPACE", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{2,32}$")
     # Pinned "name:version"; a floating "@latest" would let the silo run code nobody reviewed.
     environment: str = Field(alias="FEDFUNC_AML_ENVIRONMENT")
-    # The signed code bundle: a registered code asset "azureml:name:version" or a folder the app uploads.
+    # The folder (in the published app) whose contents silo jobs put on PYTHONPATH: the app uploads it,
+    # content-addressed, to its own ``code`` container, which silo identities may read (docs/azure.md).
     code: str = Field(alias="FEDFUNC_AML_CODE")
     location: str = Field(alias="FEDFUNC_AML_LOCATION", pattern=r"^[a-z0-9]+$")
     orchestrator_principal_id: str = Field(alias="FEDFUNC_AML_ORCHESTRATOR_PRINCIPAL_ID", pattern=GUID)
@@ -56,7 +60,8 @@ class AmlSettings(BaseModel):
     function_app_id: str = Field(
         alias="FEDFUNC_AML_FUNCTION_APP_ID",
         pattern=r"(?i)^/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.Web/sites/[^/]+$")
-    models_datastore: str = Field("fedfunc_models", alias="FEDFUNC_AML_MODELS_DATASTORE", pattern=r"^A-Za-z0-9_{1,255}$")
+    models_datastore: str = Field("fedfunc_models", alias="FEDFUNC_AML_MODELS_DATASTORE", pattern=DATASTORE)
+    code_datastore: str = Field("fedfunc_code", alias="FEDFUNC_AML_CODE_DATASTORE", pattern=DATASTORE)
     silo_vm_size: str = Field("Standard_DS3_v2", alias="FEDFUNC_AML_SILO_VM_SIZE")
 
     @field_validator("environment")
@@ -70,11 +75,12 @@ class AmlSettings(BaseModel):
     @classmethod
     def _code(cls, v: str) -> str:
         if v.startswith("azureml:"):
-            if v.count(":") != 2:
-                raise ValueError("a code asset must be azureml:name:version")
-        elif not Path(v).is_dir():
-            raise ValueError(f"folder {v!r} does not exist")
-        return v
+            raise ValueError("registered code assets live in workspace storage, which silo identities cannot "
+                             "read; give the folder the app uploads to its own code container (docs/azure.md)")
+        path = Path(v) if Path(v).is_absolute() else APP_ROOT / v  # not the worker's working directory
+        if not path.is_dir():
+            raise ValueError(f"folder {v!r} does not exist in the app ({APP_ROOT})")
+        return str(path)
 
 
 class Settings(BaseModel):
@@ -104,6 +110,14 @@ class Settings(BaseModel):
     def _cron(cls, v: str | None) -> str | None:
         if v is not None and len(v.split()) != 6:
             raise ValueError("must be a six-field NCRONTAB expression (second minute hour day month weekday)")
+        return v
+
+    @field_validator("orchestrator_key")
+    @classmethod
+    def _resolved(cls, v: str | None) -> str | None:
+        if v is not None and v.startswith(KEY_VAULT_REFERENCE):
+            raise ValueError("the Key Vault reference did not resolve: set the secret and give the app's identity "
+                             "Key Vault Secrets User on the vault (docs/azure.md)")
         return v
 
     @model_validator(mode="after")

@@ -22,9 +22,15 @@ param appMayOnboard bool = false
 param wireEvents bool = false
 @description('Pinned Azure ML environment for silo jobs, name:version.')
 param amlEnvironment string = 'fedfunc-silo:1'
-@description('Code the silo jobs run: a folder in the published app (uploaded by the app, content-addressed) or a registered code asset azureml:name:version. The runner still verifies every file against the signed bundle in the request.')
+@description('Folder in the published app holding the code silo jobs run (python -m fedfunc.azure.package writes it). The app puts it, content-addressed, in its own code container, which silo identities may read; the runner still verifies every task file against the signed bundle.')
 param amlCode string = 'aml-code'
 param siloVmSize string = 'Standard_DS3_v2'
+@description('NCRONTAB schedule (six fields) of scheduled retraining; the timer function needs a valid one to be indexed.')
+param retrainSchedule string = '0 0 3 * * *'
+@description('Run scheduled retraining (it also needs FEDFUNC_RETRAIN_SPEC, set by the admin).')
+param scheduledRetraining bool = false
+@description('Client id of the Entra ID app registration for App Service Authentication (docs/azure.md); empty: no built-in authentication.')
+param authClientId string = ''
 
 var suffix = uniqueString(resourceGroup().id, prefix)
 var storageName = take('${prefix}orch${suffix}', 24)
@@ -35,7 +41,8 @@ var deploymentContainer = 'app-package'
 // The Ed25519 key that signs job tickets: a Key Vault secret the admin sets (docs/azure.md), read by the
 // app through a Key Vault reference with its own identity.
 var ticketKeySecret = 'orchestrator-ticket-key'
-var orchestratorContainers = [ 'models', 'runs', 'evaldata', deploymentContainer ]
+// models and code are read by every silo job (read-only); runs, evaldata and the app package only by the app.
+var orchestratorContainers = [ 'models', 'code', 'runs', 'evaldata', deploymentContainer ]
 
 module network 'modules/network.bicep' = if (privateNetworking) {
   name: 'network'
@@ -141,20 +148,28 @@ resource workspace 'Microsoft.MachineLearningServices/workspaces@2024-10-01' = {
   }
 }
 
-// Global models, read by every silo job as the `model` input (identity-based: no credentials stored).
-resource modelsDatastore 'Microsoft.MachineLearningServices/workspaces/datastores@2024-10-01' = {
+// Global models and job code, read by every silo job as its `model` and `code` inputs (identity-based: no
+// credentials stored). Job code comes from here, not from AML code assets in the workspace's storage, so
+// silo identities need no role there (docs/azure.md, "Silo jobs and workspace storage").
+var sharedDatastores = [
+  { name: 'fedfunc_models', container: 'models' }
+  { name: 'fedfunc_code', container: 'code' }
+]
+
+resource orchestratorDatastores 'Microsoft.MachineLearningServices/workspaces/datastores@2024-10-01' = [for d in sharedDatastores: {
   parent: workspace
-  name: 'fedfunc_models'
+  name: d.name
   properties: {
     datastoreType: 'AzureBlob'
     accountName: storage.name
-    containerName: 'models'
+    containerName: d.container
     endpoint: environment().suffixes.storage
     protocol: 'https'
     credentials: { credentialsType: 'None' }
     serviceDataAccessAuthIdentity: 'None'
   }
-}
+  dependsOn: [ containers ]
+}]
 
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
   name: '${prefix}-plan-${suffix}'
@@ -216,9 +231,12 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
         { name: 'FEDFUNC_AML_ORCHESTRATOR_PRINCIPAL_ID', value: orchestratorIdentity.properties.principalId }
         { name: 'FEDFUNC_AML_ORCHESTRATOR_STORAGE_ID', value: storage.id }
         { name: 'FEDFUNC_AML_FUNCTION_APP_ID', value: resourceId('Microsoft.Web/sites', functionAppName) }
-        { name: 'FEDFUNC_AML_MODELS_DATASTORE', value: modelsDatastore.name }
+        { name: 'FEDFUNC_AML_MODELS_DATASTORE', value: sharedDatastores[0].name }
+        { name: 'FEDFUNC_AML_CODE_DATASTORE', value: sharedDatastores[1].name }
         { name: 'FEDFUNC_AML_SILO_VM_SIZE', value: siloVmSize }
         { name: 'FEDFUNC_ORCHESTRATOR_KEY', value: '@Microsoft.KeyVault(VaultName=${vault.name};SecretName=${ticketKeySecret})' }
+        { name: 'FEDFUNC_RETRAIN_SCHEDULE', value: retrainSchedule }
+        { name: 'AzureWebJobs.scheduled_retraining.Disabled', value: scheduledRetraining ? 'false' : 'true' }
       ]
     }
   }
@@ -284,12 +302,13 @@ resource orchestratorReadsTicketKey 'Microsoft.Authorization/roleAssignments@202
   }
 }
 
-// Submitting a job with a local code folder uploads it to the workspace's own storage as the app.
-resource orchestratorUploadsCode 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(workspaceStorage.id, orchestratorIdentity.id, roles.builtIn.StorageBlobDataContributor)
-  scope: workspaceStorage
+// Application Insights has local (key) auth off, so the app's telemetry must be sent with Entra ID as an
+// identity holding Monitoring Metrics Publisher on the component; without it every record is rejected.
+resource orchestratorPublishesTelemetry 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(insights.id, orchestratorIdentity.id, roles.builtIn.MonitoringMetricsPublisher)
+  scope: insights
   properties: {
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.builtIn.StorageBlobDataContributor)
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.builtIn.MonitoringMetricsPublisher)
     principalId: orchestratorIdentity.properties.principalId
     principalType: 'ServicePrincipal'
   }
@@ -348,11 +367,39 @@ resource toOnJobStatus 'Microsoft.EventGrid/systemTopics/eventSubscriptions@2022
     }
     filter: {
       includedEventTypes: [ 'Microsoft.MachineLearningServices.RunStatusChanged' ]
+      // Field name as documented for RunStatusChanged's data (runStatus); on_job_status checks it again.
       advancedFilters: [
-        { operatorType: 'StringIn', key: 'data.RunStatus', values: [ 'Failed', 'Canceled' ] }
+        { operatorType: 'StringIn', key: 'data.runStatus', values: [ 'Failed', 'Canceled' ] }
       ]
     }
     eventDeliverySchema: 'EventGridSchema'
+  }
+}
+
+// App Service Authentication (Entra ID) that still lets Event Grid deliver: requests need a signed-in
+// identity, except Event Grid's deliveries to the Functions runtime, which carry the function system key
+// instead and would otherwise be answered 401 (events lost at the round deadline). The app reads roles
+// from X-MS-CLIENT-PRINCIPAL (triggers/auth.py).
+resource authSettings 'Microsoft.Web/sites/config@2024-04-01' = if (!empty(authClientId)) {
+  parent: functionApp
+  name: 'authsettingsV2'
+  properties: {
+    platform: { enabled: true }
+    globalValidation: {
+      requireAuthentication: true
+      unauthenticatedClientAction: 'Return401'
+      excludedPaths: [ '/runtime/webhooks/eventgrid' ]
+    }
+    identityProviders: {
+      azureActiveDirectory: {
+        enabled: true
+        registration: {
+          clientId: authClientId
+          openIdIssuer: '${environment().authentication.loginEndpoint}${subscription().tenantId}/v2.0'
+        }
+        validation: { allowedAudiences: [ 'api://${authClientId}' ] }
+      }
+    }
   }
 }
 
@@ -372,8 +419,10 @@ module endpoints 'modules/private-endpoint.bicep' = [for t in privateTargets: if
     location: location
     targetId: t.id
     groupId: t.group
-    subnetId: network.outputs.endpointsSubnetId
-    dnsZoneId: network.outputs.dnsZoneIds[t.group]
+    // Guarded like every read of a conditional module's outputs: ARM evaluates these even when the loop's
+    // condition is false, and an unguarded read fails the default deployment (DeploymentNotFound).
+    subnetId: privateNetworking ? network.outputs.endpointsSubnetId : ''
+    dnsZoneId: privateNetworking ? network.outputs.dnsZoneIds[t.group] : ''
   }
 }]
 

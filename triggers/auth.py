@@ -5,16 +5,22 @@ import functools
 
 from fedfunc.coordinator.services import services
 from fedfunc.security.roles import AuthError, Role, require
-from triggers.http_util import respond
+from fedfunc.settings import SettingsError
+from triggers.http_util import error, respond
 
 
 def requires(*roles: Role):
-    """Answer 401 (anonymous) or 403 (wrong role) with a JSON body naming the rule, before the route runs."""
+    """Answer 503 naming the setting while the app's settings are invalid, 401 (anonymous) or 403 (wrong
+    role) with a JSON body naming the rule, before the route runs."""
     def decorate(route):
         @functools.wraps(route)
         async def guarded(req, *args, **kwargs):
             try:
-                require(roles, req.headers, services().settings.api_keys)
+                settings = services().settings
+            except SettingsError as e:
+                return error(503, f"the app is misconfigured: {e}")
+            try:
+                require(roles, req.headers, settings.api_keys)
             except AuthError as e:
                 return respond(e.status, e.body)
             return await route(req, *args, **kwargs)

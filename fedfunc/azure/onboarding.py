@@ -14,16 +14,38 @@ from dataclasses import dataclass
 from fedfunc import layout
 from fedfunc.azure import naming, roles
 from fedfunc.azure.gateway import AzureCallError, AzureGateway
+from fedfunc.backends.aml import CODE_CONTAINER
 from fedfunc.registry import SiloRecord
 from fedfunc.security.policy import POLICY_BLOB, POLICY_CONTAINER
 from fedfunc.settings import AmlSettings
 
 STORAGE_API, MSI_API, ML_API, AUTH_API, EVENTGRID_API = "2023-05-01", "2023-01-31", "2024-10-01", "2022-04-01", "2022-06-15"
 CONTAINERS = (layout.DATA, layout.OUTBOX, POLICY_CONTAINER)
-SUBJECT_BEGINS_WITH = f"/blobServices/default/containers/{layout.OUTBOX}/blobs/runs/"
-OUTBOX_SUBSCRIPTIONS = {"updates": ".safetensors", "failures": f"/{layout.FAILED}"}
-UPDATE_FUNCTION = "on_update"
+BLOB_CREATED = "Microsoft.Storage.BlobCreated"
 STEPS = ("storage", "containers", "identity", "compute", "datastores", "role_assignments", "event_subscriptions")
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """One Event Grid subscription on a silo's storage: BlobCreated under a prefix, to one app function."""
+
+    name: str
+    function: str
+    subject_begins_with: str
+    subject_ends_with: str = ""
+
+
+def _blobs(container: str, prefix: str = "") -> str:
+    return f"/blobServices/default/containers/{container}/blobs/{prefix}"
+
+
+# The same three as infra/modules/silo.bicep (a test compares them): updates and failure notes to on_update,
+# the silo owner's data uploads to on_data_uploaded (retraining).
+SUBSCRIPTIONS = (
+    Subscription("outbox-updates", "on_update", _blobs(layout.OUTBOX, "runs/"), ".safetensors"),
+    Subscription("outbox-failures", "on_update", _blobs(layout.OUTBOX, "runs/"), f"/{layout.FAILED}"),
+    Subscription("data-uploads", "on_data_uploaded", _blobs(layout.DATA)),
+)
 
 
 @dataclass(frozen=True)
@@ -81,14 +103,16 @@ class Grant:
 
 
 def role_grants(plan: SiloPlan, silo_principal_id: str) -> list[Grant]:
-    """The security table for one silo (DESIGN.md), grant for grant what silo.bicep assigns."""
+    """The security table for one silo (DESIGN.md), grant for grant what silo.bicep assigns. The silo reads
+    two of the orchestrator's containers, global models and job code; nothing in the workspace's storage."""
     reader, contributor = "StorageBlobDataReader", "StorageBlobDataContributor"
-    models = plan.aml.orchestrator_storage_id + f"/blobServices/default/containers/{layout.MODELS}"
+    orchestrator = plan.aml.orchestrator_storage_id + "/blobServices/default/containers/"
     return [
         Grant(plan.container_id(layout.DATA), silo_principal_id, reader),
         Grant(plan.container_id(POLICY_CONTAINER), silo_principal_id, reader),
         Grant(plan.container_id(layout.OUTBOX), silo_principal_id, contributor),
-        Grant(models, silo_principal_id, reader),
+        Grant(orchestrator + layout.MODELS, silo_principal_id, reader),
+        Grant(orchestrator + CODE_CONTAINER, silo_principal_id, reader),
         Grant(plan.container_id(layout.OUTBOX), plan.aml.orchestrator_principal_id, reader),
     ]
 
@@ -167,16 +191,18 @@ def _role_assignments(gw: AzureGateway, p: SiloPlan) -> dict:
 def _event_subscriptions(gw: AzureGateway, p: SiloPlan) -> dict:
     gw.put_resource(p.topic_id, EVENTGRID_API, {"location": p.aml.location, "properties": {
         "source": p.account_id, "topicType": "Microsoft.Storage.StorageAccounts"}})
-    for name, ends in OUTBOX_SUBSCRIPTIONS.items():
-        gw.put_resource(f"{p.topic_id}/eventSubscriptions/outbox-{name}", EVENTGRID_API, {"properties": {
+    for sub in SUBSCRIPTIONS:
+        subject = {"subjectBeginsWith": sub.subject_begins_with}
+        if sub.subject_ends_with:
+            subject["subjectEndsWith"] = sub.subject_ends_with
+        gw.put_resource(f"{p.topic_id}/eventSubscriptions/{sub.name}", EVENTGRID_API, {"properties": {
             "destination": {"endpointType": "AzureFunction", "properties": {
-                "resourceId": f"{p.aml.function_app_id}/functions/{UPDATE_FUNCTION}",
+                "resourceId": f"{p.aml.function_app_id}/functions/{sub.function}",
                 "maxEventsPerBatch": 1, "preferredBatchSizeInKilobytes": 64}},
-            "filter": {"includedEventTypes": ["Microsoft.Storage.BlobCreated"],
-                       "subjectBeginsWith": SUBJECT_BEGINS_WITH, "subjectEndsWith": ends},
+            "filter": {"includedEventTypes": [BLOB_CREATED], **subject},
             "eventDeliverySchema": "EventGridSchema",
             "retryPolicy": {"maxDeliveryAttempts": 30, "eventTimeToLiveInMinutes": 1440}}})
-    return {"event_subscriptions": [f"outbox-{n}" for n in OUTBOX_SUBSCRIPTIONS]}
+    return {"event_subscriptions": [sub.name for sub in SUBSCRIPTIONS]}
 
 
 _STEP_FUNCTIONS = {"storage": _storage, "containers": _containers, "identity": _identity, "compute": _compute,

@@ -12,15 +12,18 @@ The job spec (what ``build_job`` returns and the tests check):
   ``<silo>_policy``, which the orchestrator cannot write);
 - output ``outbox`` = the silo's ``outbox`` container, read-write mount, so ``metrics.json`` lands before
   ``update.safetensors`` (whose BlobCreated event is what the round waits for);
-- ``code`` = the signed code bundle (``FEDFUNC_AML_CODE``), ``environment`` = a pinned ``name:version``
-  (``FEDFUNC_AML_ENVIRONMENT``);
+- input ``code`` = the job code: the folder ``FEDFUNC_AML_CODE`` of the published app, which the app puts once
+  per content in its own ``code`` container (``<sha256>/...``, read-only to silo identities) and the job
+  downloads from the ``fedfunc_code`` datastore and puts on ``PYTHONPATH``. No AML code asset: those live in
+  the workspace's own storage, where silo identities get no role (docs/azure.md, "Silo jobs and workspace
+  storage"); ``environment`` = a pinned ``name:version`` (``FEDFUNC_AML_ENVIRONMENT``);
 - ``name`` = ``fedfunc.azure.naming.job_name(run, round, silo)``: resubmitting finds the same job;
   tags ``fedfunc.run`` / ``fedfunc.round`` / ``fedfunc.silo`` map AML status events back to the round.
 
 The contract with the silo runner (``fedfunc silo-job``), the exact command the job runs::
 
-    printf %s "$FEDFUNC_SILO_JOB_REQUEST" > request.json && python -m fedfunc silo-job --aml
-      --request request.json --data ${{inputs.data}} --model ${{inputs.model}}
+    printf %s "$FEDFUNC_SILO_JOB_REQUEST" > request.json && PYTHONPATH="${{inputs.code}}" python -m fedfunc
+      silo-job --aml --request request.json --data ${{inputs.data}} --model ${{inputs.model}}
       --policy ${{inputs.policy}} --outbox ${{outputs.outbox}}
 
 The ``SiloJobRequest`` travels as JSON in the job's environment variable ``FEDFUNC_SILO_JOB_REQUEST``:
@@ -32,8 +35,10 @@ signed, not secret, and ``model_url`` on Azure is a plain URL (the job reads thr
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
+from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from fedfunc import layout
@@ -44,12 +49,16 @@ from fedfunc.security.policy import POLICY_BLOB, POLICY_CONTAINER
 from fedfunc.settings import Settings
 
 REQUEST_ENV = "FEDFUNC_SILO_JOB_REQUEST"
+CODE_CONTAINER = "code"
+CODE_COMPLETE = ".complete"  # written last: a code folder without it is an interrupted upload, redone
 COMMAND = (
-    f'printf %s "${REQUEST_ENV}" > request.json && python -m fedfunc silo-job --aml --request request.json'
+    f'printf %s "${REQUEST_ENV}" > request.json && PYTHONPATH="${{{{inputs.code}}}}" python -m fedfunc silo-job'
+    " --aml --request request.json"
     " --data ${{inputs.data}} --model ${{inputs.model}} --policy ${{inputs.policy}} --outbox ${{outputs.outbox}}"
 )
 SMOKE_COMMAND = (
-    "python -m fedfunc silo-smoke --aml --id {smoke_id} --silo {silo} --models-url {models_url}"
+    'PYTHONPATH="${{{{inputs.code}}}}" python -m fedfunc silo-smoke --aml --id {smoke_id} --silo {silo}'
+    " --models-url {models_url}"
     " --data ${{{{inputs.data}}}} --policy ${{{{inputs.policy}}}} --outbox ${{{{outputs.outbox}}}}"
 )
 TAG_RUN, TAG_ROUND, TAG_SILO = "fedfunc.run", "fedfunc.round", "fedfunc.silo"
@@ -70,14 +79,56 @@ def model_path(model_url: str) -> str:
     return "/".join(parts[1:])
 
 
-class AmlSiloJobBackend:
-    """``SiloJobBackend`` over an ``AzureGateway``; ``compute_for(silo)`` names the silo's compute."""
+def code_files(folder: Path) -> dict[str, Path]:
+    """The job code's files by relative path (no bytecode caches), in a fixed order."""
+    return {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*"))
+            if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"}
 
-    def __init__(self, gateway: AzureGateway, settings: Settings,
+
+def code_digest(files: dict[str, Path]) -> str:
+    """sha256 over (path, content hash) pairs: the code folder's name in the ``code`` container."""
+    h = hashlib.sha256()
+    for rel, path in files.items():
+        h.update(f"{rel}\0{hashlib.sha256(path.read_bytes()).hexdigest()}\n".encode())
+    return h.hexdigest()
+
+
+class CodePublisher:
+    """Puts the job code folder in the orchestrator's ``code`` container once per content, as ``<sha256>/...``.
+
+    ``container`` is an ``azure.storage.blob.ContainerClient`` (the app's identity has Blob Data Owner on its
+    own storage). Silo identities only read that container, so no silo can change what another runs, and
+    the runner still checks every task file against the signed bundle.
+    """
+
+    def __init__(self, folder: Path, container):
+        self.folder, self.container = Path(folder), container
+        self._digest: str | None = None
+
+    def __call__(self) -> str:
+        """The code's digest; uploads it first if the container lacks a complete copy (once per process)."""
+        if self._digest is None:
+            files = code_files(self.folder)
+            digest = code_digest(files)
+            marker = self.container.get_blob_client(f"{digest}/{CODE_COMPLETE}")
+            if not marker.exists():
+                for rel, path in files.items():
+                    self.container.upload_blob(f"{digest}/{rel}", path.read_bytes(), overwrite=True)
+                marker.upload_blob(b"", overwrite=True)
+            self._digest = digest
+        return self._digest
+
+
+class AmlSiloJobBackend:
+    """``SiloJobBackend`` over an ``AzureGateway``; ``compute_for(silo)`` names the silo's compute and
+    ``publish_code()`` puts the job code in the ``code`` container and returns its digest."""
+
+    def __init__(self, gateway: AzureGateway, settings: Settings, publish_code: Callable[[], str],
                  compute_for: Callable[[str], str] = naming.compute):
         if settings.aml is None:
             raise ValueError("FEDFUNC_JOB_BACKEND: the aml backend needs the FEDFUNC_AML_* settings")
         self.gateway, self.aml, self.compute_for = gateway, settings.aml, compute_for
+        self.publish_code = publish_code
 
     def build_job(self, request: SiloJobRequest):
         from azure.ai.ml import Input, command
@@ -91,7 +142,6 @@ class AmlSiloJobBackend:
             experiment_name=naming.experiment(request.run_id),
             description="fedfunc silo job: verify code + ticket, train on local data, publish the update",
             compute=self.compute_for(silo),
-            code=self.aml.code,
             environment=env if env.startswith("azureml:") else f"azureml:{env}",
             command=COMMAND,
             environment_variables={REQUEST_ENV: request.model_dump_json()},
@@ -107,7 +157,9 @@ class AmlSiloJobBackend:
         from azure.ai.ml import Input, Output
 
         return {
-            "inputs": {"data": Input(type="uri_folder", mode="ro_mount",
+            "inputs": {"code": Input(type="uri_folder", mode="download",
+                                     path=_datastore_uri(self.aml.code_datastore, f"{self.publish_code()}/")),
+                       "data": Input(type="uri_folder", mode="ro_mount",
                                      path=_datastore_uri(naming.datastore(silo, layout.DATA))),
                        "policy": Input(type="uri_file", mode="download",
                                        path=_datastore_uri(naming.datastore(silo, POLICY_CONTAINER), POLICY_BLOB))},
@@ -124,7 +176,7 @@ class AmlSiloJobBackend:
         env = self.aml.environment
         return command(
             name=naming.smoke_job_name(silo, smoke_id), display_name=f"onboarding smoke {silo}",
-            experiment_name="fedfunc-onboarding", compute=self.compute_for(silo), code=self.aml.code,
+            experiment_name="fedfunc-onboarding", compute=self.compute_for(silo),
             environment=env if env.startswith("azureml:") else f"azureml:{env}",
             command=SMOKE_COMMAND.format(smoke_id=smoke_id, silo=silo, models_url=models_url),
             identity=ManagedIdentityConfiguration(), tags={TAG_SILO: silo}, **self._mounts(silo))
@@ -166,8 +218,9 @@ def backend_from_settings(settings: Settings) -> AmlSiloJobBackend:
     """The production wiring: real gateway, managed identity, compute names from the silo registry."""
     from fedfunc.azure.gateway import AzureMLGateway
     from fedfunc.registry import TABLE, SiloRegistry
-    from fedfunc.storage import table_service
+    from fedfunc.storage import blob_service, table_service
 
     registry = SiloRegistry(table_service(settings).get_table_client(TABLE))  # no I/O until a lookup
-    return AmlSiloJobBackend(AzureMLGateway.from_settings(settings), settings,
+    code = CodePublisher(Path(settings.aml.code), blob_service(settings).get_container_client(CODE_CONTAINER))
+    return AmlSiloJobBackend(AzureMLGateway.from_settings(settings), settings, publish_code=code,
                              compute_for=lambda silo: registry.get(silo).compute)

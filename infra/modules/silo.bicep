@@ -1,6 +1,7 @@
 // One silo: its own storage (data, outbox, policy; shared-key access off), a compute whose user-assigned
 // identity is the only principal that can read the silo's data, identity-based datastores, the role
-// assignments of the security table in DESIGN.md, and Event Grid wiring from the outbox to on_update.
+// assignments of the security table in DESIGN.md, and Event Grid wiring from the outbox to on_update and
+// from the data container (the owner's uploads) to on_data_uploaded.
 // Deploy after the Function App is published (Event Grid validates the function endpoint).
 var roles = loadJsonContent('../roles.json')
 
@@ -21,7 +22,7 @@ param vmSize string = 'Standard_DS3_v2'
 param maxNodes int = 1
 @description('Object id of the orchestrator (Function App) identity: it may read this outbox, nothing else here.')
 param orchestratorPrincipalId string
-@description('The orchestrator storage account, whose models container this silo may read.')
+@description('The orchestrator storage account, whose models and code containers this silo may read.')
 param orchestratorStorageName string
 @description('Resource id of the Function App that hosts on_update.')
 param functionAppId string
@@ -95,6 +96,13 @@ resource modelsContainer 'Microsoft.Storage/storageAccounts/blobServices/contain
   name: 'models'
 }
 
+// The job code silo jobs run (content-addressed, written only by the app): read here, not from AML code
+// assets in the workspace's storage, where this identity has no role (docs/azure.md).
+resource codeContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' existing = {
+  parent: orchestratorBlobs
+  name: 'code'
+}
+
 resource workspace 'Microsoft.MachineLearningServices/workspaces@2024-10-01' existing = {
   name: workspaceName
 }
@@ -141,8 +149,8 @@ resource datastores 'Microsoft.MachineLearningServices/workspaces/datastores@202
   dependsOn: [ dataContainer, outboxContainer, policyContainer ]
 }]
 
-// The security table: the silo identity reads its data and policy, writes its outbox, reads global models;
-// the orchestrator reads this outbox and nothing else in this silo.
+// The security table: the silo identity reads its data and policy, writes its outbox, reads global models
+// and job code; the orchestrator reads this outbox and nothing else in this silo.
 resource siloReadsData 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(dataContainer.id, siloIdentity.id, roles.builtIn.StorageBlobDataReader)
   scope: dataContainer
@@ -183,6 +191,16 @@ resource siloReadsModels 'Microsoft.Authorization/roleAssignments@2022-04-01' = 
   }
 }
 
+resource siloReadsCode 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(codeContainer.id, siloIdentity.id, roles.builtIn.StorageBlobDataReader)
+  scope: codeContainer
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.builtIn.StorageBlobDataReader)
+    principalId: siloIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
 resource orchestratorReadsOutbox 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(outboxContainer.id, orchestratorPrincipalId, roles.builtIn.StorageBlobDataReader)
   scope: outboxContainer
@@ -193,7 +211,7 @@ resource orchestratorReadsOutbox 'Microsoft.Authorization/roleAssignments@2022-0
   }
 }
 
-resource outboxEvents 'Microsoft.EventGrid/systemTopics@2022-06-15' = {
+resource storageEvents 'Microsoft.EventGrid/systemTopics@2022-06-15' = {
   name: 'egt-fl-${siloName}'
   location: location
   properties: {
@@ -202,29 +220,30 @@ resource outboxEvents 'Microsoft.EventGrid/systemTopics@2022-06-15' = {
   }
 }
 
-// Updates and failure notes both go to on_update; the subject filter keeps everything else out.
-var outboxSubscriptions = {
-  updates: '.safetensors'
-  failures: '/failed.json'
-}
+// Updates and failure notes go to on_update, the owner's data uploads to on_data_uploaded (retraining);
+// subject filters keep everything else out. fedfunc.azure.onboarding creates the same three.
+var eventSubscriptions = [
+  { name: 'outbox-updates', function: 'on_update', beginsWith: '/blobServices/default/containers/outbox/blobs/runs/', endsWith: '.safetensors' }
+  { name: 'outbox-failures', function: 'on_update', beginsWith: '/blobServices/default/containers/outbox/blobs/runs/', endsWith: '/failed.json' }
+  { name: 'data-uploads', function: 'on_data_uploaded', beginsWith: '/blobServices/default/containers/data/blobs/', endsWith: '' }
+]
 
-resource toOnUpdate 'Microsoft.EventGrid/systemTopics/eventSubscriptions@2022-06-15' = [for s in items(outboxSubscriptions): {
-  parent: outboxEvents
-  name: 'outbox-${s.key}'
+resource toFunctions 'Microsoft.EventGrid/systemTopics/eventSubscriptions@2022-06-15' = [for s in eventSubscriptions: {
+  parent: storageEvents
+  name: s.name
   properties: {
     destination: {
       endpointType: 'AzureFunction'
       properties: {
-        resourceId: '${functionAppId}/functions/on_update'
+        resourceId: '${functionAppId}/functions/${s.function}'
         maxEventsPerBatch: 1
         preferredBatchSizeInKilobytes: 64
       }
     }
-    filter: {
+    filter: union({
       includedEventTypes: [ 'Microsoft.Storage.BlobCreated' ]
-      subjectBeginsWith: '/blobServices/default/containers/outbox/blobs/runs/'
-      subjectEndsWith: s.value
-    }
+      subjectBeginsWith: s.beginsWith
+    }, empty(s.endsWith) ? {} : { subjectEndsWith: s.endsWith })
     eventDeliverySchema: 'EventGridSchema'
     retryPolicy: {
       maxDeliveryAttempts: 30

@@ -8,8 +8,9 @@ import yaml
 
 from fedfunc.azure import naming
 from fedfunc.azure.gateway import AzureCallError, JobExists
+from fedfunc.backends.aml import (CODE_COMPLETE, COMMAND, REQUEST_ENV, AmlSiloJobBackend, CodePublisher,
+                                  backend_from_settings, code_digest, code_files, model_path)
 from fedfunc.contracts import Hyperparams, SiloJobRequest
-from fedfunc.backends.aml import COMMAND, REQUEST_ENV, AmlSiloJobBackend, backend_from_settings, model_path
 from fedfunc.settings import load_settings
 
 from azure_env import aml_env
@@ -37,9 +38,16 @@ class FakeGateway:
         self.canceled.append(name)
 
 
+CODE = "c0de" * 16  # what the fake code publisher says the job code's digest is
+
+
+def publish():
+    return CODE
+
+
 @pytest.fixture
 def settings(tmp_path):
-    return load_settings(aml_env(tmp_path, FEDFUNC_AML_CODE="azureml:fedfunc-bundle:4"))
+    return load_settings(aml_env(tmp_path))
 
 
 def request(silo="north-eu", round_=3) -> SiloJobRequest:
@@ -58,17 +66,18 @@ def as_spec(job) -> dict:
 
 
 def test_job_spec(settings):
-    backend = AmlSiloJobBackend(FakeGateway(), settings, compute_for=lambda silo: f"arc-{silo}")
+    backend = AmlSiloJobBackend(FakeGateway(), settings, publish, compute_for=lambda silo: f"arc-{silo}")
     job = backend.build_job(request())
     spec = as_spec(job)
     assert spec["type"] == "command" and job.experiment_name == "fedfunc-run-7"
     assert job.name == spec["component"]["name"] == naming.job_name("run-7", 3, "north-eu")
     assert spec["compute"] == "azureml:arc-north-eu"
     assert spec["identity"] == {"type": "managed_identity"}
-    assert spec["component"]["code"] == "azureml:fedfunc-bundle:4"
+    assert "code" not in spec["component"]  # no AML code asset: those live in the workspace's storage
     assert spec["environment"] == "azureml:fedfunc-silo:3"
     assert spec["component"]["command"] == COMMAND
     assert spec["inputs"] == {
+        "code": {"type": "uri_folder", "mode": "download", "path": f"azureml://datastores/fedfunc_code/paths/{CODE}/"},
         "data": {"type": "uri_folder", "mode": "ro_mount", "path": "azureml://datastores/north_eu_data/paths/"},
         "model": {"type": "uri_file", "mode": "download",
                   "path": "azureml://datastores/fedfunc_models/paths/run-7/round-0003/global.safetensors"},
@@ -83,8 +92,8 @@ def test_job_spec(settings):
 
 def test_command_is_the_runner_contract():
     assert COMMAND == (
-        'printf %s "$FEDFUNC_SILO_JOB_REQUEST" > request.json && python -m fedfunc silo-job --aml '
-        "--request request.json --data ${{inputs.data}} --model ${{inputs.model}} "
+        'printf %s "$FEDFUNC_SILO_JOB_REQUEST" > request.json && PYTHONPATH="${{inputs.code}}" python -m fedfunc '
+        "silo-job --aml --request request.json --data ${{inputs.data}} --model ${{inputs.model}} "
         "--policy ${{inputs.policy}} --outbox ${{outputs.outbox}}")
 
 
@@ -97,7 +106,7 @@ def test_job_names_are_deterministic_and_distinct():
 
 def test_submit_twice_starts_one_job(settings):
     gw = FakeGateway()
-    backend = AmlSiloJobBackend(gw, settings)
+    backend = AmlSiloJobBackend(gw, settings, publish)
     first, second = backend.submit(request()), backend.submit(request())
     assert first == second == naming.job_name("run-7", 3, "north-eu")
     assert gw.created == [first]
@@ -106,21 +115,21 @@ def test_submit_twice_starts_one_job(settings):
 
 def test_submit_race_conflict_counts_as_submitted(settings):
     gw = FakeGateway(create_error=JobExists("already exists", 409))
-    assert AmlSiloJobBackend(gw, settings).submit(request()) == naming.job_name("run-7", 3, "north-eu")
+    assert AmlSiloJobBackend(gw, settings, publish).submit(request()) == naming.job_name("run-7", 3, "north-eu")
 
 
 def test_submission_error_fails_only_that_silo_with_amls_message(settings):
     from fedfunc.coordinator.rounds import start_silo_job
 
     gw = FakeGateway(create_error=AzureCallError("Compute fl-north-eu not found in workspace", 400, "UserError"))
-    result = start_silo_job(AmlSiloJobBackend(gw, settings), request())
+    result = start_silo_job(AmlSiloJobBackend(gw, settings, publish), request())
     assert result.silo == "north-eu" and result.job_id is None
     assert "Compute fl-north-eu not found in workspace" in result.error
 
 
 def test_cancel_goes_to_the_gateway(settings):
     gw = FakeGateway()
-    AmlSiloJobBackend(gw, settings).cancel("job-1")
+    AmlSiloJobBackend(gw, settings, publish).cancel("job-1")
     assert gw.canceled == ["job-1"]
 
 
@@ -139,7 +148,7 @@ def test_model_outside_models_is_refused():
 
 def test_aml_backend_needs_aml_settings():
     with pytest.raises(ValueError, match="FEDFUNC_JOB_BACKEND"):
-        AmlSiloJobBackend(FakeGateway(), load_settings({"FEDFUNC_STORAGE": "UseDevelopmentStorage=true"}))
+        AmlSiloJobBackend(FakeGateway(), load_settings({"FEDFUNC_STORAGE": "UseDevelopmentStorage=true"}), publish)
 
 
 def test_one_setting_switches_the_backend(tmp_path):
@@ -174,7 +183,7 @@ class FinishingGateway(FakeGateway):
 
 
 def test_smoke_job_spec_runs_the_smoke_command_with_the_silos_mounts_and_identity(settings):
-    backend = AmlSiloJobBackend(FakeGateway(), settings)
+    backend = AmlSiloJobBackend(FakeGateway(), settings, publish)
     spec = as_spec(backend.build_smoke_job("north-eu", "onboard:north-eu-1",
                                            "https://orch.blob.core.windows.net/models"))
     assert spec["compute"] == f"azureml:{naming.compute('north-eu')}"
@@ -182,15 +191,17 @@ def test_smoke_job_spec_runs_the_smoke_command_with_the_silos_mounts_and_identit
     assert spec["inputs"]["data"]["path"] == f"azureml://datastores/{naming.datastore('north-eu', 'data')}/paths/"
     assert spec["inputs"]["data"]["mode"] == "ro_mount" and spec["outputs"]["outbox"]["mode"] == "rw_mount"
     assert "model" not in spec["inputs"]  # a smoke job touches no model and no training data
+    assert spec["inputs"]["code"]["path"] == f"azureml://datastores/fedfunc_code/paths/{CODE}/"
     command = " ".join(spec["component"]["command"].split())
-    assert command.startswith("python -m fedfunc silo-smoke --aml --id onboard:north-eu-1 --silo north-eu")
+    assert command.startswith('PYTHONPATH="${{inputs.code}}" python -m fedfunc silo-smoke --aml '
+                              "--id onboard:north-eu-1 --silo north-eu")
     assert "${{inputs.data}}" in command and "${{outputs.outbox}}" in command
 
 
 @pytest.mark.parametrize("final, ok", [("Completed", True), ("Failed", False)])
 def test_smoke_waits_for_the_job_and_submits_once(settings, final, ok):
     gateway = FinishingGateway(final)
-    backend = AmlSiloJobBackend(gateway, settings)
+    backend = AmlSiloJobBackend(gateway, settings, publish)
     result = backend.smoke("north-eu", "s1", "https://orch.blob.core.windows.net/models", poll=0)
     assert result["ok"] is ok and result["status"] == final and len(gateway.created) == 1
     gateway.polls = 1  # the retried activity finds the same job instead of submitting another
@@ -199,6 +210,68 @@ def test_smoke_waits_for_the_job_and_submits_once(settings, final, ok):
 
 
 def test_smoke_that_outlives_its_wait_raises_so_the_activity_retries(settings):
-    backend = AmlSiloJobBackend(FinishingGateway("Completed", polls=10**6), settings)
+    backend = AmlSiloJobBackend(FinishingGateway("Completed", polls=10**6), settings, publish)
     with pytest.raises(TimeoutError, match="still Running"):
         backend.smoke("north-eu", "s2", "https://orch.blob.core.windows.net/models", timeout=0, poll=0)
+
+
+class FakeContainer:
+    """A blob container as a dict; ``fail_after`` uploads it raises, like a connection dropped mid-upload."""
+
+    def __init__(self, fail_after: int | None = None):
+        self.blobs: dict[str, bytes] = {}
+        self.uploads, self.fail_after = [], fail_after
+
+    def upload_blob(self, name, data, overwrite=False):
+        if self.fail_after is not None and len(self.uploads) >= self.fail_after:
+            raise ConnectionError("dropped")
+        self.uploads.append(name)
+        self.blobs[name] = data
+
+    def get_blob_client(self, name):
+        container = self
+
+        class Blob:
+            def exists(self):
+                return name in container.blobs
+
+            def upload_blob(self, data, overwrite=False):
+                container.upload_blob(name, data, overwrite)
+        return Blob()
+
+
+@pytest.fixture
+def code_folder(tmp_path):
+    root = tmp_path / "aml-code"
+    (root / "fedfunc" / "__pycache__").mkdir(parents=True)
+    (root / "fedfunc" / "__init__.py").write_text("")
+    (root / "fedfunc" / "runner.py").write_text("print('train')\n")
+    (root / "fedfunc" / "__pycache__" / "runner.cpython-311.pyc").write_bytes(b"\0")
+    return root
+
+
+def test_code_is_published_once_per_content_with_the_marker_last(code_folder):
+    container = FakeContainer()
+    digest = CodePublisher(code_folder, container)()
+    assert digest == code_digest(code_files(code_folder))
+    assert container.uploads == [f"{digest}/fedfunc/__init__.py", f"{digest}/fedfunc/runner.py",
+                                 f"{digest}/{CODE_COMPLETE}"]  # no bytecode; the marker after every file
+    assert CodePublisher(code_folder, container)() == digest  # another app instance: already complete
+    assert len(container.uploads) == 3
+
+
+def test_changed_code_gets_a_new_folder(code_folder):
+    container = FakeContainer()
+    first = CodePublisher(code_folder, container)()
+    (code_folder / "fedfunc" / "runner.py").write_text("print('train v2')\n")
+    assert CodePublisher(code_folder, container)() not in (first, None)
+
+
+def test_an_interrupted_upload_is_redone_not_used(code_folder):
+    container = FakeContainer(fail_after=1)
+    with pytest.raises(ConnectionError):
+        CodePublisher(code_folder, container)()
+    container.fail_after = None
+    digest = CodePublisher(code_folder, container)()
+    assert container.blobs[f"{digest}/fedfunc/runner.py"] == b"print('train')\n"
+    assert f"{digest}/{CODE_COMPLETE}" in container.blobs

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from fedfunc.settings import SettingsError, load_settings
+from fedfunc.settings import APP_ROOT, SettingsError, load_settings
 from fedfunc.storage import blob_service, read_url_for, table_service
 
 from azure_env import IDENTITY, KEYED, aml_env
@@ -27,7 +27,11 @@ def test_aml_complete(tmp_path):
     ("FEDFUNC_AML_ENVIRONMENT", "fedfunc-silo:latest", "FEDFUNC_AML_ENVIRONMENT"),
     ("FEDFUNC_AML_ENVIRONMENT", "fedfunc-silo", "FEDFUNC_AML_ENVIRONMENT"),
     ("FEDFUNC_AML_CODE", "/no/such/folder", "FEDFUNC_AML_CODE"),
-    ("FEDFUNC_AML_CODE", "azureml:bundle", "FEDFUNC_AML_CODE"),
+    ("FEDFUNC_AML_CODE", "azureml:fedfunc-bundle:7", "FEDFUNC_AML_CODE: .*workspace storage"),
+    ("FEDFUNC_AML_MODELS_DATASTORE", "fedfunc-models", "FEDFUNC_AML_MODELS_DATASTORE"),
+    ("FEDFUNC_AML_CODE_DATASTORE", "fedfunc code", "FEDFUNC_AML_CODE_DATASTORE"),
+    ("FEDFUNC_ORCHESTRATOR_KEY", "@Microsoft.KeyVault(VaultName=kv;SecretName=k)",
+     "FEDFUNC_ORCHESTRATOR_KEY: .*Key Vault reference did not resolve"),
     ("FEDFUNC_AML_FUNCTION_APP_ID", "fl-func", "FEDFUNC_AML_FUNCTION_APP_ID"),
     ("FEDFUNC_JOB_BACKEND", "cloud", "FEDFUNC_JOB_BACKEND"),
 ])
@@ -36,8 +40,19 @@ def test_bad_aml_setting_is_named(tmp_path, name, value, fragment):
         load_settings(aml_env(tmp_path, **{name: value}))
 
 
-def test_registered_code_asset_accepted(tmp_path):
-    assert load_settings(aml_env(tmp_path, FEDFUNC_AML_CODE="azureml:fedfunc-bundle:7")).aml.code == "azureml:fedfunc-bundle:7"
+def test_relative_code_folder_is_the_apps_not_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert load_settings(aml_env(tmp_path, FEDFUNC_AML_CODE="fedfunc")).aml.code == str(APP_ROOT / "fedfunc")
+    (tmp_path / "jobcode").mkdir()  # in the working directory, not in the app
+    with pytest.raises(SettingsError, match="FEDFUNC_AML_CODE: .*'jobcode' does not exist in the app"):
+        load_settings(aml_env(tmp_path, FEDFUNC_AML_CODE="jobcode"))
+
+
+def test_datastore_names_as_main_bicep_writes_them(tmp_path):
+    """Letters, digits and underscores (the pattern once lacked its brackets and refused every name)."""
+    aml = load_settings(aml_env(tmp_path, FEDFUNC_AML_MODELS_DATASTORE="fedfunc_models",
+                                FEDFUNC_AML_CODE_DATASTORE="fedfunc_code")).aml
+    assert (aml.models_datastore, aml.code_datastore) == ("fedfunc_models", "fedfunc_code")
 
 
 @pytest.mark.parametrize("env,fragment", [

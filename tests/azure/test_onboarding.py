@@ -62,11 +62,14 @@ def test_bodies_keep_the_lock(aml):
     for c in onboarding.CONTAINERS:
         ds = gw.resources[f"{p.workspace_id}/datastores/{naming.datastore('north-eu', c)}"]["properties"]
         assert ds["credentials"] == {"credentialsType": "None"} and ds["containerName"] == c
-    subs = [v for k, v in gw.resources.items() if "/eventSubscriptions/" in k]
-    assert len(subs) == 2
-    for s in subs:
-        assert s["properties"]["destination"]["properties"]["resourceId"] == f"{aml.function_app_id}/functions/on_update"
-        assert s["properties"]["filter"]["includedEventTypes"] == ["Microsoft.Storage.BlobCreated"]
+    subs = {k.rsplit("/", 1)[1]: v["properties"] for k, v in gw.resources.items() if "/eventSubscriptions/" in k}
+    assert {name: s["destination"]["properties"]["resourceId"].rsplit("/", 1)[1] for name, s in subs.items()} == {
+        "outbox-updates": "on_update", "outbox-failures": "on_update", "data-uploads": "on_data_uploaded"}
+    for s in subs.values():
+        assert s["destination"]["properties"]["resourceId"].startswith(f"{aml.function_app_id}/functions/")
+        assert s["filter"]["includedEventTypes"] == ["Microsoft.Storage.BlobCreated"]
+    assert subs["data-uploads"]["filter"] == {"includedEventTypes": ["Microsoft.Storage.BlobCreated"],
+                                              "subjectBeginsWith": "/blobServices/default/containers/data/blobs/"}
 
 
 def test_role_assignments_follow_the_security_table(aml):
@@ -83,6 +86,7 @@ def test_role_assignments_follow_the_security_table(aml):
         (silo_id, p.container_id("policy"), reader),
         (silo_id, p.container_id("outbox"), contributor),
         (silo_id, f"{aml.orchestrator_storage_id}/blobServices/default/containers/models", reader),
+        (silo_id, f"{aml.orchestrator_storage_id}/blobServices/default/containers/code", reader),
         (aml.orchestrator_principal_id, p.container_id("outbox"), reader),
     }
 
@@ -92,14 +96,15 @@ def test_silos_never_reach_each_other(aml):
     assert a.account != b.account
     for g in onboarding.role_grants(a, "pa"):
         assert not g.scope.startswith(b.account_id)
-        assert g.principal_id != "pa" or g.scope.startswith(a.account_id) or g.scope.endswith("/containers/models")
+        assert g.principal_id != "pa" or g.scope.startswith(a.account_id) or \
+            g.scope.endswith(("/containers/models", "/containers/code"))
 
 
 def test_existing_assignment_under_another_name_is_fine(aml):
     gw = RecordingGateway()
     onboarding.ensure(gw, aml, "north-eu", "identity")
     gw.fail_code = "RoleAssignmentExists"
-    assert onboarding.ensure(gw, aml, "north-eu", "role_assignments") == {"role_assignments": 5}
+    assert onboarding.ensure(gw, aml, "north-eu", "role_assignments") == {"role_assignments": 6}
 
 
 def test_other_assignment_errors_surface(aml):

@@ -22,6 +22,7 @@ CONTAINER = "Microsoft.Storage/storageAccounts/blobServices/containers"
 IDENTITY = "Microsoft.ManagedIdentity/userAssignedIdentities"
 DEPLOYMENT_SCOPE = "<deployment scope>"  # an assignment without `scope:` applies to the whole resource group
 READ_ROLES = {"StorageBlobDataReader", "Reader"}
+SHARED_READ = {"models", "code"}  # the orchestrator's containers every silo job reads: global models, job code
 
 
 def text(node) -> str:
@@ -67,6 +68,7 @@ class Resource:
     loop_var: str | None
     loop_over: str | None
     body: dict
+    loop_node: object = None  # the loop's iterable expression, for evaluation (armsim)
 
     @property
     def name(self) -> str | None:
@@ -76,6 +78,14 @@ class Resource:
     def parent(self) -> str | None:
         p = self.body.get("parent")
         return text(p) if p is not None and p.type == "identifier" else None
+
+
+@dataclass
+class Module:
+    symbol: str
+    path: str
+    condition: str | None
+    body: dict
 
 
 @dataclass
@@ -91,7 +101,9 @@ class Grant:
 class BicepFile:
     path: str
     resources: dict[str, Resource] = field(default_factory=dict)
+    modules: dict[str, Module] = field(default_factory=dict)
     params: set[str] = field(default_factory=set)
+    param_defaults: dict = field(default_factory=dict)  # name → default value node (params without one: absent)
     variables: dict = field(default_factory=dict)
     outputs: dict = field(default_factory=dict)
     grants: list[Grant] = field(default_factory=list)
@@ -111,11 +123,9 @@ class BicepFile:
         return None
 
 
-def _resource(decl) -> Resource:
-    symbol, type_ = text(decl.named_children[0]), _literal(decl.named_children[1]).split("@")[0]
-    existing = any(c.type == "existing" for c in decl.children)
+def _unwrap(body):
+    """(condition text, loop variable, loop iterable, object node) of a resource or module body."""
     condition = loop_var = loop_over = None
-    body = decl.named_children[-1]
     if body.type == "for_statement":
         variable, iterable = body.named_children[0], body.named_children[1]
         loop_var = text(variable.named_children[0] if variable.type == "for_loop_parameters" else variable)
@@ -123,7 +133,21 @@ def _resource(decl) -> Resource:
         body = body.named_children[-1]
     if body.type == "if_statement":
         condition, body = text(body.named_children[0]), body.named_children[-1]
-    return Resource(symbol, type_, existing, condition, loop_var, loop_over, _props(body))
+    return condition, loop_var, loop_over, body
+
+
+def _module(decl) -> Module:
+    condition, _, _, body = _unwrap(decl.named_children[-1])
+    return Module(text(decl.named_children[0]), _literal(decl.named_children[1]), condition, _props(body))
+
+
+def _resource(decl) -> Resource:
+    symbol, type_ = text(decl.named_children[0]), _literal(decl.named_children[1]).split("@")[0]
+    existing = any(c.type == "existing" for c in decl.children)
+    body = decl.named_children[-1]
+    iterable = body.named_children[1] if body.type == "for_statement" else None
+    condition, loop_var, loop_over, body = _unwrap(body)
+    return Resource(symbol, type_, existing, condition, loop_var, loop_over, _props(body), iterable)
 
 
 def _role_names(f: BicepFile, node, res: Resource) -> list[str]:
@@ -160,6 +184,11 @@ def parse(path: str | Path, source: str | None = None) -> BicepFile:
     for decl in root.named_children:
         if decl.type == "parameter_declaration":
             f.params.add(text(decl.named_children[0]))
+            if any(c.type == "=" for c in decl.children):
+                f.param_defaults[text(decl.named_children[0])] = decl.named_children[-1]
+        elif decl.type == "module_declaration":
+            m = _module(decl)
+            f.modules[m.symbol] = m
         elif decl.type == "variable_declaration":
             f.variables[text(decl.named_children[0])] = decl.named_children[-1]
         elif decl.type == "output_declaration":
@@ -203,9 +232,9 @@ def violations(f: BicepFile) -> list[str]:
         own_identity = g.principal in f.resources and f.resources[g.principal].type == IDENTITY
         account = f.account_of(g.scope) if target is not None else None
         if own_identity and target is not None and account is not None and target.existing:
-            if not (f.container_name(g.scope) == "models" and g.role in READ_ROLES):
+            if not (f.container_name(g.scope) in SHARED_READ and g.role in READ_ROLES):
                 out.append(f"{where}: an identity may only get roles on storage declared beside it "
-                           f"(another party's storage, except reading global models, is off limits)")
+                           f"(another party's storage, except reading global models and job code, is off limits)")
         if data_accounts and not own_identity:
             if g.scope == DEPLOYMENT_SCOPE or account in data_accounts and f.container_name(g.scope) != "outbox":
                 out.append(f"{where}: only the silo's own identity may hold roles reaching its data")
@@ -214,3 +243,45 @@ def violations(f: BicepFile) -> list[str]:
         if data_accounts and own_identity and f.container_name(g.scope) == "data" and g.role not in READ_ROLES:
             out.append(f"{where}: silo jobs only read their data")
     return out
+
+
+def _normalized(condition: str) -> str:
+    condition = re.sub(r"\s+", "", condition)
+    while condition.startswith("(") and condition.endswith(")"):
+        condition = condition[1:-1]
+    return condition
+
+
+def _guarded(node, condition: str) -> bool:
+    """True if ``node`` sits in the true branch of a ternary ``condition ? ... : ...`` (same condition)."""
+    child, parent = node, node.parent
+    while parent is not None:
+        if parent.type == "ternary_expression" and parent.named_children[1].id == child.id and \
+                _normalized(text(parent.named_children[0])) == _normalized(condition):
+            return True
+        child, parent = parent, parent.parent
+    return False
+
+
+def unguarded_conditional_reads(f: BicepFile) -> list[str]:
+    """Reads of a conditional module's ``outputs`` (or a conditional resource's ``properties``) that are not
+    behind the same condition in a ternary. ARM evaluates such a read even where the reading resource or
+    module is itself conditional (or skipped), and fails the deployment with DeploymentNotFound /
+    ResourceNotFound when the condition is false; ``cond ? m.outputs.x : ''`` is the form it skips."""
+    conditional = {m.symbol: ("outputs", m.condition) for m in f.modules.values() if m.condition}
+    conditional |= {r.symbol: ("properties", r.condition) for r in f.resources.values() if r.condition}
+    found = []
+
+    def walk(n, owner):
+        if n.type in ("resource_declaration", "module_declaration", "output_declaration", "variable_declaration"):
+            owner = text(n.named_children[0])
+        if n.type == "member_expression" and n.named_children[0].type == "identifier":
+            symbol, member = text(n.named_children[0]), text(n.named_children[-1])
+            if symbol in conditional and member == conditional[symbol][0] and symbol != owner \
+                    and not _guarded(n, conditional[symbol][1]):
+                found.append(f"{f.path}: {owner} reads {text(n.parent)[:60]} outside "
+                             f"`{_normalized(conditional[symbol][1])} ? ... : ...`")
+        for c in n.children:
+            walk(c, owner)
+    walk(PARSER.parse(f.source.encode()).root_node, None)
+    return found

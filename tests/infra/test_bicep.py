@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import armsim
 import bicepcheck as bc
 from fedfunc.settings import AmlSettings
 
@@ -56,9 +57,11 @@ def test_silo_grants_are_exactly_the_security_table():
         ("siloIdentity", "policy", "StorageBlobDataReader", None),
         ("siloIdentity", "outbox", "StorageBlobDataContributor", None),
         ("siloIdentity", "models", "StorageBlobDataReader", None),
+        ("siloIdentity", "code", "StorageBlobDataReader", None),
         ("param:orchestratorPrincipalId", "outbox", "StorageBlobDataReader", None),
     }
-    assert SILO.resources["modelsContainer"].existing  # the orchestrator's, not created by the silo
+    # the orchestrator's, not created by the silo
+    assert SILO.resources["modelsContainer"].existing and SILO.resources["codeContainer"].existing
 
 
 def test_orchestrator_grants():
@@ -67,8 +70,8 @@ def test_orchestrator_grants():
         ("orchestratorIdentity", "storage", "StorageQueueDataContributor", None),
         ("orchestratorIdentity", "storage", "StorageTableDataContributor", None),
         ("orchestratorIdentity", "workspace", "custom:JobSubmitter", None),
-        ("orchestratorIdentity", "workspaceStorage", "StorageBlobDataContributor", None),
         ("orchestratorIdentity", "vault", "KeyVaultSecretsUser", None),
+        ("orchestratorIdentity", "insights", "MonitoringMetricsPublisher", None),
         ("orchestratorIdentity", bc.DEPLOYMENT_SCOPE, "custom:SiloProvisioner", "(appMayOnboard)"),
         ("param:scientistPrincipalIds", "workspace", "Reader", "(!scientistsMaySubmitJobs)"),
         ("param:scientistPrincipalIds", "workspace", "AzureMLDataScientist", "(scientistsMaySubmitJobs)"),
@@ -91,33 +94,46 @@ def test_group_wide_roles_carry_no_data_access():
             assert not [a for a in role["actions"] if re.search(r"listKeys|listAccountSas|listServiceSas|/\*$", a)]
 
 
+def test_no_silo_identity_gets_a_role_on_workspace_storage():
+    """Silo jobs take their code from the orchestrator's code container; the workspace's storage (AML's own
+    code snapshots and logs, shared by every silo) is reached by no silo identity and not by the app."""
+    assert not [g for g in MAIN.grants + SILO.grants if g.scope == "workspaceStorage"]
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_conditional_outputs_are_read_only_under_their_condition(path):
+    assert bc.unguarded_conditional_reads(bc.parse(path)) == []
+
+
+def test_conditional_read_check_flags_an_unguarded_read():
+    src = """param on bool = false
+module net 'x.bicep' = if (on) { name: 'net' }
+module pe 'y.bicep' = [for t in [ 1 ]: if (on) {
+  name: 'pe'
+  params: { good: on ? net.outputs.subnet : '', bad: net.outputs.subnet }
+}]
+output fine string = (on) ? net.outputs.subnet : ''
+"""
+    assert bc.unguarded_conditional_reads(bc.parse("t.bicep", src)) == [
+        "t.bicep: pe reads net.outputs.subnet outside `on ? ... : ...`"]
+
+
 def test_storage_accounts_are_all_checked():
     accounts = [r for f in (MAIN, SILO) for r in f.resources.values() if r.type == bc.STORAGE and not r.existing]
     assert len(accounts) == 3  # orchestrator, workspace, silo: each must pass the shared-key rule above
 
 
-def test_outbox_events_reach_on_update_with_subject_filters():
-    subs = SILO.resources["toOnUpdate"]
-    props = bc.text(subs.body["properties"])
-    assert "'${functionAppId}/functions/on_update'" in props
-    assert "includedEventTypes: [ 'Microsoft.Storage.BlobCreated' ]" in props
-    assert "subjectBeginsWith: '/blobServices/default/containers/outbox/blobs/runs/'" in props
-    ends = bc.text(SILO.variables["outboxSubscriptions"])
-    assert "'.safetensors'" in ends and "'/failed.json'" in ends
-    assert bc._props(SILO.resources["outboxEvents"].body["properties"])["source"].text == b"storage.id"
+def test_storage_events_come_from_the_silos_own_account():
+    assert bc._props(SILO.resources["storageEvents"].body["properties"])["source"].text == b"storage.id"
 
 
-def test_job_failures_reach_on_job_status():
-    props = bc.text(MAIN.resources["toOnJobStatus"].body["properties"])
-    assert "/functions/on_job_status'" in props and "Microsoft.MachineLearningServices.RunStatusChanged" in props
-    assert "[ 'Failed', 'Canceled' ]" in props
-
-
-def test_function_app_sets_every_required_setting():
-    settings = set(re.findall(r"\{ name: '([A-Za-z0-9_]+)'", bc.text(MAIN.resources["functionApp"].body["properties"])))
+def test_function_app_sets_every_setting_and_no_connection_string():
+    """Values are checked by tests/infra/test_app_wiring.py (through load_settings and indexing)."""
+    settings = set(armsim.app_settings(MAIN, "functionApp"))
     required = {f.alias for f in AmlSettings.model_fields.values()}
     assert required <= settings, required - settings
-    assert {"FEDFUNC_STORAGE__blobServiceUri", "FEDFUNC_STORAGE__tableServiceUri", "FEDFUNC_JOB_BACKEND"} <= settings
+    assert {"FEDFUNC_STORAGE__blobServiceUri", "FEDFUNC_STORAGE__tableServiceUri", "FEDFUNC_JOB_BACKEND",
+            "FEDFUNC_RETRAIN_SCHEDULE"} <= settings
     assert "FEDFUNC_STORAGE" not in settings  # no connection string (it would carry a key)
     assert "FEDFUNC_ORCHESTRATOR_KEY" in settings  # a Key Vault reference, never the key itself
 
@@ -196,7 +212,9 @@ def test_python_names_agree_with_silo_bicep():
     assert naming.datastore("north-eu", "data") == "north_eu_data"
     assert "name: 'id-fl-${siloName}'" in src and naming.identity("north-eu") == "id-fl-north-eu"
     assert bc.text(SILO.variables["siloContainers"]) == "[ 'data', 'outbox', 'policy' ]"
-    assert "name: 'fedfunc_models'" in MAIN.source and AmlSettings.model_fields["models_datastore"].default == "fedfunc_models"
+    datastores = {d["container"]: d["name"] for d in armsim.Arm(MAIN).symbol("sharedDatastores")}
+    assert datastores == {"models": AmlSettings.model_fields["models_datastore"].default,
+                          "code": AmlSettings.model_fields["code_datastore"].default}
 
 
 def test_runtime_onboarding_grants_what_silo_bicep_grants():
@@ -204,7 +222,7 @@ def test_runtime_onboarding_grants_what_silo_bicep_grants():
     from fedfunc.azure import onboarding
 
     aml = AmlSettings.model_validate({f.alias: v for f, v in zip(AmlSettings.model_fields.values(), [
-        "00000000-0000-0000-0000-000000000001", "rg", "mlw-fl", "env:1", "azureml:code:1", "westeurope",
+        "00000000-0000-0000-0000-000000000001", "rg", "mlw-fl", "env:1", str(INFRA), "westeurope",
         "00000000-0000-0000-0000-0000000000aa",
         "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Storage/storageAccounts/orchsa",
         "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Web/sites/app"])})
@@ -215,12 +233,7 @@ def test_runtime_onboarding_grants_what_silo_bicep_grants():
     assert python == grants(SILO)
 
 
-def test_runtime_onboarding_event_filters_match_silo_bicep():
+def test_runtime_onboarding_creates_silo_bicep_containers():
     from fedfunc.azure import onboarding
 
-    props = bc.text(SILO.resources["toOnUpdate"].body["properties"])
-    assert f"subjectBeginsWith: '{onboarding.SUBJECT_BEGINS_WITH}'" in props
-    assert f"/functions/{onboarding.UPDATE_FUNCTION}'" in props
-    ends = dict(re.findall(r"(\w+): '([^']+)'", bc.text(SILO.variables["outboxSubscriptions"])))
-    assert ends == onboarding.OUTBOX_SUBSCRIPTIONS
     assert tuple(re.findall(r"'(\w+)'", bc.text(SILO.variables["siloContainers"]))) == onboarding.CONTAINERS
