@@ -47,12 +47,12 @@ def collecting(ready=SILOS, errors: dict[str, str] | None = None, **spec) -> Orc
     return o
 
 
-def waits(o: Orchestration) -> tuple[dict[str, Task], Task]:
-    """The event waits (by event name) and the deadline timer of the pending ``task_any``."""
+def waits(o: Orchestration) -> tuple[dict[str, Task], Task | None]:
+    """The event waits (by event name) and the timer (None if none) of the pending ``task_any``."""
     assert isinstance(o.pending, AnyOf), o.pending
     events = {t.name: t for t in o.pending.tasks if t.kind == "event"}
-    [timer] = [t for t in o.pending.tasks if t.kind == "timer"]
-    return events, timer
+    timers = [t for t in o.pending.tasks if t.kind == "timer"]
+    return events, (timers[0] if timers else None)
 
 
 def update(o: Orchestration, silo: str):
@@ -67,7 +67,8 @@ def failed(o: Orchestration, silo: str, notice: dict | None):
 
 
 def deadline(o: Orchestration):
-    _, timer = waits(o)
+    """The round's deadline timer fires (it must be among what the round awaits)."""
+    [timer] = [t for t in o.context.created if t.kind == "timer"]
     o.context.advance(DEADLINE)
     return o.fire(timer)
 
@@ -95,7 +96,7 @@ def test_every_silo_updates_then_the_round_aggregates_evaluates_and_returns_refe
     o = collecting()
     events, timer = waits(o)
     assert set(events) == {p.update_event(s) for s in SILOS} | {p.failed_event(s) for s in SILOS}
-    assert timer.fire_at == DEADLINE
+    assert timer is not None and timer.fire_at == DEADLINE
     status = o.context.status
     assert (status["phase"], status["missing"], status["deadline"]) == ("collecting", SILOS, DEADLINE.isoformat())
     assert status["jobs"] == {s: f"job-{s}" for s in SILOS}
