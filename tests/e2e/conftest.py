@@ -8,7 +8,6 @@ from __future__ import annotations
 import socket
 
 import pytest
-
 from e2e_helpers import HYPERPARAMS, SILOS, CutOff, run_spec
 
 from fedfunc.devstack import DevStack
