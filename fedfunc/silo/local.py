@@ -4,10 +4,16 @@ A local silo is one account of Azurite's pool (its own random key). Provisioning
 creates the silo's containers with the silo's own key, gives the silo job a home holding only that
 key plus a read-only SAS on the orchestrator's ``models``, and gives the orchestrator a read+list SAS on
 the silo's ``outbox`` only — tied to a stored access policy, so ``release_local_silo`` revokes it.
+
+The policy's identifier is new for every claim of an account. A pool account is reused once released,
+and every SAS signed with its key stays valid wherever a policy of the same identifier exists: a fixed
+identifier would let a released silo's SAS read the outbox of the next silo provisioned on the account.
 """
 from __future__ import annotations
 
+import secrets
 import shutil
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -23,7 +29,6 @@ from fedfunc.security.policy import POLICY_BLOB, POLICY_CONTAINER, SiloPolicy, w
 from fedfunc.storage import table_service
 
 CLAIM_PARTITION = "account-claim"  # rows in the registry table, invisible to SiloRegistry.list
-OUTBOX_POLICY_ID = "orchestrator-read"
 SAS_LIFETIME = timedelta(days=365)
 
 
@@ -35,17 +40,35 @@ def _conn_parts(conn: str) -> dict[str, str]:
     return dict(p.split("=", 1) for p in conn.split(";") if "=" in p)
 
 
-def claim_account(name: str, *, azurite_home: Path, orchestrator_conn: str) -> str:
+@dataclass(frozen=True)
+class Claim:
+    """Silo ``silo`` holds pool account ``account``; ``grant`` names the outbox access policy of this claim."""
+
+    silo: str
+    account: str
+    grant: str
+
+
+def _new_grant(silo: str) -> str:
+    return f"orchestrator-read-{silo}-{secrets.token_hex(8)}"  # at most 59 characters; Azure allows 64
+
+
+def claim_account(name: str, *, azurite_home: Path, orchestrator_conn: str) -> Claim:
     """The pool account of silo ``name``: the one it already claimed, else the first free one (atomic)."""
     table = table_service(orchestrator_conn).create_table_if_not_exists(TABLE)
     mine = list(table.query_entities("PartitionKey eq @p and silo eq @s", parameters={"p": CLAIM_PARTITION, "s": name}))
     if mine:
-        return mine[0]["RowKey"]
+        claim = mine[0]
+        if "grant" not in claim:  # claimed before each claim had its own grant (a stack kept on disk)
+            claim["grant"] = _new_grant(name)
+            table.update_entity(claim)
+        return Claim(name, claim["RowKey"], claim["grant"])
     pool = sorted(n for n in read_accounts(azurite_home) if n != ORCHESTRATOR_ACCOUNT)
     for account in pool:
+        grant = _new_grant(name)
         try:
-            table.create_entity({"PartitionKey": CLAIM_PARTITION, "RowKey": account, "silo": name})
-            return account
+            table.create_entity({"PartitionKey": CLAIM_PARTITION, "RowKey": account, "silo": name, "grant": grant})
+            return Claim(name, account, grant)
         except ResourceExistsError:
             continue
     raise NoFreeAccount(f"cannot provision silo {name!r}: all {len(pool)} Azurite pool accounts are claimed")
@@ -62,13 +85,14 @@ def _models_read_url(orchestrator_conn: str) -> str:
     return f"{models.url}?{sas}"
 
 
-def _outbox_read_sas(service: BlobServiceClient, account: Account) -> str:
+def _outbox_read_sas(service: BlobServiceClient, account: Account, grant: str) -> str:
+    """A read+list SAS on the outbox under the claim's policy ``grant`` (the container's only policy)."""
     now = datetime.now(timezone.utc)
     outbox = service.get_container_client(layout.OUTBOX)
-    outbox.set_container_access_policy({OUTBOX_POLICY_ID: AccessPolicy(
+    outbox.set_container_access_policy({grant: AccessPolicy(
         permission=ContainerSasPermissions(read=True, list=True), start=now - timedelta(minutes=5),
         expiry=now + SAS_LIFETIME)})
-    return generate_container_sas(account.name, layout.OUTBOX, account_key=account.key, policy_id=OUTBOX_POLICY_ID)
+    return generate_container_sas(account.name, layout.OUTBOX, account_key=account.key, policy_id=grant)
 
 
 def provision_local_silo(name: str, *, azurite_home: Path, orchestrator_conn: str, home_root: Path,
@@ -80,8 +104,8 @@ def provision_local_silo(name: str, *, azurite_home: Path, orchestrator_conn: st
     """
     if initial_policy.silo != name:
         raise ValueError(f"initial_policy is for silo {initial_policy.silo!r}, not {name!r}")
-    account = read_accounts(azurite_home)[claim_account(name, azurite_home=azurite_home,
-                                                        orchestrator_conn=orchestrator_conn)]
+    claim = claim_account(name, azurite_home=azurite_home, orchestrator_conn=orchestrator_conn)
+    account = read_accounts(azurite_home)[claim.account]
     service = BlobServiceClient.from_connection_string(account.connection_string)
     for container in (layout.DATA, layout.OUTBOX, POLICY_CONTAINER):
         try:
@@ -95,7 +119,7 @@ def provision_local_silo(name: str, *, azurite_home: Path, orchestrator_conn: st
     return SiloRecord(name=name, account=account.name, blob_url=account.blob_url, compute=compute,
                       trusted_signers=policy.signer_ids,
                       policy_ref=f"{account.blob_url}/{POLICY_CONTAINER}/{POLICY_BLOB}",
-                      outbox_read_sas=_outbox_read_sas(service, account))
+                      outbox_read_sas=_outbox_read_sas(service, account, claim.grant))
 
 
 def release_local_silo(name: str, *, azurite_home: Path, orchestrator_conn: str, home_root: Path) -> None:

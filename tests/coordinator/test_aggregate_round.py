@@ -1,5 +1,7 @@
-"""The aggregate activity's logic against real storage: every bad update is rejected with its reason,
-the quorum is checked before anything is written, and a re-run returns the first result."""
+"""The aggregate activity's logic against real storage: every update is read from its silo's own outbox
+by the orchestrator's size-bounded reader (through the outbox SAS in the silo registry), every bad update
+is rejected with its reason, the quorum is checked before anything is written, and a re-run returns the
+first result."""
 from __future__ import annotations
 
 import json
@@ -11,18 +13,40 @@ import pytest
 from fedfunc import layout, weights
 from fedfunc.contracts import ModelRef
 from fedfunc.coordinator import rounds
-from fedfunc.coordinator.store import RunStore
+from fedfunc.coordinator.services import Services
 from fedfunc.protocol import AggregateOrder, RoundJob, RunState, UpdateNotice
+from fedfunc.security import keys
+from fedfunc.security.policy import SiloPolicy
+from fedfunc.settings import load_settings
+from fedfunc.silo.home import read_credentials, silo_home
+from fedfunc.silo.local import provision_local_silo, release_local_silo
 from fedfunc.spec import RunSpec
 from fedfunc.storage import blob_service
 
 SILOS = ["a-silo", "b-silo", "c-silo"]
 
 
+@pytest.fixture(scope="module")
+def services(azurite, tmp_path_factory):
+    """The orchestrator's services on the session's Azurite, with three real local silos in its registry."""
+    conn = azurite.orchestrator.connection_string
+    home = tmp_path_factory.mktemp("agg-silos")
+    svc = Services(load_settings({"FEDFUNC_STORAGE": conn}))
+    orchestrator_key = keys.public_b64(keys.generate().public_key())
+    for silo in SILOS:
+        record = provision_local_silo(silo, azurite_home=azurite.location, orchestrator_conn=conn, home_root=home,
+                                      initial_policy=SiloPolicy(silo=silo, orchestrator_keys=[orchestrator_key]))
+        svc.registry.put(record)
+    svc.home = home
+    yield svc
+    for silo in SILOS:
+        svc.registry.remove(silo)
+        release_local_silo(silo, azurite_home=azurite.location, orchestrator_conn=conn, home_root=home)
+
+
 @pytest.fixture
-def store(azurite, request):
-    svc = blob_service(azurite.orchestrator.connection_string)
-    yield RunStore(svc)
+def store(services):
+    return services.store
 
 
 def make_job(store, run: str, sample_caps: dict | None = None, **spec_fields) -> RoundJob:
@@ -58,19 +82,25 @@ def wrong_shape(job, store):
 METRICS = json.dumps({"loss": 0.5, "num_samples": 100}).encode()
 
 
-def aggregate(store, job, blobs: dict[str, bytes], metrics: dict[str, bytes] | None = None):
-    def read(silo, path, max_bytes):
-        if path.endswith(layout.METRICS):
-            return (metrics or {}).get(silo, METRICS)
-        return blobs[silo]
-    order = AggregateOrder(job=job, updates={s: UpdateNotice(path=f"{s}/{layout.UPDATE}") for s in blobs})
-    return rounds.aggregate_round(store, read, order).wire()
+def publish(services, job, silo: str, update: bytes, metrics: bytes = METRICS) -> UpdateNotice:
+    """What the silo's job does: write its metrics and update to its own outbox with its own key."""
+    own = blob_service(read_credentials(silo_home(services.home, silo)).connection_string)
+    prefix = layout.outbox_prefix(job.run_id, job.round, silo)
+    for name, data in ((layout.METRICS, metrics), (layout.UPDATE, update)):
+        own.get_blob_client(layout.OUTBOX, prefix + name).upload_blob(data, overwrite=True)
+    return UpdateNotice(path=prefix + layout.UPDATE, size=len(update))
 
 
-def test_weighted_average_of_valid_updates(store, job):
+def aggregate(services, job, blobs: dict[str, bytes], metrics: dict[str, bytes] | None = None):
+    updates = {s: publish(services, job, s, data, (metrics or {}).get(s, METRICS)) for s, data in blobs.items()}
+    order = AggregateOrder(job=job, updates=updates)
+    return rounds.aggregate_round(services.store, services.outbox_reader(), order).wire()
+
+
+def test_weighted_average_of_valid_updates(services, store, job):
     blobs = {"a-silo": update_bytes(job, store, "a-silo", scale=1.0, n=100),
              "b-silo": update_bytes(job, store, "b-silo", scale=3.0, n=300)}
-    result = aggregate(store, job, blobs)
+    result = aggregate(services, job, blobs)
     assert result["accepted"] == ["a-silo", "b-silo"] and result["rejected"] == []
     assert result["num_samples"] == 400
     new = rounds.load_global(store, ModelRef.model_validate(result["model"]))
@@ -88,54 +118,53 @@ def test_weighted_average_of_valid_updates(store, job):
     (lambda job, store: weights.encode({"w": np.zeros((2, 2), np.float32)}, {
         "run": job.run_id, "round": "0", "silo": "c-silo", "nonce": "n0", "num_samples": "5"}), "missing_tensor"),
     (lambda job, store: wrong_shape(job, store), "shape"),
-    (lambda job, store: update_bytes(job, store, "c-silo") + b"\0" * (300 * 2**20), "size"),
 ])
-def test_bad_update_is_rejected_with_reason_and_round_goes_on(store, job, bad, reason):
+def test_bad_update_is_rejected_with_reason_and_round_goes_on(services, store, job, bad, reason):
     blobs = {"a-silo": update_bytes(job, store, "a-silo"), "b-silo": update_bytes(job, store, "b-silo"),
              "c-silo": bad(job, store)}
-    result = aggregate(store, job, blobs)
+    result = aggregate(services, job, blobs)
     assert result["accepted"] == ["a-silo", "b-silo"]
     [rejected] = result["rejected"]
     assert rejected["silo"] == "c-silo" and reason in rejected["reason"], rejected
 
 
-def test_below_quorum_writes_nothing(store, job):
+def test_below_quorum_writes_nothing(services, store, job):
     blobs = {"a-silo": update_bytes(job, store, "a-silo"), "b-silo": b"not an update"}
-    result = aggregate(store, job, blobs)
+    result = aggregate(services, job, blobs)
     assert result["model"] is None and result["accepted"] == ["a-silo"]
     assert store.get_bytes(layout.MODELS, layout.global_model(job.run_id, 1)) is None
     assert store.get_json(layout.RUNS, layout.aggregate_record(job.run_id, 0)) is None
 
 
-def test_rerun_returns_the_first_result(store, job):
-    first = aggregate(store, job, {s: update_bytes(job, store, s) for s in SILOS})
-    again = aggregate(store, job, {s: update_bytes(job, store, s, scale=5.0) for s in SILOS})
+def test_rerun_returns_the_first_result(services, store, job):
+    first = aggregate(services, job, {s: update_bytes(job, store, s) for s in SILOS})
+    again = aggregate(services, job, {s: update_bytes(job, store, s, scale=5.0) for s in SILOS})
     assert again == first
     record = store.get_json(layout.RUNS, layout.aggregate_record(job.run_id, 0))
     assert json.dumps(record, sort_keys=True) == json.dumps(first, sort_keys=True)
 
 
-def test_metrics_that_are_not_plain_numbers_reject_the_update(store, job):
+def test_metrics_that_are_not_plain_numbers_reject_the_update(services, store, job):
     blobs = {s: update_bytes(job, store, s) for s in SILOS}
-    result = aggregate(store, job, blobs, metrics={"c-silo": json.dumps({"loss": "secret patient list"}).encode()})
+    result = aggregate(services, job, blobs, metrics={"c-silo": json.dumps({"loss": "secret patient list"}).encode()})
     assert result["accepted"] == ["a-silo", "b-silo"]
     [rejected] = result["rejected"]
     assert rejected["silo"] == "c-silo" and "egress.metrics_schema" in rejected["reason"]
 
 
-def test_received_updates_are_recorded_with_their_hash(store, job):
+def test_received_updates_are_recorded_with_their_hash(services, store, job):
     blobs = {s: update_bytes(job, store, s) for s in SILOS}
-    result = aggregate(store, job, blobs)
+    result = aggregate(services, job, blobs)
     assert {s: r["sha256"] for s, r in result["received"].items()} == {s: weights.sha256(b) for s, b in blobs.items()}
 
 
-def test_without_a_bound_in_the_spec_the_default_from_the_model_rejects_a_large_constant(store, job):
+def test_without_a_bound_in_the_spec_the_default_from_the_model_rejects_a_large_constant(services, store, job):
     """No max_update_norm in the spec: the run's bound is 10 × ‖initial model‖₂, and a silo adding a
     constant to every weight is rejected with the rule, the norm, the bound and where it came from."""
     assert job.update_bound.source == "default" and "‖initial model‖₂" in job.update_bound.how
     blobs = {"a-silo": update_bytes(job, store, "a-silo", scale=1.5), "b-silo": update_bytes(job, store, "b-silo"),
              "c-silo": update_bytes(job, store, "c-silo", add=1.0)}
-    result = aggregate(store, job, blobs)
+    result = aggregate(services, job, blobs)
     assert result["accepted"] == ["a-silo", "b-silo"]
     [rejected] = result["rejected"]
     assert rejected["silo"] == "c-silo" and rejected["reason"].startswith("norm: ‖update − global‖₂ = 69.")
@@ -149,28 +178,28 @@ def weights_norm(store, job) -> float:
     return float_norm(rounds.load_global(store, job.model))[0]
 
 
-def test_the_spec_and_the_signed_bundle_bound_tighter(store, request):
+def test_the_spec_and_the_signed_bundle_bound_tighter(services, store, request):
     spec_bound = make_job(store, "agg-spec-bound", max_update_norm=1.0)
     assert spec_bound.update_bound.source == "spec" and spec_bound.update_bound.max_norm == 1.0
     blobs = {s: update_bytes(spec_bound, store, s, scale=1.5 if s == "c-silo" else 1.0) for s in SILOS}
-    [rejected] = aggregate(store, spec_bound, blobs)["rejected"]
+    [rejected] = aggregate(services, spec_bound, blobs)["rejected"]
     assert rejected["silo"] == "c-silo" and "from the spec" in rejected["reason"]
     bundle = {"bundle": {"config": {"hyperparams": {}, "max_update_norm": 0.5}}}
     signed = make_job(store, "agg-bundle-bound", max_update_norm=3.0, bundle=bundle)
     assert signed.update_bound.source == "bundle" and signed.update_bound.max_norm == 0.5  # the spec cannot loosen it
 
 
-def test_median_rule_rejects_what_the_absolute_bound_lets_through(store):
+def test_median_rule_rejects_what_the_absolute_bound_lets_through(services, store):
     """Within the default bound, an update 6× the round's median norm passes; the spec's relative rule
     rejects it (read twice: measure, then aggregate), naming the rule, the median and the multiple."""
     honest = {s: (lambda job, s=s, k=k: update_bytes(job, store, s, scale=k)) for s, k in
               (("a-silo", 1.1), ("b-silo", 1.12))}
     plain = make_job(store, "agg-no-median")
     blobs = {**{s: f(plain) for s, f in honest.items()}, "c-silo": update_bytes(plain, store, "c-silo", scale=1.6)}
-    assert aggregate(store, plain, blobs)["accepted"] == SILOS
+    assert aggregate(services, plain, blobs)["accepted"] == SILOS
     ruled = make_job(store, "agg-median", max_update_norm_vs_median=3.0)
     blobs = {**{s: f(ruled) for s, f in honest.items()}, "c-silo": update_bytes(ruled, store, "c-silo", scale=1.6)}
-    result = aggregate(store, ruled, blobs)
+    result = aggregate(services, ruled, blobs)
     assert result["accepted"] == ["a-silo", "b-silo"] and result["num_samples"] == 200
     [rejected] = result["rejected"]
     assert rejected["silo"] == "c-silo" and rejected["reason"].startswith("norm.median:")
@@ -192,13 +221,13 @@ def test_an_update_that_changes_between_the_two_reads_is_rejected(store):
     assert result.accepted == ["a-silo", "b-silo"] and "changed between reads" in result.rejected[0].reason
 
 
-def test_num_samples_are_capped_by_the_registered_cap_and_the_spec(store):
+def test_num_samples_are_capped_by_the_registered_cap_and_the_spec(services, store):
     """A silo claiming 10⁶ samples is weighted by its registered cap; the spec's cap binds everyone;
     the result says who was capped, from what, by what."""
     job = make_job(store, "agg-caps", sample_caps={"c-silo": 50}, max_samples_per_silo=400)
     blobs = {"a-silo": update_bytes(job, store, "a-silo", n=100), "b-silo": update_bytes(job, store, "b-silo", n=1000),
              "c-silo": update_bytes(job, store, "c-silo", scale=3.0, n=10**6)}
-    result = aggregate(store, job, blobs)
+    result = aggregate(services, job, blobs)
     assert result["samples"] == {"a-silo": 100, "b-silo": 400, "c-silo": 50} and result["num_samples"] == 550
     assert result["capped"] == {
         "b-silo": {"reported": 1000, "used": 400, "by": "the spec's max_samples_per_silo"},
@@ -207,3 +236,24 @@ def test_num_samples_are_capped_by_the_registered_cap_and_the_spec(store):
     old = rounds.load_global(store, job.model)
     for k in old:  # (100·1 + 400·1 + 50·3) / 550
         np.testing.assert_allclose(new[k], old[k] * (650 / 550), rtol=1e-5, atol=1e-6)
+
+
+def test_the_outbox_reader_refuses_a_blob_over_the_bound(services, store, job):
+    """The orchestrator's reader, through the silo's outbox SAS: a blob one byte over the bound is an error
+    naming the rule (it reads at most bound + 1 bytes); at the bound it is read whole."""
+    update = update_bytes(job, store, "c-silo")
+    notice = publish(services, job, "c-silo", update)
+    read = services.outbox_reader()
+    assert read("c-silo", notice.path, len(update)) == update
+    with pytest.raises(ValueError, match=f"size: {notice.path} is over the {len(update) - 1}-byte bound"):
+        read("c-silo", notice.path, len(update) - 1)
+
+
+def test_updates_over_the_runs_size_bound_are_rejected_and_nothing_is_written(services, store, job):
+    blobs = {s: update_bytes(job, store, s) for s in SILOS}
+    small = min(len(b) for b in blobs.values()) - 1
+    bounded = job.model_copy(update={"spec": job.spec.model_copy(update={"max_update_mb": small / 2**20})})
+    result = aggregate(services, bounded, blobs)
+    assert result["model"] is None and result["accepted"] == []
+    assert {r["silo"]: r["reason"].split(":")[0] for r in result["rejected"]} == {s: "size" for s in SILOS}
+    assert store.get_json(layout.RUNS, layout.aggregate_record(job.run_id, 0)) is None

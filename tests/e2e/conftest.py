@@ -1,14 +1,18 @@
-"""One running system for the end-to-end tests: Azurite + the Function App on ``fedfunc host`` + 3 silos."""
+"""One running system for the end-to-end tests: Azurite + the Function App on ``fedfunc host`` + 3 silos.
+
+The session's silos (``SILOS``) are only read: a test that changes a silo (disables it, cuts it off,
+forges its updates, uploads its data) onboards its own with ``own_silo`` and removes it afterwards.
+"""
 from __future__ import annotations
 
+import socket
+
 import pytest
+from e2e_helpers import HYPERPARAMS, SILOS, CutOff, run_spec
 
 from fedfunc.devstack import DevStack
 from fedfunc.tasks.partition import partition
 from fedfunc.tasks.registry import get_task
-
-SILOS = ("site-1", "site-2", "site-3")
-HYPERPARAMS = {"epochs": 1, "lr": 0.05, "batch_size": 16, "seed": 0}
 
 
 @pytest.fixture(scope="session")
@@ -32,8 +36,52 @@ def bundle(stack):
 
 @pytest.fixture
 def spec(bundle):
-    """A run spec over the three silos, one round unless overridden."""
-    def make(**overrides) -> dict:
-        return {"task": "digits", "silos": list(SILOS), "rounds": 1, "round_deadline_s": 120, "bundle": bundle,
-                **overrides}
-    return make
+    """``spec(**overrides)``: ``run_spec`` with this session's signed bundle."""
+    return lambda **overrides: run_spec(bundle, **overrides)
+
+
+class OwnSilos:
+    """Silos a test onboards on the shared stack for itself; removed (storage released) when it ends."""
+
+    def __init__(self, stack: DevStack, digits):
+        self.stack, self.digits, self.made = stack, digits, []
+
+    def __call__(self, name: str, *, data: bool = True) -> str:
+        self.made.append(name)
+        self.stack.add_silo(name)
+        if data:
+            self.stack.upload_data(name, "digits", self.digits.x_train[:300], self.digits.y_train[:300])
+        return name
+
+    def remove_all(self) -> None:
+        for name in self.made:
+            self.stack.api("DELETE", f"/api/silos/{name}", role="admin", expect=(200, 404))
+
+
+@pytest.fixture
+def own_silo(stack, digits):
+    silos = OwnSilos(stack, digits)
+    yield silos
+    silos.remove_all()
+
+
+@pytest.fixture(scope="module")
+def module_silo(stack, digits):
+    """``own_silo`` for silos a whole module shares (and only reads)."""
+    silos = OwnSilos(stack, digits)
+    yield silos
+    silos.remove_all()
+
+
+@pytest.fixture(scope="session")
+def refused_port():
+    """A port held bound but never listened on: every connection to it is refused while the session runs."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield s.getsockname()[1]
+
+
+@pytest.fixture
+def cut_off(stack, refused_port):
+    """``cut_off(silo)`` on the session stack (see ``CutOff``)."""
+    return CutOff(stack, refused_port)

@@ -5,14 +5,17 @@ import json
 
 import numpy as np
 import pytest
+from e2e_helpers import forge_nan_update, own_outbox
 
 from fedfunc import layout
+from fedfunc.silo.io import BlobOutbox
+from fedfunc.silo.runner import report_failure
 
 
 @pytest.fixture(scope="module")
-def broken_silo(stack):
+def broken_silo(stack, module_silo):
     """A silo whose data is not a valid partition: its job fails and says why."""
-    stack.add_silo("site-broken")
+    module_silo("site-broken", data=False)
     stack.upload_data("site-broken", "digits", np.zeros((5, 3), np.float32), np.zeros(5, np.int64))
     return "site-broken"
 
@@ -54,60 +57,41 @@ def test_kill_9_host_mid_run_finishes_with_each_round_aggregated_once(stack, spe
     assert final["path"] == layout.global_model(run, 3)
 
 
-def test_disabled_silo_leaves_and_new_silo_joins_from_next_round(stack, spec, digits):
-    run = stack.start_run(spec(silos="all", rounds=2, run_id="e2e-membership"))
-    first = stack.wait_round(run, 0)
-    assert set(first["current_round"]["missing"]) | set(first["current_round"]["received"]) >= {"site-1", "site-2", "site-3"}
-    stack.api("POST", "/api/silos/site-3/disable", role="admin")
-    stack.add_silo("site-4")
-    stack.upload_data("site-4", "digits", digits.x_train[:300], digits.y_train[:300])
+def test_disabled_silos_leave_and_a_silo_that_becomes_ready_joins_from_the_next_round(stack, spec, own_silo,
+                                                                                      cut_off):
+    """Round 0 is held open by a silo whose job cannot write (the gate) until the membership has changed,
+    so onboarding never races the round."""
+    leaving, gate, joining = own_silo("e2e-leaving"), own_silo("e2e-gate"), own_silo("e2e-joining")
+    stack.api("POST", f"/api/silos/{joining}/disable", role="admin")
+    gate_creds = cut_off(gate)
+    run = stack.start_run(spec(silos=[leaving, gate, joining], rounds=2, quorum=0.5, run_id="e2e-membership"))
+    first = stack.wait_round(run, 0)["current_round"]
+    assert set(first["jobs"]) == {leaving, gate}  # joining is disabled: not in round 0
+    for silo in (leaving, gate):
+        stack.api("POST", f"/api/silos/{silo}/disable", role="admin")
+    stack.add_silo(joining)  # onboarded again: ready from the next round on
+    # The gate's owner reports its job failed (with its own key): round 0 can end.
+    report_failure(BlobOutbox(own_outbox(gate_creds)), layout.outbox_prefix(run, 0, gate), "held by the test", None)
     status = stack.wait_run(run, timeout=300)
-    try:
-        assert status["runtime_status"] == "Completed", status
-        round0, round1 = (set(r["silos"]) for r in status["history"])
-        assert "site-3" in round0 and "site-4" not in round0
-        assert "site-4" in round1 and "site-3" not in round1
-        assert status["history"][1]["silos"]["site-4"]["state"] == "received"
-    finally:
-        stack.api("DELETE", "/api/silos/site-4", role="admin")
-        stack.api("POST", "/api/silos", {"name": "site-3", "compute": "local", "policy": stack.silo_policy()},
-                  role="admin")
-        stack.add_silo("site-3")
+    assert status["runtime_status"] == "Completed", status
+    round0, round1 = ({s: o["state"] for s, o in r["silos"].items()} for r in status["history"])
+    assert round0 == {leaving: "received", gate: "failed"}  # disabling does not disturb the round in progress
+    assert round1 == {joining: "received"}
+    assert status["history"][0]["silos"][gate]["reason"] == "held by the test"
 
 
-def test_malformed_update_is_rejected_with_reason_and_round_goes_on(stack, spec, digits):
-    """A silo that publishes a NaN update (its real job stopped, a forged update in its place): the round
-    rejects it with the rule, aggregates the others at quorum, and reports the silo as rejected."""
-    from azure.core.exceptions import ResourceExistsError
-
-    from fedfunc import weights
-    from fedfunc.backends.local import LocalProcessBackend
-    from fedfunc.silo.home import read_credentials, silo_home
-    from fedfunc.storage import blob_service
-
-    stack.add_silo("site-evil")
-    stack.upload_data("site-evil", "digits", digits.x_train[:200], digits.y_train[:200])
-    try:
-        run = stack.start_run(spec(silos=["site-1", "site-2", "site-evil"], quorum=0.6, run_id="e2e-malformed"))
-        collecting = stack.wait_round(run, 0)
-        LocalProcessBackend(stack.home).cancel(collecting["current_round"]["jobs"]["site-evil"])
-        model = weights.decode(stack.download(layout.MODELS, layout.global_model(run, 0)))[0]
-        poisoned = weights.encode({k: np.full_like(v, np.nan) for k, v in model.items()}, {
-            "run": run, "round": "0", "silo": "site-evil", "nonce": json.loads(stack.download(
-                layout.RUNS, layout.round_manifest(run, 0)))["nonce"], "num_samples": "200"})
-        outbox = blob_service(read_credentials(silo_home(stack.home, "site-evil")).connection_string) \
-            .get_container_client(layout.OUTBOX)
-        prefix = layout.outbox_prefix(run, 0, "site-evil")
-        try:
-            outbox.upload_blob(prefix + layout.METRICS, json.dumps({"loss": 0.1, "num_samples": 200}).encode())
-            outbox.upload_blob(prefix + layout.UPDATE, poisoned)
-        except ResourceExistsError:
-            pytest.skip("the real job published before it could be stopped")
-        status = stack.wait_run(run, timeout=300)
-        assert status["runtime_status"] == "Completed", status
-        evil = status["history"][0]["silos"]["site-evil"]
-        assert evil["state"] == "rejected" and "non_finite" in evil["reason"]
-        record = json.loads(stack.download(layout.RUNS, layout.aggregate_record(run, 0)))
-        assert record["accepted"] == ["site-1", "site-2"]
-    finally:
-        stack.api("DELETE", "/api/silos/site-evil", role="admin")
+def test_malformed_update_is_rejected_with_reason_and_round_goes_on(stack, spec, own_silo, cut_off):
+    """A silo that publishes a NaN update in place of its job's (its compute cut off from its storage, the
+    forged update written with its key): the round rejects it with the rule, aggregates the others at
+    quorum, and reports the silo as rejected."""
+    evil = own_silo("site-evil", data=False)
+    creds = cut_off(evil)
+    run = stack.start_run(spec(silos=["site-1", "site-2", evil], quorum=0.6, run_id="e2e-malformed"))
+    stack.wait_round(run, 0)
+    forge_nan_update(stack, run, evil, creds)
+    status = stack.wait_run(run, timeout=300)
+    assert status["runtime_status"] == "Completed", status
+    rejected = status["history"][0]["silos"][evil]
+    assert rejected["state"] == "rejected" and "non_finite" in rejected["reason"]
+    record = json.loads(stack.download(layout.RUNS, layout.aggregate_record(run, 0)))
+    assert record["accepted"] == ["site-1", "site-2"]

@@ -3,12 +3,20 @@ and uploads that land while a run trains start the next one."""
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
+from e2e_helpers import CutOff, instance_status, own_outbox, wait_instance
 
+from fedfunc import layout
 from fedfunc.devstack import DevStack
+from fedfunc.host.events import EVENT_RAISED, SUB_CREATED
+from fedfunc.host.testing import wait_until
+from fedfunc.silo.io import BlobOutbox
+from fedfunc.silo.runner import report_failure
+from fedfunc.storage import blob_service
+from fedfunc.tasks import xy_to_bytes
 from fedfunc.tasks.partition import partition
+from orchestrations.retraining import DEBOUNCER, UPLOAD_EVENT
 
 SILOS = ("up-1", "up-2")
 
@@ -25,43 +33,67 @@ def retrain_stack(tmp_path_factory):
         yield stack
 
 
-def retraining_runs(stack) -> list[dict]:
-    return [r for r in stack.api("GET", "/api/runs")["runs"] if r["run"].startswith("retrain-")]
+def retraining_runs(stack) -> set[str]:
+    return {r["run"] for r in stack.api("GET", "/api/runs")["runs"] if r["run"].startswith("retrain-")}
 
 
-def _wait_new_run(stack, known: set[str], timeout: float = 60) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        new = [r["run"] for r in retraining_runs(stack) if r["run"] not in known]
-        if new:
-            return new[0]
-        time.sleep(0.5)
-    raise AssertionError(f"no new retraining run within {timeout}s")
+def wait_new_run(stack, known: set[str], timeout: float = 60) -> str:
+    return min(wait_until(lambda: retraining_runs(stack) - known, timeout, interval=0.2, what="a new retraining run"))
 
 
 def test_a_burst_of_uploads_starts_one_retraining_run(retrain_stack, digits):
     stack = retrain_stack
-    assert retraining_runs(stack) == []  # the schedule is off by default; onboarding uploads no data
+    known = retraining_runs(stack)
     parts = partition(digits.y_train, 2, alpha=None, seed=1)
     for silo, idx in zip(SILOS, parts):  # three uploads within the quiet period
         stack.upload_data(silo, "digits", digits.x_train[idx], digits.y_train[idx])
     stack.upload_data(SILOS[0], "digits", digits.x_train[parts[0]], digits.y_train[parts[0]])
-    run = _wait_new_run(stack, set())
+    run = wait_new_run(stack, known)
     status = stack.wait_run(run, timeout=300)
     assert status["runtime_status"] == "Completed", status
     assert set(status["history"][0]["silos"]) == set(SILOS)
-    assert len(retraining_runs(stack)) == 1
+    # The debouncer ended with that run (no upload came during it): this burst can start no other.
+    debouncer = wait_instance(stack, DEBOUNCER, "Completed")["output"]
+    assert debouncer["run"] == run
+    assert 2 <= debouncer["uploads"] <= 3  # the watcher may see up-1's two quick writes as one
+    assert retraining_runs(stack) == known | {run}
 
 
-def test_an_upload_during_retraining_starts_the_next_run(retrain_stack, digits):
-    stack = retrain_stack
-    known = {r["run"] for r in retraining_runs(stack)}
+def heard_upload_during_training(stack, silo: str) -> bool:
+    """The debouncer's history has ``silo``'s upload after it started its training run."""
+    events = instance_status(stack, DEBOUNCER).get("historyEvents") or []
+    started = next((i for i, e in enumerate(events) if e["EventType"] == SUB_CREATED), None)
+    return started is not None and any(e["EventType"] == EVENT_RAISED and e.get("Name") == UPLOAD_EVENT
+                                       and silo in (e.get("Input") or "") for e in events[started:])
+
+
+def test_an_upload_during_retraining_starts_the_next_run(retrain_stack, digits, refused_port):
+    """The first run is held open by a silo whose jobs cannot write (the gate) until the debouncer has
+    the upload that lands during it, so the upload never races the run."""
+    stack, gate = retrain_stack, SILOS[1]
+    known = retraining_runs(stack)
     x, y = digits.x_train[:200], digits.y_train[:200]
-    stack.upload_data(SILOS[1], "digits", x, y)
-    first = _wait_new_run(stack, known)
-    stack.upload_data(SILOS[0], "digits", x, y)  # lands while `first` trains
-    assert stack.run_status(first)["runtime_status"] in ("Running", "Pending")
-    assert stack.wait_run(first, timeout=300)["runtime_status"] == "Completed"
-    second = _wait_new_run(stack, known | {first})
-    assert stack.wait_run(second, timeout=300)["runtime_status"] == "Completed"
-    assert len(retraining_runs(stack)) == len(known) + 2
+    cut_off = CutOff(stack, refused_port)
+    creds = cut_off(gate)
+    try:
+        own = blob_service(creds.connection_string).get_blob_client(layout.DATA, layout.silo_data("digits"))
+        own.upload_blob(xy_to_bytes(x, y), overwrite=True)  # the gate's owner uploads, with its own key
+        first = wait_new_run(stack, known)
+        stack.wait_round(first, 0)
+        stack.upload_data(SILOS[0], "digits", x, y)  # lands while `first` trains
+        wait_until(lambda: heard_upload_during_training(stack, SILOS[0]), 60, interval=0.2,
+                   what="the debouncer hearing the upload during training")
+        stack.api("POST", f"/api/silos/{gate}/disable", role="admin")  # the next run trains without it
+        report_failure(BlobOutbox(own_outbox(creds)), layout.outbox_prefix(first, 0, gate), "held by the test", None)
+        assert stack.wait_run(first, timeout=300)["runtime_status"] == "Completed"
+        second = wait_new_run(stack, known | {first})
+        status = stack.wait_run(second, timeout=300)
+        assert status["runtime_status"] == "Completed", status
+        assert set(status["history"][0]["silos"]) == {SILOS[0]}
+        debouncer = wait_instance(stack, DEBOUNCER, "Completed")["output"]
+        assert (debouncer["run"], debouncer["uploads"]) == (second, 1)
+        assert retraining_runs(stack) == known | {first, second}
+    finally:
+        cut_off.restore(gate)
+        stack.add_silo(gate)  # ready again, for whichever test comes next
+

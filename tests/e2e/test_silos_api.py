@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from fedfunc.coordinator import onboarding
-from fedfunc.coordinator.services import Services
-from fedfunc.registry import SiloRecord, UnknownSilo
-from fedfunc.settings import load_settings
+from fedfunc.azurite import read_accounts
+from fedfunc.host.testing import TERMINAL, wait_until
+from fedfunc.security import keys
+from fedfunc.security.policy import POLICY_CONTAINER, SiloPolicy, write_policy
+from fedfunc.silo.home import read_credentials, silo_home
+from fedfunc.silo.local import claim_account, release_local_silo
+from fedfunc.storage import blob_service
 
 
 @pytest.mark.parametrize("body, named", [
@@ -25,17 +28,33 @@ def test_bad_onboarding_request_is_400_naming_the_field(stack, body, named):
     assert "ok-name" not in {s["name"] for s in stack.api("GET", "/api/silos", role="admin")["silos"]}
 
 
-def test_abandoned_onboarding_leaves_no_registry_entry_but_keeps_ready_silos(stack, monkeypatch):
-    monkeypatch.setenv("FEDFUNC_HOST_URL", stack.host.origin)
-    monkeypatch.setenv("FEDFUNC_HOST_MASTER_KEY", stack.master_key)  # the subscription routes need it
-    svc = Services(load_settings(stack.settings()))
-    svc.registry.put(SiloRecord(name="half-done", account="silo12", blob_url="http://127.0.0.1:1/silo12",
-                                compute="local", policy_ref="x"))
-    onboarding.abandon(svc, onboarding.SiloRequest(name="half-done"))
-    with pytest.raises(UnknownSilo):
-        svc.registry.get("half-done")
-    onboarding.abandon(svc, onboarding.SiloRequest(name="site-1"))
-    assert svc.registry.get("site-1").status == "ready"
+def test_a_failed_onboarding_leaves_no_half_registered_silo(stack, own_silo):
+    """The smoke job fails because the silo's storage holds a policy for another silo; the orchestration
+    abandons the onboarding: a new silo is not left registered, and a silo that was ready stays ready."""
+    wrong = SiloPolicy(silo="someone-else",
+                       orchestrator_keys=[keys.public_b64(keys.load_private(stack.orchestrator_key_path).public_key())])
+    ready = own_silo("e2e-was-ready", data=False)
+    write_policy(read_credentials(silo_home(stack.home, ready)).connection_string, wrong, replace=True)  # its owner's
+    new = "e2e-doomed"  # the account it will be given still holds another silo's policy
+    account = read_accounts(stack.azurite.location)[claim_account(
+        new, azurite_home=stack.azurite.location, orchestrator_conn=stack.azurite.orchestrator.connection_string).account]
+    try:
+        blob_service(account.connection_string).create_container(POLICY_CONTAINER)
+        write_policy(account.connection_string, wrong, replace=True)
+        for name in (ready, new):  # both onboardings run at once
+            stack.api("POST", "/api/silos", {"name": name, "compute": "local", "policy": stack.silo_policy()},
+                      role="admin")
+        for name in (ready, new):
+            status = wait_until(lambda: (s := stack.api("GET", f"/api/silos/{name}/onboarding", role="admin"))
+                                ["runtime_status"] in TERMINAL and s, 120, interval=0.2, what=f"onboarding {name}")
+            assert status["runtime_status"] == "Failed", status
+            assert status["output"].startswith(f"onboarding {name} failed at smoke_test_silo: ")
+            assert "policy_valid" in status["output"]
+        silos = {s["name"]: s["status"] for s in stack.api("GET", "/api/silos", role="admin")["silos"]}
+        assert new not in silos and silos[ready] == "ready"
+    finally:  # abandoning keeps a new silo's storage for its next attempt; this test frees it
+        release_local_silo(new, azurite_home=stack.azurite.location,
+                           orchestrator_conn=stack.azurite.orchestrator.connection_string, home_root=stack.home)
 
 
 def test_silo_listing_hides_credentials_and_disable_is_admin_only(stack):
@@ -47,30 +66,29 @@ def test_silo_listing_hides_credentials_and_disable_is_admin_only(stack):
     assert stack.api("POST", "/api/silos/nowhere/disable", role="admin", expect=(404,))["error"]
 
 
-def test_silo_owner_uploads_data_with_the_cli(stack, tmp_path, digits):
+def test_silo_owner_uploads_data_with_the_cli(stack, tmp_path, own_silo):
     """The owner's upload lands in the silo's own data with the silo's own key; bad files are refused."""
     import pickle
 
     from typer.testing import CliRunner
 
     from fedfunc.cli import _register, app
-    from fedfunc.silo.home import read_credentials, silo_home
-    from fedfunc.storage import blob_service
     from fedfunc.tasks import xy_from_bytes
 
     _register()
+    silo = own_silo("e2e-upload", data=False)
     home = ["--local-home", str(stack.home)]
-    ok = CliRunner().invoke(app, ["silo", "upload", "site-2", "--task", "digits", "--builtin-part", "2/3", *home])
+    ok = CliRunner().invoke(app, ["silo", "upload", silo, "--task", "digits", "--builtin-part", "2/3", *home])
     assert ok.exit_code == 0, ok.output
-    creds = read_credentials(silo_home(stack.home, "site-2"))
+    creds = read_credentials(silo_home(stack.home, silo))
     x, y = xy_from_bytes(blob_service(creds.connection_string).get_blob_client(
         "data", "digits/train.safetensors").download_blob().readall())
     assert len(y) == int(ok.output.split()[1]) and x.dtype.name == "float32"
 
     pickled = tmp_path / "data.safetensors"
     pickled.write_bytes(pickle.dumps({"x": [1.0], "y": [0]}))
-    bad = CliRunner().invoke(app, ["silo", "upload", "site-2", "--task", "digits", "--file", str(pickled), *home])
+    bad = CliRunner().invoke(app, ["silo", "upload", silo, "--task", "digits", "--file", str(pickled), *home])
     assert bad.exit_code == 2 and "--file" in bad.output
-    both = CliRunner().invoke(app, ["silo", "upload", "site-2", "--task", "digits", "--file", str(pickled),
+    both = CliRunner().invoke(app, ["silo", "upload", silo, "--task", "digits", "--file", str(pickled),
                                     "--builtin-part", "1/3", *home])
     assert both.exit_code == 2 and "exactly one" in both.output

@@ -5,18 +5,25 @@ import base64
 import json
 import re
 import sqlite3
-import time
+
+import pytest
+from e2e_helpers import SILOS, run_spec, wait_instance
 
 from fedfunc import layout, weights
 
-SILOS = ("site-1", "site-2", "site-3")
 
-
-def test_run_trains_every_silo_and_writes_report(stack, spec):
-    run = stack.start_run(spec(rounds=2, run_id="e2e-basic"))
+@pytest.fixture(scope="module")
+def basic_run(stack, bundle) -> dict:
+    """A completed two-round run over the session's silos, which this module's tests only read."""
+    run = stack.start_run(run_spec(bundle, rounds=2, run_id="e2e-basic"))
     status = stack.wait_run(run, timeout=300)
     assert status["runtime_status"] == "Completed", status
-    history = status["history"]
+    return status
+
+
+def test_run_trains_every_silo_and_writes_report(stack, basic_run):
+    run = basic_run["run"]
+    history = basic_run["history"]
     assert [r["round"] for r in history] == [0, 1]
     for r in history:
         assert {s: o["state"] for s, o in r["silos"].items()} == {s: "received" for s in SILOS}
@@ -33,13 +40,12 @@ def test_run_trains_every_silo_and_writes_report(stack, spec):
     assert stack.download(layout.MODELS, layout.global_model(run, 2))
 
 
-def test_history_holds_references_not_weights(stack, spec):
+def test_history_holds_references_not_weights(stack, basic_run):
     """No stored orchestration value carries a model's weights, as bytes (base64) or as numbers (JSON).
 
     The global models of the run are read back; a slice of each tensor's raw bytes, base64-encoded at every
     alignment, and any run of 33 numbers in a row would betray weights in the host's state."""
-    run = stack.start_run(spec(rounds=2, run_id="e2e-history"))
-    assert stack.wait_run(run, timeout=300)["runtime_status"] == "Completed"
+    run = basic_run["run"]
     needles = set()
     for round_ in (0, 1, 2):
         arrays, _ = weights.decode(stack.download(layout.MODELS, layout.global_model(run, round_)))
@@ -61,36 +67,32 @@ def test_history_holds_references_not_weights(stack, spec):
     assert values > 100  # the state was really read
 
 
-def test_runs_are_listed_and_unknown_run_is_404(stack, spec):
+def test_runs_are_listed_and_unknown_run_is_404(stack, basic_run):
     runs = stack.api("GET", "/api/runs")["runs"]
-    assert any(r["run"] == "e2e-basic" for r in runs)
+    assert any(r["run"] == basic_run["run"] for r in runs)
     r = stack.api("GET", "/api/runs/no-such-run", expect=(404,))
     assert "no-such-run" in r["error"]
 
 
 def test_cancel_terminates_run_and_round(stack, spec):
     run = stack.start_run(spec(rounds=3, run_id="e2e-cancel"))
-    deadline = time.monotonic() + 120
-    while not (stack.run_status(run).get("current_round") or {}).get("jobs"):
-        assert time.monotonic() < deadline, "round 0 never started its jobs"
-        time.sleep(0.1)
+    assert set(stack.wait_round(run, 0)["current_round"]["jobs"]) == set(SILOS)  # jobs started, round collecting
     cancelled = stack.api("POST", f"/api/runs/{run}/cancel")
     assert cancelled["cancelled"] and len(cancelled["cancelled_jobs"]) == 3
-    status = stack.run_status(run)
-    assert status["runtime_status"] == "Terminated"
-    round0 = stack.api("GET", f"/runtime/webhooks/durabletask/instances/{run}:r0", role=None)
-    assert round0["runtimeStatus"] == "Terminated"
+    wait_instance(stack, run, "Terminated")  # the API queues the termination; wait for it to happen
+    wait_instance(stack, f"{run}:r0", "Terminated")
+    assert stack.run_status(run)["runtime_status"] == "Terminated"
     again = stack.api("POST", f"/api/runs/{run}/cancel", expect=(409,))
     assert "Terminated" in again["error"]
 
 
-def test_cli_shows_a_run(stack):
+def test_cli_shows_a_run(stack, basic_run):
     from typer.testing import CliRunner
 
     from fedfunc.cli import _register, app
 
     _register()
-    result = CliRunner().invoke(app, ["run", "status", "e2e-basic", "--host", stack.host.origin,
+    result = CliRunner().invoke(app, ["run", "status", basic_run["run"], "--host", stack.host.origin,
                                       "--api-key", stack.scientist_key], terminal_width=200)
     assert result.exit_code == 0, result.output
     assert "Completed" in result.output and "site-1:received" in result.output

@@ -5,7 +5,6 @@ each refused with a clear reason — and the run still completes."""
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 from azure.core.exceptions import HttpResponseError
@@ -14,6 +13,7 @@ from azure.storage.blob import BlobServiceClient
 from fedfunc import layout
 from fedfunc.contracts import Hyperparams, SiloJobRequest
 from fedfunc.backends.local import LocalProcessBackend
+from fedfunc.host.testing import wait_until
 from fedfunc.security import keys
 from fedfunc.security.tickets import issue_ticket
 from fedfunc.security.audit import SiloAuditTrail
@@ -56,14 +56,10 @@ def _refusal(stack, silo: str, request: SiloJobRequest, timeout: float = 120) ->
     ``failed.json`` (authenticated jobs only)."""
     own = BlobServiceClient.from_connection_string(read_credentials(silo_home(stack.home, silo)).connection_string)
     trail = SiloAuditTrail(BlobOutbox(own.get_container_client(layout.OUTBOX)), silo)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        refused = [e for e in trail.recent() if e["kind"] == "job_refused" and e["job"] == request.job_key]
-        if refused:
-            assert not own.get_blob_client(layout.OUTBOX, request.outbox_prefix + layout.UPDATE).exists()
-            return refused[0]["detail"]
-        time.sleep(0.2)
-    raise TimeoutError(f"silo {silo} did not refuse {request.job_key}")
+    refused = wait_until(lambda: [e for e in trail.recent() if e["kind"] == "job_refused" and e["job"] == request.job_key],
+                         timeout, interval=0.2, what=f"silo {silo} refusing {request.job_key}")
+    assert not own.get_blob_client(layout.OUTBOX, request.outbox_prefix + layout.UPDATE).exists()
+    return refused[0]["detail"]
 
 
 def test_lockdown_while_a_run_goes_on(stack, fedfunc):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,6 +11,7 @@ from azure.storage.blob import BlobServiceClient
 
 from fedfunc import layout
 from fedfunc.contracts import Hyperparams, SiloJobRequest
+from fedfunc.host.testing import wait_until
 from fedfunc.registry import SiloRegistry
 from fedfunc.security import keys
 from fedfunc.security.bundle import build_bundle, sign_bundle
@@ -130,13 +130,9 @@ def job_factory(orch_conn, silos, trust, signed_bundle):
 def wait_outbox():
     """``wait_outbox(service, prefix, names)``: poll the outbox until one of ``names`` exists; returns it."""
     def wait(service: BlobServiceClient, prefix: str, names: tuple[str, ...], timeout: float = 90) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for name in names:
-                if service.get_blob_client(layout.OUTBOX, prefix + name).exists():
-                    return name
-            time.sleep(0.2)
-        raise TimeoutError(f"none of {names} appeared under outbox/{prefix} within {timeout}s")
+        def landed() -> str | None:
+            return next((n for n in names if service.get_blob_client(layout.OUTBOX, prefix + n).exists()), None)
+        return wait_until(landed, timeout, interval=0.2, what=f"one of {names} under outbox/{prefix}")
     return wait
 
 
@@ -151,9 +147,5 @@ def wait_job_ended():
             return False
 
     def wait(pid: int, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while alive(pid):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"job process {pid} still running after {timeout}s")
-            time.sleep(0.1)
+        wait_until(lambda: not alive(pid), timeout, interval=0.1, what=f"job process {pid} ended")
     return wait

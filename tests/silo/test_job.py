@@ -4,14 +4,15 @@ import os
 import signal
 import socket
 import threading
-import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from azure.storage.blob import BlobServiceClient
 
 from fedfunc import layout
 from fedfunc.backends.local import LocalProcessBackend
+from fedfunc.host.testing import wait_until
 from fedfunc.weights import ModelManifest, decode, validate_update
 
 
@@ -66,13 +67,21 @@ def test_wrong_model_bytes_fail_with_the_rule(silo_with_data, own_service, job_f
 
 @pytest.fixture
 def hanging_server():
-    """An HTTP endpoint that accepts connections and never answers: a job downloading from it blocks."""
+    """An HTTP endpoint that accepts connections and never answers: a job downloading from it blocks.
+    ``accepted`` holds each connection taken, so a test can wait until a job is blocked on it."""
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
     srv.listen()
-    conns = []
-    threading.Thread(target=lambda: conns.append(srv.accept()), daemon=True).start()
-    yield f"http://127.0.0.1:{srv.getsockname()[1]}"
+    accepted = []
+
+    def serve():
+        while True:
+            try:
+                accepted.append(srv.accept())
+            except OSError:  # closed at teardown
+                return
+    threading.Thread(target=serve, daemon=True).start()
+    yield SimpleNamespace(url=f"http://127.0.0.1:{srv.getsockname()[1]}", accepted=accepted)
     srv.close()
 
 
@@ -92,15 +101,12 @@ def test_a_hard_crash_of_the_job_still_publishes_failed_json(silo_with_data, own
                                                              hanging_server, wait_outbox):
     silo_with_data("job-d")
     request = job_factory("job-d", "run-crash",
-                          model_url=f"{hanging_server}/fedorch/models/run-crash/round-0000/global.safetensors?sig=x")
+                          model_url=f"{hanging_server.url}/fedorch/models/run-crash/round-0000/global.safetensors?sig=x")
     backend = LocalProcessBackend(silos.home_root)
     job = backend.submit(request)
-    deadline = time.monotonic() + 30
-    while not (workers := _children(backend.pid(job))) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert workers, "the supervisor never started its worker"
-    time.sleep(1.0)
-    os.kill(workers[0], signal.SIGKILL)  # what the OOM killer does
+    [worker] = wait_until(lambda: _children(backend.pid(job)), 30, interval=0.1, what="the supervisor's worker")
+    wait_until(lambda: hanging_server.accepted, 60, interval=0.1, what="the worker blocked on the model download")
+    os.kill(worker, signal.SIGKILL)  # what the OOM killer does
     service = own_service("job-d")
     assert wait_outbox(service, request.outbox_prefix, (layout.UPDATE, layout.FAILED), 30) == layout.FAILED
     failed = json.loads(_read(service, request.outbox_prefix + layout.FAILED))

@@ -79,8 +79,37 @@ def test_release_revokes_the_orchestrator_sas_and_frees_the_account(silos, azuri
     assert not silo_home(silos.home_root, "prov-h").exists()
     with pytest.raises(DENIED):
         list(outbox.list_blobs())
-    assert claim_account("prov-i", azurite_home=azurite.location, orchestrator_conn=orch_conn) == record.account
+    assert claim_account("prov-i", azurite_home=azurite.location, orchestrator_conn=orch_conn).account == record.account
     release_local_silo("prov-i", azurite_home=azurite.location, orchestrator_conn=orch_conn, home_root=silos.home_root)
+
+
+@pytest.mark.parametrize("next_silo", ["prov-k", "prov-j"], ids=["another-silo", "same-name-again"])
+def test_a_released_silos_sas_cannot_read_the_next_silo_provisioned_on_its_account(silos, azurite, orch_conn,
+                                                                                     own_service, policy_for,
+                                                                                     next_silo):
+    """The pool account is reused; the SAS the orchestrator held for the released silo must not open it."""
+    from fedfunc.silo.local import release_local_silo
+
+    old = silos("prov-j")
+    old_outbox = ContainerClient.from_container_url(f"{old.blob_url}/{layout.OUTBOX}?{old.outbox_read_sas}")
+    assert list(old_outbox.list_blobs()) == []
+    release_local_silo("prov-j", azurite_home=azurite.location, orchestrator_conn=orch_conn, home_root=silos.home_root)
+
+    new = silos(next_silo)
+    assert new.account == old.account, "the released account was not the one re-provisioned"
+    secret = f"runs/r/rounds/0000/silos/{next_silo}/metrics.json"
+    own_service(next_silo).get_blob_client(layout.OUTBOX, secret).upload_blob(b'{"loss": 0.1}')
+    with pytest.raises(DENIED) as listing:
+        list(old_outbox.list_blobs())
+    assert listing.value.status_code == 403
+    with pytest.raises(DENIED):
+        old_outbox.get_blob_client(secret).download_blob().readall()
+    new_outbox = ContainerClient.from_container_url(f"{new.blob_url}/{layout.OUTBOX}?{new.outbox_read_sas}")
+    assert [b.name for b in new_outbox.list_blobs()] == [secret]
+    again = provision_local_silo(next_silo, azurite_home=azurite.location, orchestrator_conn=orch_conn,
+                                 home_root=silos.home_root, initial_policy=policy_for(next_silo))
+    assert again.outbox_read_sas == new.outbox_read_sas  # a retried provisioning keeps the SAS it handed out
+    assert [b.name for b in new_outbox.list_blobs()] == [secret]
 
 
 def test_smoke_job_proves_access_and_isolation_from_the_silo_process(silos, own_service):
