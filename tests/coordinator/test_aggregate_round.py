@@ -1,5 +1,6 @@
-"""The aggregate activity's logic against real storage: every bad update is rejected with its reason,
-the quorum is checked before anything is written, and a re-run returns the first result."""
+"""The aggregate and pool_evaluations activities' logic against real storage: every bad update or
+evaluation is rejected with its reason, the quorum is checked before anything is written, a re-run
+returns the first result, and round 0's model is the bundle's signed initial weights."""
 from __future__ import annotations
 
 import json
@@ -11,12 +12,23 @@ import pytest
 from fedfunc import layout, weights
 from fedfunc.contracts import ModelRef
 from fedfunc.coordinator import rounds
+from fedfunc.coordinator.bundles import UnknownBundle, store_bundle
 from fedfunc.coordinator.store import RunStore
-from fedfunc.protocol import AggregateOrder, RoundJob, RunState, UpdateNotice
+from fedfunc.evaluation import EvalFigures
+from fedfunc.protocol import AggregateOrder, EvaluationOrder, RoundJob, RunState, UpdateNotice
+from fedfunc.security import keys
+from fedfunc.security.bundle import open_bundle
 from fedfunc.spec import RunSpec
 from fedfunc.storage import blob_service
+from fedfunc.tasks.builtin import task_dir
+from fedfunc.tasks.signing import build_bundle
 
 SILOS = ["a-silo", "b-silo", "c-silo"]
+
+
+@pytest.fixture(scope="session")
+def digits_bundle() -> bytes:
+    return build_bundle(task_dir("digits"), keys.generate())
 
 
 @pytest.fixture
@@ -26,12 +38,14 @@ def store(azurite, request):
 
 
 @pytest.fixture
-def job(store, request):
+def job(store, request, digits_bundle):
     run = f"agg-{request.node.name[-40:].replace('_', '-')}"
-    spec = RunSpec(task="digits", silos=SILOS, quorum=0.6)
+    bundle, _ = store_bundle(store, digits_bundle, len(digits_bundle))
+    spec = RunSpec(task="digits", bundle=bundle.code_hash, silos=SILOS, evaluators=["held-out"], quorum=0.6)
     model = rounds.init_run(store, RunState(run_id=run, spec=spec))
     job = RoundJob(run_id=run, round=0, nonce="n0", model=model, spec=spec, deadline="2030-01-01T00:00:00+00:00")
-    plan = rounds.prepare_round(store, SILOS, job)
+    plan = rounds.prepare_round(store, [*SILOS, "held-out"], job)
+    assert plan.silos == SILOS and plan.evaluators == ["held-out"]
     return job.model_copy(update={"manifest": plan.manifest})
 
 
@@ -122,3 +136,38 @@ def test_received_updates_are_recorded_with_their_hash(store, job):
     blobs = {s: update_bytes(job, store, s) for s in SILOS}
     result = aggregate(store, job, blobs)
     assert {s: r["sha256"] for s, r in result["received"].items()} == {s: weights.sha256(b) for s, b in blobs.items()}
+
+
+def test_round_0_is_the_bundles_signed_initial_weights(store, job, digits_bundle):
+    signed, _ = weights.decode(open_bundle(digits_bundle).weights())
+    for k, v in rounds.load_global(store, job.model).items():
+        np.testing.assert_array_equal(v, signed[k])
+    assert rounds.run_manifest(store, job.run_id).num_classes == 10
+    with pytest.raises(UnknownBundle, match="no bundle"):
+        rounds.init_run(store, RunState(run_id="agg-nobundle", spec=RunSpec(bundle="0" * 64, silos=SILOS)))
+
+
+def evaluation_bytes(job, silo, figures: EvalFigures, **meta_over) -> bytes:
+    return figures.encode({"run": job.run_id, "round": "0", "silo": silo, "nonce": job.nonce, **meta_over})
+
+
+def confusion(correct: int, wrong: int) -> np.ndarray:
+    c = np.zeros((10, 10), np.int64)
+    c[0, 0], c[1, 2] = correct, wrong
+    return c
+
+
+def test_evaluations_pool_exactly_with_the_held_out_evaluator_apart(store, job):
+    blobs = {"a-silo": evaluation_bytes(job, "a-silo", EvalFigures(10, 5.0, confusion(9, 1))),
+             "b-silo": evaluation_bytes(job, "b-silo", EvalFigures(30, 3.0, confusion(15, 15))),
+             "c-silo": evaluation_bytes(job, "c-silo", EvalFigures(5, 1.0, confusion(5, 0)), nonce="stale"),
+             "held-out": evaluation_bytes(job, "held-out", EvalFigures(4, 2.0, confusion(4, 0)))}
+    order = EvaluationOrder(job=job, silos=SILOS, evaluators=["held-out"])
+    result = rounds.pool_evaluations(store, lambda silo, path, n: blobs[silo], order)
+    assert result.metrics == {"accuracy": 24 / 40, "loss": 8.0 / 40, "num_examples": 40,
+                              "heldout_accuracy": 1.0, "heldout_loss": 0.5, "heldout_num_examples": 4}
+    assert [(r.silo, "nonce" in r.reason) for r in result.rejected] == [("c-silo", True)]
+    record = json.loads(store.get_bytes(layout.RUNS, layout.round_evaluation(job.run_id, 0)))
+    assert np.array(record["confusion"]).sum() == 40 and np.array(record["heldout_confusion"]).sum() == 4
+    again = rounds.pool_evaluations(store, lambda *a: pytest.fail("a re-run must not read again"), order)
+    assert again == result
