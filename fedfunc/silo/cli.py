@@ -30,10 +30,11 @@ def _io(aml: bool, data: Path | None, model: Path | None, outbox: Path | None, p
         return MountedSiloIO(data, model, outbox, policy, bundle)
     from fedfunc.silo.home import home_from_env, read_credentials
 
-    creds = read_credentials(home_from_env())
-    return BlobSiloIO.of(creds)
+    home = home_from_env()
+    return BlobSiloIO.of(read_credentials(home), data_cache=home / DATA_CACHE)
 
 
+DATA_CACHE = "data-cache"  # in the silo's home: its own data, kept between rounds (keyed by ETag)
 REPORTED = 3  # the worker ended the job itself (published failed.json, or refused an unauthenticated job)
 
 

@@ -81,16 +81,17 @@ class BlobSiloIO:
     read-only SAS URLs of the orchestrator's containers (``bundles_url`` names the container, so the
     orchestrator cannot point a job at a bundle anywhere else)."""
 
-    def __init__(self, connection_string: str, models_sas: str, bundles_url: str | None = None):
+    def __init__(self, connection_string: str, models_sas: str, bundles_url: str | None = None,
+                 data_cache: Path | None = None):
         self.service = BlobServiceClient.from_connection_string(connection_string)
         self.models_sas, self.bundles_url = models_sas, bundles_url
         self.outbox = BlobOutbox(self.service.get_container_client(layout.OUTBOX))
-        self.data = BlobDataSource(self.service.get_container_client(layout.DATA))
+        self.data = BlobDataSource(self.service.get_container_client(layout.DATA), data_cache)
 
     @classmethod
-    def of(cls, creds) -> BlobSiloIO:
-        """From a local silo's ``SiloCredentials``."""
-        return cls(creds.connection_string, creds.models_sas, creds.bundles_url)
+    def of(cls, creds, data_cache: Path | None = None) -> BlobSiloIO:
+        """From a local silo's ``SiloCredentials``; ``data_cache``: a folder of the silo's own home."""
+        return cls(creds.connection_string, creds.models_sas, creds.bundles_url, data_cache)
 
     def read_model(self, request: SiloJobRequest) -> bytes:
         url = request.model_url if "?" in request.model_url else f"{request.model_url}?{self.models_sas}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -120,6 +121,6 @@ def upload_silo_data(home: Path, files: Mapping[str, bytes]) -> list[str]:
     paths); returns the paths written."""
     container = BlobServiceClient.from_connection_string(read_credentials(home).connection_string) \
         .get_container_client(layout.DATA)
-    for path, data in files.items():
-        container.upload_blob(path, data, overwrite=True)
+    with ThreadPoolExecutor(16) as pool:  # many small files (images): overlap the requests
+        list(pool.map(lambda item: container.upload_blob(item[0], item[1], overwrite=True), files.items()))
     return sorted(files)

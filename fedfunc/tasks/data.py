@@ -26,7 +26,8 @@ MAX_IMAGE_PIXELS = 64 * 1024 * 1024
 
 
 class DataSource(Protocol):
-    """Where a silo's data container is read from (blob storage, a mounted folder, memory)."""
+    """Where a silo's data container is read from (blob storage, a mounted folder, memory). A source may
+    also offer ``read_many(paths)`` (bytes in the same order) to fetch many small files concurrently."""
 
     def list(self, prefix: str) -> list[str]:
         """Full paths of the blobs under ``prefix``, sorted."""
@@ -84,6 +85,16 @@ class DataReader:
         except FileNotFoundError:
             raise DataError(self._where(name), "no such file") from None
 
+    def read_many(self, names: Sequence[str]) -> list[bytes]:
+        """Several files' bytes, fetched concurrently where the source can (many small files: images)."""
+        many = getattr(self.source, "read_many", None)
+        if many is None:
+            return [self.read_bytes(n) for n in names]
+        try:
+            return list(many([self.prefix + n for n in names]))
+        except FileNotFoundError as e:
+            raise DataError(self.label + str(e).removeprefix(self.prefix), "no such file") from None
+
     def arrays(self, name: str) -> dict[str, np.ndarray]:
         """A safetensors file's arrays (never pickle)."""
         try:
@@ -123,18 +134,18 @@ class DataReader:
         names = [n for n in self.files(pattern) if n.lower().endswith(TABLE_SUFFIXES)]
         if not names:
             raise DataError(self.label + pattern, "no CSV or Parquet file matches")
-        parts = [self._parse_table(n, columns) for n in names]
+        parts = [(read_csv if n.lower().endswith(".csv") else read_parquet)(data, columns, self._where(n))
+                 for n, data in zip(names, self.read_many(names))]
         return {c: np.concatenate([p[c] for p in parts]) for c in columns}
-
-    def _parse_table(self, name: str, columns: Mapping[str, str]) -> dict[str, np.ndarray]:
-        data, where = self.read_bytes(name), self._where(name)
-        if name.lower().endswith(".csv"):
-            return read_csv(data, columns, where)
-        return read_parquet(data, columns, where)
 
     def image(self, name: str, mode: str | None = None) -> np.ndarray:
         """An image as a uint8 array (H, W) or (H, W, channels); ``mode`` converts (e.g. ``"L"``, ``"RGB"``)."""
         return read_image(self.read_bytes(name), self._where(name), mode)
+
+    def images(self, pattern: str = "*", mode: str | None = None) -> list[tuple[str, np.ndarray]]:
+        """Every image file matching ``pattern``, in name order, as (name, uint8 array); fetched concurrently."""
+        names = [n for n in self.files(pattern) if n.lower().endswith(IMAGE_SUFFIXES)]
+        return [(n, read_image(data, self._where(n), mode)) for n, data in zip(names, self.read_many(names))]
 
 
 def describe_file(name: str, data: bytes, where: str | None = None) -> str:

@@ -89,6 +89,7 @@ def test_arrays_and_images():
     assert both["x"].shape == (3, 3) and both["y"].tolist() == [0, 1, 0]
     assert "lacks array(s) ['y']" in error(r.concat_arrays, "*.safetensors", ("x", "y")).message
     np.testing.assert_array_equal(r.image("img/3/0.png"), img)
+    assert [(n, a.shape) for n, a in r.images("img/*")] == [("img/3/0.png", (8, 8))]
     assert r.image("img/3/0.png", mode="RGB").shape == (8, 8, 3)
 
 

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 SILOS = ("site-1", "site-2", "site-3")
 
 
-@pytest.mark.parametrize("example, rounds, target", [("tabular", 4, 0.90), ("images", 4, 0.95)])
+@pytest.mark.parametrize("example, rounds, target", [("tabular", 3, 0.90), ("images", 3, 0.95)])
 def test_example_runs_from_the_readme(stack, fedfunc, tmp_path, example, rounds, target):
     env = {"FEDFUNC_HOST": stack.host.origin, "FEDFUNC_API_KEY": stack.scientist_key,
            "FEDFUNC_LOCAL_HOME": str(stack.home)}

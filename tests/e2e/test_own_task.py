@@ -24,7 +24,7 @@ from fedfunc.tasks.simulation import LocalSilo, centralized_curve
 
 SILOS = ("site-1", "site-2", "site-3")
 NAME = "pixels"
-ROUNDS = 5
+ROUNDS = 3
 
 TOML = f'name = "{NAME}"\nentry = "model:PixelNet"\nrequirements = ["torch>=2.0", "numpy>=1.24"]\n'
 MODEL = '''
@@ -45,7 +45,7 @@ with open({log!r}, "a") as log:  # who imports this code: pid and command line
 
 class PixelHyperparams(Hyperparams):
     epochs: int = 2
-    lr: float = 0.05
+    lr: float = 0.1
     batch_size: int = 16
 
 

@@ -101,3 +101,21 @@ def test_smoke_job_fails_without_a_policy(silos, own_service):
     own_service("prov-t").get_blob_client("policy", "policy.json").delete_blob()
     result = LocalProcessBackend(silos.home_root).smoke("prov-t", "attempt-1")
     assert not result["ok"] and "policy.missing" in result["reason"]
+
+
+def test_a_silo_reads_bundles_but_cannot_write_or_list_them(silos, put_bundle, signed_bundle):
+    """The silo's read-only SAS on the orchestrator's ``bundles``: a job fetches the bundle it names, and
+    nobody with a silo's credentials can plant or replace one."""
+    from fedfunc.silo.io import BlobSiloIO
+
+    silos("prov-i")
+    code_hash = put_bundle(signed_bundle)
+    creds = read_credentials(silo_home(silos.home_root, "prov-i"))
+    assert BlobSiloIO.of(creds).read_bundle(code_hash, len(signed_bundle)) == signed_bundle
+    bundles = ContainerClient.from_container_url(creds.bundles_url)
+    with pytest.raises(DENIED):
+        bundles.upload_blob(layout.bundle(code_hash), b"forged", overwrite=True)
+    with pytest.raises(DENIED):
+        list(bundles.list_blobs())
+    with pytest.raises(ValueError, match="bound"):
+        BlobSiloIO.of(creds).read_bundle(code_hash, len(signed_bundle) - 1)

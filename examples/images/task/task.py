@@ -15,7 +15,7 @@ CLASSES = [str(d) for d in range(10)]
 
 
 class ImagesHyperparams(Hyperparams):
-    epochs: int = 2
+    epochs: int = 3
     lr: float = 0.05
     batch_size: int = 16
     channels: int = Field(16, ge=1, le=256, description="feature maps of the first convolution")
@@ -36,11 +36,10 @@ class Images(Task):
         from PIL import Image
 
         images, labels = [], []
-        for name in reader.files("*/*"):
+        for name, img in reader.images("*/*", mode="L"):
             label = name.split("/")[0]
             if label not in CLASSES:
                 raise DataError(reader.label + name, f"folder {label!r} is not a class ({CLASSES})")
-            img = reader.image(name, mode="L")
             if img.shape != (SIZE, SIZE):
                 img = np.asarray(Image.fromarray(img).resize((SIZE, SIZE)))
             images.append(img)
