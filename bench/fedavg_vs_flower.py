@@ -1,6 +1,6 @@
 """Our streaming FedAvg vs Flower's ``FedAvg.aggregate_fit`` on the same federated run, plus the
 centralized baseline: digits, 5 silos, Dirichlet(α=0.5) label skew, the task's default local
-training, identical seeds. Prints per-round held-out accuracy, rounds to 0.80 / 0.90, the final
+training, identical seeds. Prints per-round accuracy pooled over the silos' test parts, rounds to 0.80 / 0.90, the final
 accuracy, and how far apart the two aggregators' models are when fed the same updates.
 
 Flower (bench/requirements.txt) conflicts with the app's pins (typer, rich), so it lives in its
@@ -19,9 +19,10 @@ import numpy as np
 import torch
 
 from fedfunc.aggregation import ClientUpdate, get_strategy
-from fedfunc.tasks import get_task
-from fedfunc.tasks.centralized import centralized_curve
-from fedfunc.tasks.simulation import Aggregate, simulate
+from fedfunc.tasks.builtin import task_dir
+from fedfunc.tasks.builtin.datasets import local_silos
+from fedfunc.tasks.signing import prepare
+from fedfunc.tasks.simulation import Aggregate, centralized_curve, simulate
 
 THRESHOLDS = (0.80, 0.90)
 
@@ -69,19 +70,22 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args()
     torch.set_num_threads(1)
-    task = get_task("digits")
-    hp = task.default_hyperparams
+    prepared = prepare(task_dir("digits"))
+    task, hp = prepared.task, prepared.task.hp
+
+    def run(seed: int, aggregate: Aggregate) -> list[dict]:
+        silos = local_silos("digits", args.silos, alpha=args.alpha, seed=seed)
+        return simulate(task, prepared.initial, silos, rounds=args.rounds, seed=seed, aggregate=aggregate)
+
     flower = flower_fedavg()
     print(f"digits, {args.silos} silos, Dirichlet α={args.alpha}, {args.rounds} rounds, local {hp}")
     print("Flower: " + (f"flwr {flower.version} FedAvg.aggregate_fit" if flower else
                         "NOT INSTALLED — skipped (see this file's docstring)"))
-    runs = {"fedfunc FedAvg": lambda s: simulate(task, n_silos=args.silos, alpha=args.alpha, rounds=args.rounds,
-                                                 seed=s, aggregate=get_strategy("fedavg").aggregate)}
+    runs = {"fedfunc FedAvg": lambda s: run(s, get_strategy("fedavg").aggregate)}
     if flower:
-        runs["Flower FedAvg"] = lambda s: simulate(task, n_silos=args.silos, alpha=args.alpha, rounds=args.rounds,
-                                                   seed=s, aggregate=flower)
-    runs["centralized"] = lambda s: centralized_curve(task, rounds=args.rounds, epochs=hp.epochs, lr=hp.lr,
-                                                      batch_size=hp.batch_size, seed=s)
+        runs["Flower FedAvg"] = lambda s: run(s, flower)
+    runs["centralized"] = lambda s: centralized_curve(
+        task, prepared.initial, local_silos("digits", args.silos, alpha=args.alpha, seed=s), rounds=args.rounds, seed=s)
     print(f"{'seed':>4}  {'run':<15} {'→0.80':>6} {'→0.90':>6} {'final':>6}  accuracy per round")
     finals: dict[str, list[float]] = {name: [] for name in runs}
     for seed in args.seeds:
@@ -96,8 +100,7 @@ def main() -> None:
         gap = max(abs(a - b) for a, b in zip(finals["fedfunc FedAvg"], finals["Flower FedAvg"]))
         print(f"largest final-accuracy difference fedfunc vs Flower over seeds: {gap:.4f}")
         diffs: list[float] = []
-        simulate(task, n_silos=args.silos, alpha=args.alpha, rounds=args.rounds, seed=args.seeds[0],
-                 aggregate=paired(get_strategy("fedavg").aggregate, flower, diffs))
+        run(args.seeds[0], paired(get_strategy("fedavg").aggregate, flower, diffs))
         print(f"same updates, both aggregators, every round (seed {args.seeds[0]}): "
               f"max |fedfunc − Flower| over all parameters = {max(diffs):.3g}")
 

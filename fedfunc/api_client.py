@@ -9,12 +9,14 @@ from fedfunc.cli import CliError
 HOST = typer.Option("http://127.0.0.1:7071", "--host", envvar="FEDFUNC_HOST", help="the Function App / fedfunc host")
 API_KEY = typer.Option(..., "--api-key", envvar="FEDFUNC_API_KEY", help="an API key from FEDFUNC_API_KEYS")
 
-def call(method: str, host: str, api_key: str, path: str, body: object | None = None) -> dict:
-    """``/api/{path}``'s JSON answer; ``CliError`` with the API's reason (exit 1), or exit 2 if the host
-    cannot be reached or does not answer JSON."""
+def call(method: str, host: str, api_key: str, path: str, body: object | None = None,
+         data: bytes | None = None) -> dict:
+    """``/api/{path}`` with a JSON ``body`` or raw ``data``; ``CliError`` with the API's reason (exit 1), or
+    exit 2 if the host cannot be reached or does not answer JSON."""
     url = f"{host.rstrip('/')}/api/{path}"
+    headers = {"x-api-key": api_key, **({"content-type": "application/octet-stream"} if data is not None else {})}
     try:
-        r = requests.request(method, url, json=body, headers={"x-api-key": api_key}, timeout=60)
+        r = requests.request(method, url, json=body, data=data, headers=headers, timeout=60)
     except requests.RequestException as e:
         raise CliError(f"cannot reach {host}: {type(e).__name__}", exit_code=2) from None
     try:

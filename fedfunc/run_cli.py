@@ -18,7 +18,7 @@ console = Console()
 @run_app.command("start")
 def start(spec: Path = typer.Argument(..., exists=True, dir_okay=False, help="the run spec (JSON)"),
           host: str = HOST, api_key: str = API_KEY) -> None:
-    """Start a run from SPEC.json (it must carry a bundle signed with `fedfunc sign`)."""
+    """Start a run from SPEC.json; its "bundle" is the hash `fedfunc bundle upload` printed."""
     try:
         body = json.loads(spec.read_text())
     except json.JSONDecodeError as e:
@@ -35,13 +35,22 @@ def status(run_id: str, host: str = HOST, api_key: str = API_KEY) -> None:
     console.print(f"run [bold]{safe(s.get('run'))}[/]: {safe(s.get('runtime_status'))} ({safe(s.get('phase'))}), "
                   f"round {safe(s.get('round'))} of {safe(s.get('rounds'))}"
                   + (f"\n[red]{safe(s['error'])}[/]" if s.get("error") else ""))
-    table = Table("round", "accuracy", "loss", "samples", "silos")
-    for r in s.get("history") or []:
-        metrics = r.get("metrics") or {}
+    history = s.get("history") or []
+    heldout = any("heldout_accuracy" in (r.get("metrics") or {}) for r in history)
+    table = Table("round", "test acc.", "loss", *(["held-out acc."] if heldout else []), "samples",
+                  title="accuracy pooled over the silos' test parts, per round's model")
+    table.add_column("silos", overflow="fold")
+
+    def fmt(m: dict | None, key: str) -> str:
+        return "pending" if m is None else ("" if key not in m else _num(m[key]))
+
+    for r in history:
         silos = ", ".join(f"{n}:{o.get('state')}" + (f" (weighted {o['num_samples']} of {o['capped']['reported']})"
                                                      if o.get("capped") else "")
                           for n, o in sorted((r.get("silos") or {}).items()))
-        table.add_row(*(safe(v) for v in (r.get("round"), _num(metrics.get("accuracy")), _num(metrics.get("loss")),
+        m = r.get("metrics")
+        table.add_row(*(safe(v) for v in (r.get("round"), fmt(m, "accuracy"), fmt(m, "loss"),
+                                          *([fmt(m, "heldout_accuracy")] if heldout else []),
                                           r.get("num_samples"), silos)))
     console.print(table)
     c = s.get("current_round")
@@ -62,7 +71,7 @@ def _num(value) -> str:
 
 @run_app.command("list")
 def list_runs(host: str = HOST, api_key: str = API_KEY) -> None:
-    table = Table("run", "status", "phase", "round", "accuracy")
+    table = Table("run", "status", "phase", "round", "pooled test accuracy")
     for r in call("GET", host, api_key, "runs")["runs"]:
         acc = (r.get("metrics") or {}).get("accuracy")
         table.add_row(*(safe(v) for v in (r.get("run"), r.get("runtime_status") or "", r.get("phase") or "",

@@ -20,4 +20,4 @@ def fedfunc():
 
     _register()
     runner = CliRunner()
-    return lambda *args, env=None: runner.invoke(app, [str(a) for a in args], env=env)
+    return lambda *args, env=None: runner.invoke(app, [str(a) for a in args], env=env, terminal_width=200)

@@ -1,4 +1,6 @@
-"""Orchestrator-side steps of a run: initial model, round manifest, silo job requests, aggregation, evaluation."""
+"""Orchestrator-side steps of a run: initial model, round manifest, silo job requests, aggregation, pooled
+evaluation. Tensors and figures only: no task code is imported here (the model's round-0 weights come
+from the signed bundle, every evaluation from the silos)."""
 from __future__ import annotations
 
 import dataclasses
@@ -6,81 +8,76 @@ from collections.abc import Iterator
 
 from azure.core.exceptions import AzureError
 
-from fedfunc import layout, weights
+from fedfunc import evaluation, layout, weights
 from fedfunc.aggregation import get_strategy
-from fedfunc.contracts import Hyperparams, ModelRef, OutboxReader, SiloJobBackend, SiloJobRequest
+from fedfunc.contracts import JobMode, ModelRef, OutboxReader, SiloJobBackend, SiloJobRequest
+from fedfunc.coordinator.bundles import open_stored
 from fedfunc.coordinator.store import RunStore, to_json
-from fedfunc.protocol import (AggregateOrder, AggregateResult, Received, Rejection, RoundJob, RoundPlan, RunStart,
-                              RunState, SampleCap, SiloJobStarted)
+from fedfunc.protocol import (AggregateOrder, AggregateResult, EvaluationOrder, Received, Rejection, RoundEvaluation,
+                              RoundJob, RoundPlan, RunStart, RunState, SampleCap, SiloJobStarted)
 from fedfunc.security import Refused
+from fedfunc.security.bundle import BundleManifest
 from fedfunc.security.egress import MAX_METRICS_BYTES, check_metrics
 from fedfunc.security.update_bound import above_median, resolve_bound
-from fedfunc.spec import RunSpec
-from fedfunc.tasks.registry import get_task
 
 
 def model_ref(path: str, data: bytes) -> ModelRef:
     return ModelRef(path=path, sha256=weights.sha256(data))
 
 
-def ensure_eval_set(store: RunStore, task_name: str) -> None:
-    """The held-out set the orchestrator evaluates on. Built-in tasks ship one; it never goes to silos."""
-    path = layout.eval_set(task_name)
-    if store.get_bytes(layout.EVALDATA, path) is None:
-        ds = get_task(task_name).load_dataset()
-        store.create_once(layout.EVALDATA, path, weights.encode({"x": ds.x_test, "y": ds.y_test}))
-
-
 def init_run(store: RunStore, state: RunState) -> RunStart:
-    """Write the spec and the round-0 global model (once: a retry finds and returns the first one), and fix
-    the run's bound on updates from the bundle, the spec or that model."""
+    """Write the spec, a copy of the bundle's manifest and the round-0 global model — the bundle's signed
+    initial weights (once: a retry finds and returns the first one) — and fix the run's bound on updates
+    from the bundle, the spec or that model."""
     run_id, spec = state.run_id, state.spec
     path = layout.global_model(run_id, 0)
-    model = get_task(spec.task).build_model(spec.seed)
-    store.create_once(layout.MODELS, path, weights.encode(weights.model_to_arrays(model), {"run": run_id, "round": "0"}))
+    if store.get_bytes(layout.MODELS, path) is None:
+        opened = open_stored(store, spec.bundle)
+        arrays, _ = weights.decode(opened.weights())
+        store.put_json(layout.RUNS, layout.run_bundle_manifest(run_id), opened.manifest.model_dump(mode="json"))
+        store.create_once(layout.MODELS, path, weights.encode(arrays, {"run": run_id, "round": "0"}))
     store.put_json(layout.RUNS, layout.run_spec(run_id), spec.model_dump(mode="json"))
-    ensure_eval_set(store, spec.task)
     data = store.get_bytes(layout.MODELS, path)
-    bound = resolve_bound(spec.max_update_norm, spec.bundle, weights.decode(data)[0])
+    bound = resolve_bound(spec.max_update_norm, run_manifest(store, run_id).config, weights.decode(data)[0])
     return RunStart(model=model_ref(path, data), update_bound=bound)
+
+
+def run_manifest(store: RunStore, run_id: str) -> BundleManifest:
+    doc = store.get_json(layout.RUNS, layout.run_bundle_manifest(run_id))
+    if doc is None:
+        raise FileNotFoundError(f"run {run_id} has no {layout.run_bundle_manifest(run_id)} (init_run writes it)")
+    return BundleManifest.model_validate(doc)
 
 
 def prepare_round(store: RunStore, ready_silos: list[str], job: RoundJob,
                   sample_caps: dict[str, int] | None = None) -> RoundPlan:
-    """Fix the round's silos (and their registered sample caps) and write its manifest. A retry returns the
-    manifest already written, so the silo set cannot change between attempts even if the registry did."""
+    """Fix the round's silos and evaluators (and the silos' registered sample caps) and write its manifest.
+    A retry returns the manifest already written, so the silo set cannot change between attempts even if
+    the registry did."""
     spec = job.spec
     path = layout.round_manifest(job.run_id, job.round)
     existing = store.get_json(layout.RUNS, path)
     if existing and existing["nonce"] == job.nonce:
-        return RoundPlan(silos=existing["silos"], manifest=path)
-    if spec.silos == "all":
-        silos, excluded = sorted(ready_silos), {}
-    else:
-        silos = [s for s in spec.silos if s in ready_silos]
-        excluded = {s: "not ready (disabled, onboarding or removed)" for s in spec.silos if s not in ready_silos}
+        return RoundPlan(silos=existing["silos"], evaluators=existing.get("evaluators", []), manifest=path)
+    wanted = [s for s in sorted(ready_silos) if s not in spec.evaluators] if spec.silos == "all" else spec.silos
+    silos = [s for s in wanted if s in ready_silos]
+    evaluators = [s for s in spec.evaluators if s in ready_silos]
+    excluded = {s: "not ready (disabled, onboarding or removed)"
+                for s in [*wanted, *spec.evaluators] if s not in ready_silos}
     store.put_json(layout.RUNS, path, {
         "run": job.run_id, "round": job.round, "nonce": job.nonce, "model": job.model.wire(),
-        "deadline": job.deadline.isoformat() if job.deadline else None, "silos": silos, "excluded": excluded,
-        "needed": spec.needed(len(silos)),
+        "deadline": job.deadline.isoformat() if job.deadline else None, "silos": silos, "evaluators": evaluators,
+        "excluded": excluded, "evaluate_only": job.evaluate_only,
+        "needed": 0 if job.evaluate_only else spec.needed(len(silos)),
         "sample_caps": {s: c for s, c in sorted((sample_caps or {}).items()) if s in silos},
         "update_bound": job.update_bound.wire() if job.update_bound else None,
     })
-    return RoundPlan(silos=silos, manifest=path)
+    return RoundPlan(silos=silos, evaluators=evaluators, manifest=path)
 
 
-def local_hyperparams(spec: RunSpec) -> Hyperparams:
-    """What every silo trains with: the spec's (equal to the signed bundle's), else the task's defaults.
-    Silo jobs derive their own per-round shuffling seed from it, so it is the same for every job."""
-    if spec.hyperparams is not None:
-        return spec.hyperparams
-    return get_task(spec.task).default_hyperparams.model_copy(update={"seed": spec.seed})
-
-
-def silo_job_request(store: RunStore, job: RoundJob, silo: str, ticket: str | None = None) -> SiloJobRequest:
+def silo_job_request(store: RunStore, job: RoundJob, silo: str, mode: JobMode, ticket: str | None) -> SiloJobRequest:
     return SiloJobRequest(
-        run_id=job.run_id, round=job.round, silo=silo, nonce=job.nonce, task=job.spec.task,
-        hyperparams=local_hyperparams(job.spec),
+        run_id=job.run_id, round=job.round, silo=silo, nonce=job.nonce, task=job.spec.task, mode=mode,
         model_url=store.model_read_url(job.model.path), model_sha256=job.model.sha256,
         outbox_prefix=layout.outbox_prefix(job.run_id, job.round, silo), ticket=ticket, bundle=job.spec.bundle)
 
@@ -124,7 +121,8 @@ def aggregate_round(store: RunStore, read_outbox: OutboxReader, order: Aggregate
     global_arrays = load_global(store, job.model)
     manifest = weights.ModelManifest.from_arrays(global_arrays)
     max_bytes = int(spec.max_update_mb * 2**20)
-    bound = job.update_bound or resolve_bound(spec.max_update_norm, spec.bundle, global_arrays)
+    bound = job.update_bound or resolve_bound(
+        spec.max_update_norm, run_manifest(store, job.run_id).config, global_arrays)
     caps = manifest_doc.get("sample_caps") or {}
     rejected: dict[str, Rejection] = {}
     received: dict[str, Received] = {}
@@ -212,13 +210,39 @@ def sample_cap(silo: str, reported: int, registered: int | None, spec_cap: int |
     return SampleCap(reported=reported, used=used, by=by)
 
 
-def evaluate(store: RunStore, job: RoundJob) -> dict:
-    """The global model's loss and accuracy on the orchestrator's held-out set."""
-    task = get_task(job.spec.task)
-    data = store.get_bytes(layout.EVALDATA, layout.eval_set(job.spec.task))
-    if data is None:
-        raise FileNotFoundError(f"no held-out set at {layout.EVALDATA}/{layout.eval_set(job.spec.task)}")
-    arrays, _ = weights.decode(data)
-    model = task.build_model(0)
-    weights.load_arrays_into(model, load_global(store, job.model))
-    return task.evaluate(model, arrays["x"], arrays["y"])
+def pool_evaluations(store: RunStore, read_outbox: OutboxReader, order: EvaluationOrder) -> RoundEvaluation:
+    """Read and check each job's evaluation of the model that entered the round; pool the silos' figures
+    and, apart, the evaluators'. Recorded once per round (``evaluation.json``, with the pooled confusion
+    matrices); a re-run returns the record."""
+    job = order.job
+    record_path = layout.round_evaluation(job.run_id, job.round)
+    done = store.get_json(layout.RUNS, record_path)
+    if done is not None:
+        return RoundEvaluation.model_validate({k: done[k] for k in RoundEvaluation.model_fields})
+    classes = run_manifest(store, job.run_id).num_classes
+    rejected: list[Rejection] = []
+    figures: dict[str, evaluation.EvalFigures] = {}
+    for silo in sorted({*order.silos, *order.evaluators}):
+        path = layout.outbox_prefix(job.run_id, job.round, silo) + layout.EVALUATION
+        expected = {"run": job.run_id, "round": job.round, "silo": silo, "nonce": job.nonce}
+        try:
+            figures[silo] = evaluation.check_evaluation(read_outbox(silo, path, evaluation.max_bytes(classes)),
+                                                        num_classes=classes, expected=expected)
+        except (weights.UpdateRejected, AzureError, ValueError) as e:
+            rejected.append(Rejection(silo=silo, reason=f"evaluation: {e}"))
+    pooled = evaluation.pool((figures[s] for s in order.silos if s in figures), classes)
+    heldout = evaluation.pool((figures[s] for s in order.evaluators if s in figures), classes)
+    result = RoundEvaluation(metrics={**pooled.summary(), **heldout.summary("heldout_")},
+                             evaluated=sorted(figures), rejected=rejected)
+    record = {**result.wire(), "confusion": pooled.confusion.tolist(), "heldout_confusion": heldout.confusion.tolist()}
+    if not store.create_once(layout.RUNS, record_path, to_json(record)):
+        done = store.get_json(layout.RUNS, record_path)
+        return RoundEvaluation.model_validate({k: done[k] for k in RoundEvaluation.model_fields})
+    return result
+
+
+def final_evaluation(store: RunStore, state: RunState) -> dict | None:
+    """The pooled evaluation record (with confusion matrices) of the run's final model, if it was evaluated:
+    the model entering the round after the last one adopted."""
+    rounds_done = len(state.rounds)
+    return store.get_json(layout.RUNS, layout.round_evaluation(state.run_id, rounds_done))

@@ -66,9 +66,8 @@ def default_bound(initial: Mapping[str, np.ndarray]) -> UpdateBound:
     return UpdateBound(max_norm=value, source="default", how=how)
 
 
-def bundle_bound(bundle: Mapping | None) -> float | None:
+def bundle_bound(config: Mapping | None) -> float | None:
     """The signed bundle's ``config.max_update_norm``, if it sets one; ValueError naming it if invalid."""
-    config = ((bundle or {}).get("bundle") or {}).get("config") or {}
     value = config.get(BUNDLE_KEY) if isinstance(config, Mapping) else None
     if value is None:
         return None
@@ -77,10 +76,11 @@ def bundle_bound(bundle: Mapping | None) -> float | None:
     return float(value)
 
 
-def resolve_bound(spec_max_norm: float | None, bundle: Mapping | None,
+def resolve_bound(spec_max_norm: float | None, bundle_config: Mapping | None,
                   initial: Mapping[str, np.ndarray]) -> UpdateBound:
-    """The run's bound: the tighter of the bundle's and the spec's, else the default from the model."""
-    signed = bundle_bound(bundle)
+    """The run's bound: the tighter of the bundle's (its signed manifest config) and the spec's, else the
+    default from the model."""
+    signed = bundle_bound(bundle_config)
     if signed is not None and (spec_max_norm is None or signed <= spec_max_norm):
         return UpdateBound(max_norm=signed, source="bundle", how=f"signed config {BUNDLE_KEY}")
     if spec_max_norm is not None:

@@ -10,7 +10,7 @@ from fedfunc.azure import naming
 from fedfunc.azure.gateway import AzureCallError, JobExists
 from fedfunc.backends.aml import (CODE_COMPLETE, COMMAND, REQUEST_ENV, AmlSiloJobBackend, CodePublisher,
                                   backend_from_settings, code_digest, code_files, model_path)
-from fedfunc.contracts import Hyperparams, SiloJobRequest
+from fedfunc.contracts import SiloJobRequest
 from fedfunc.settings import load_settings
 
 from azure_env import aml_env
@@ -52,10 +52,10 @@ def settings(tmp_path):
 
 def request(silo="north-eu", round_=3) -> SiloJobRequest:
     return SiloJobRequest(
-        run_id="run-7", round=round_, silo=silo, nonce="n0nce", task="digits", hyperparams=Hyperparams(epochs=2),
+        run_id="run-7", round=round_, silo=silo, nonce="n0nce", task="digits",
         model_url="https://orchsa.blob.core.windows.net/models/run-7/round-0003/global.safetensors",
         model_sha256="ab" * 32, outbox_prefix=f"runs/run-7/rounds/{round_:04d}/silos/{silo}/",
-        ticket="signed.ticket", bundle={"digest": "cd" * 32, "signer": "k1"})
+        ticket="signed.ticket", bundle="cd" * 32)
 
 
 def as_spec(job) -> dict:
@@ -81,6 +81,8 @@ def test_job_spec(settings):
         "data": {"type": "uri_folder", "mode": "ro_mount", "path": "azureml://datastores/north_eu_data/paths/"},
         "model": {"type": "uri_file", "mode": "download",
                   "path": "azureml://datastores/fedfunc_models/paths/run-7/round-0003/global.safetensors"},
+        "bundle": {"type": "uri_file", "mode": "download",
+                   "path": f"azureml://datastores/fedfunc_bundles/paths/{'cd' * 32}.fedbundle"},
         "policy": {"type": "uri_file", "mode": "download",
                    "path": "azureml://datastores/north_eu_policy/paths/policy.json"},
     }
@@ -93,7 +95,7 @@ def test_job_spec(settings):
 def test_command_is_the_runner_contract():
     assert COMMAND == (
         'printf %s "$FEDFUNC_SILO_JOB_REQUEST" > request.json && PYTHONPATH="${{inputs.code}}" python -m fedfunc '
-        "silo-job --aml --request request.json --data ${{inputs.data}} --model ${{inputs.model}} "
+        "silo-job --aml --request request.json --data ${{inputs.data}} --model ${{inputs.model}} --bundle ${{inputs.bundle}} "
         "--policy ${{inputs.policy}} --outbox ${{outputs.outbox}}")
 
 

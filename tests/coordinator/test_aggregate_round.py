@@ -1,7 +1,7 @@
-"""The aggregate activity's logic against real storage: every update is read from its silo's own outbox
-by the orchestrator's size-bounded reader (through the outbox SAS in the silo registry), every bad update
-is rejected with its reason, the quorum is checked before anything is written, and a re-run returns the
-first result."""
+"""The aggregate and pool_evaluations activities' logic against real storage: every update is read from its
+silo's own outbox by the orchestrator's size-bounded reader (through the outbox SAS in the silo registry),
+every bad update or evaluation is rejected with its reason, the quorum is checked before anything is
+written, a re-run returns the first result, and round 0's model is the bundle's signed initial weights."""
 from __future__ import annotations
 
 import json
@@ -13,15 +13,20 @@ import pytest
 from fedfunc import layout, weights
 from fedfunc.contracts import ModelRef
 from fedfunc.coordinator import rounds
+from fedfunc.coordinator.bundles import UnknownBundle, store_bundle
 from fedfunc.coordinator.services import Services
-from fedfunc.protocol import AggregateOrder, RoundJob, RunState, UpdateNotice
+from fedfunc.evaluation import EvalFigures
+from fedfunc.protocol import AggregateOrder, EvaluationOrder, RoundJob, RunState, UpdateNotice
 from fedfunc.security import keys
+from fedfunc.security.bundle import open_bundle
 from fedfunc.security.policy import SiloPolicy
 from fedfunc.settings import load_settings
 from fedfunc.silo.home import read_credentials, silo_home
 from fedfunc.silo.local import provision_local_silo, release_local_silo
 from fedfunc.spec import RunSpec
 from fedfunc.storage import blob_service
+from fedfunc.tasks.builtin import task_dir
+from fedfunc.tasks.signing import build_bundle
 
 SILOS = ["a-silo", "b-silo", "c-silo"]
 
@@ -44,24 +49,35 @@ def services(azurite, tmp_path_factory):
         release_local_silo(silo, azurite_home=azurite.location, orchestrator_conn=conn, home_root=home)
 
 
+@pytest.fixture(scope="session")
+def digits_bundle() -> bytes:
+    return build_bundle(task_dir("digits"), keys.generate())
+
+
 @pytest.fixture
 def store(services):
     return services.store
 
 
-def make_job(store, run: str, sample_caps: dict | None = None, **spec_fields) -> RoundJob:
-    """Round 0 of a run over SILOS, as init_run and prepare_round leave it."""
-    spec = RunSpec(task="digits", silos=SILOS, quorum=0.6, **spec_fields)
+def make_job(store, run: str, bundle: bytes, sample_caps: dict | None = None, ready: list[str] = SILOS,
+             **spec_fields) -> RoundJob:
+    """Round 0 of a run of the signed ``bundle`` over SILOS, as init_run and prepare_round leave it."""
+    stored, _ = store_bundle(store, bundle, len(bundle))
+    spec = RunSpec(task="digits", bundle=stored.code_hash, silos=SILOS, quorum=0.6, **spec_fields)
     start = rounds.init_run(store, RunState(run_id=run, spec=spec))
     job = RoundJob(run_id=run, round=0, nonce="n0", model=start.model, spec=spec, update_bound=start.update_bound,
                    deadline="2030-01-01T00:00:00+00:00")
-    plan = rounds.prepare_round(store, SILOS, job, sample_caps=sample_caps)
+    plan = rounds.prepare_round(store, ready, job, sample_caps=sample_caps)
     return job.model_copy(update={"manifest": plan.manifest})
 
 
 @pytest.fixture
-def job(store, request):
-    return make_job(store, f"agg-{request.node.name[-40:].replace('_', '-').replace('[', '-').rstrip(']')}")
+def job(store, request, digits_bundle):
+    run = f"agg-{request.node.name[-40:].replace('_', '-').replace('[', '-').rstrip(']')}"
+    job = make_job(store, run, digits_bundle, evaluators=["held-out"], ready=[*SILOS, "held-out"])
+    plan = store.get_json(layout.RUNS, job.manifest)
+    assert plan["silos"] == SILOS and plan["evaluators"] == ["held-out"]
+    return job
 
 
 def update_bytes(job, store, silo, *, scale=1.0, n=100, add=0.0, **meta_over):
@@ -178,26 +194,23 @@ def weights_norm(store, job) -> float:
     return float_norm(rounds.load_global(store, job.model))[0]
 
 
-def test_the_spec_and_the_signed_bundle_bound_tighter(services, store, request):
-    spec_bound = make_job(store, "agg-spec-bound", max_update_norm=1.0)
+def test_the_spec_bound_tightens_the_default(services, store, digits_bundle):
+    spec_bound = make_job(store, "agg-spec-bound", digits_bundle, max_update_norm=1.0)
     assert spec_bound.update_bound.source == "spec" and spec_bound.update_bound.max_norm == 1.0
     blobs = {s: update_bytes(spec_bound, store, s, scale=1.5 if s == "c-silo" else 1.0) for s in SILOS}
     [rejected] = aggregate(services, spec_bound, blobs)["rejected"]
     assert rejected["silo"] == "c-silo" and "from the spec" in rejected["reason"]
-    bundle = {"bundle": {"config": {"hyperparams": {}, "max_update_norm": 0.5}}}
-    signed = make_job(store, "agg-bundle-bound", max_update_norm=3.0, bundle=bundle)
-    assert signed.update_bound.source == "bundle" and signed.update_bound.max_norm == 0.5  # the spec cannot loosen it
 
 
-def test_median_rule_rejects_what_the_absolute_bound_lets_through(services, store):
+def test_median_rule_rejects_what_the_absolute_bound_lets_through(services, store, digits_bundle):
     """Within the default bound, an update 6× the round's median norm passes; the spec's relative rule
     rejects it (read twice: measure, then aggregate), naming the rule, the median and the multiple."""
     honest = {s: (lambda job, s=s, k=k: update_bytes(job, store, s, scale=k)) for s, k in
               (("a-silo", 1.1), ("b-silo", 1.12))}
-    plain = make_job(store, "agg-no-median")
+    plain = make_job(store, "agg-no-median", digits_bundle)
     blobs = {**{s: f(plain) for s, f in honest.items()}, "c-silo": update_bytes(plain, store, "c-silo", scale=1.6)}
     assert aggregate(services, plain, blobs)["accepted"] == SILOS
-    ruled = make_job(store, "agg-median", max_update_norm_vs_median=3.0)
+    ruled = make_job(store, "agg-median", digits_bundle, max_update_norm_vs_median=3.0)
     blobs = {**{s: f(ruled) for s, f in honest.items()}, "c-silo": update_bytes(ruled, store, "c-silo", scale=1.6)}
     result = aggregate(services, ruled, blobs)
     assert result["accepted"] == ["a-silo", "b-silo"] and result["num_samples"] == 200
@@ -206,8 +219,8 @@ def test_median_rule_rejects_what_the_absolute_bound_lets_through(services, stor
     assert "3 × the round's median" in rejected["reason"]
 
 
-def test_an_update_that_changes_between_the_two_reads_is_rejected(store):
-    job = make_job(store, "agg-swap", max_update_norm_vs_median=3.0)
+def test_an_update_that_changes_between_the_two_reads_is_rejected(store, digits_bundle):
+    job = make_job(store, "agg-swap", digits_bundle, max_update_norm_vs_median=3.0)
     first = {s: update_bytes(job, store, s) for s in SILOS}
     reads = {s: 0 for s in SILOS}
 
@@ -221,10 +234,10 @@ def test_an_update_that_changes_between_the_two_reads_is_rejected(store):
     assert result.accepted == ["a-silo", "b-silo"] and "changed between reads" in result.rejected[0].reason
 
 
-def test_num_samples_are_capped_by_the_registered_cap_and_the_spec(services, store):
+def test_num_samples_are_capped_by_the_registered_cap_and_the_spec(services, store, digits_bundle):
     """A silo claiming 10⁶ samples is weighted by its registered cap; the spec's cap binds everyone;
     the result says who was capped, from what, by what."""
-    job = make_job(store, "agg-caps", sample_caps={"c-silo": 50}, max_samples_per_silo=400)
+    job = make_job(store, "agg-caps", digits_bundle, sample_caps={"c-silo": 50}, max_samples_per_silo=400)
     blobs = {"a-silo": update_bytes(job, store, "a-silo", n=100), "b-silo": update_bytes(job, store, "b-silo", n=1000),
              "c-silo": update_bytes(job, store, "c-silo", scale=3.0, n=10**6)}
     result = aggregate(services, job, blobs)
@@ -257,3 +270,38 @@ def test_updates_over_the_runs_size_bound_are_rejected_and_nothing_is_written(se
     assert result["model"] is None and result["accepted"] == []
     assert {r["silo"]: r["reason"].split(":")[0] for r in result["rejected"]} == {s: "size" for s in SILOS}
     assert store.get_json(layout.RUNS, layout.aggregate_record(job.run_id, 0)) is None
+
+
+def test_round_0_is_the_bundles_signed_initial_weights(store, job, digits_bundle):
+    signed, _ = weights.decode(open_bundle(digits_bundle).weights())
+    for k, v in rounds.load_global(store, job.model).items():
+        np.testing.assert_array_equal(v, signed[k])
+    assert rounds.run_manifest(store, job.run_id).num_classes == 10
+    with pytest.raises(UnknownBundle, match="no bundle"):
+        rounds.init_run(store, RunState(run_id="agg-nobundle", spec=RunSpec(bundle="0" * 64, silos=SILOS)))
+
+
+def evaluation_bytes(job, silo, figures: EvalFigures, **meta_over) -> bytes:
+    return figures.encode({"run": job.run_id, "round": "0", "silo": silo, "nonce": job.nonce, **meta_over})
+
+
+def confusion(correct: int, wrong: int) -> np.ndarray:
+    c = np.zeros((10, 10), np.int64)
+    c[0, 0], c[1, 2] = correct, wrong
+    return c
+
+
+def test_evaluations_pool_exactly_with_the_held_out_evaluator_apart(store, job):
+    blobs = {"a-silo": evaluation_bytes(job, "a-silo", EvalFigures(10, 5.0, confusion(9, 1))),
+             "b-silo": evaluation_bytes(job, "b-silo", EvalFigures(30, 3.0, confusion(15, 15))),
+             "c-silo": evaluation_bytes(job, "c-silo", EvalFigures(5, 1.0, confusion(5, 0)), nonce="stale"),
+             "held-out": evaluation_bytes(job, "held-out", EvalFigures(4, 2.0, confusion(4, 0)))}
+    order = EvaluationOrder(job=job, silos=SILOS, evaluators=["held-out"])
+    result = rounds.pool_evaluations(store, lambda silo, path, n: blobs[silo], order)
+    assert result.metrics == {"accuracy": 24 / 40, "loss": 8.0 / 40, "num_examples": 40,
+                              "heldout_accuracy": 1.0, "heldout_loss": 0.5, "heldout_num_examples": 4}
+    assert [(r.silo, "nonce" in r.reason) for r in result.rejected] == [("c-silo", True)]
+    record = json.loads(store.get_bytes(layout.RUNS, layout.round_evaluation(job.run_id, 0)))
+    assert np.array(record["confusion"]).sum() == 40 and np.array(record["heldout_confusion"]).sum() == 4
+    again = rounds.pool_evaluations(store, lambda *a: pytest.fail("a re-run must not read again"), order)
+    assert again == result

@@ -2,6 +2,8 @@
 
 The session's silos (``SILOS``) are only read: a test that changes a silo (disables it, cuts it off,
 forges its updates, uploads its data) onboards its own with ``own_silo`` and removes it afterwards.
+The stack's bundle bound is small (``FEDFUNC_MAX_BUNDLE_MB``), so the bound is exercised without
+megabytes of upload.
 """
 from __future__ import annotations
 
@@ -11,27 +13,30 @@ import pytest
 from e2e_helpers import HYPERPARAMS, SILOS, CutOff, run_spec
 
 from fedfunc.devstack import DevStack
-from fedfunc.tasks.partition import partition
-from fedfunc.tasks.registry import get_task
+from fedfunc.tasks.builtin.datasets import silo_parts
+
+MAX_BUNDLE_MB = 2
 
 
 @pytest.fixture(scope="session")
 def digits():
-    return get_task("digits").load_dataset()
+    """Each silo's share of digits (train and test parts), as ``fedfunc silo upload --builtin-part i/3`` makes it."""
+    return silo_parts("digits", len(SILOS), alpha=None, seed=0)
 
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory, digits):
-    with DevStack(tmp_path_factory.mktemp("stack")) as s:
-        for silo, idx in zip(SILOS, partition(digits.y_train, len(SILOS), alpha=None, seed=0)):
+    with DevStack(tmp_path_factory.mktemp("stack"), extra_settings={"FEDFUNC_MAX_BUNDLE_MB": str(MAX_BUNDLE_MB)}) as s:
+        for silo, part in zip(SILOS, digits):
             s.add_silo(silo)
-            s.upload_data(silo, "digits", digits.x_train[idx], digits.y_train[idx])
+            s.upload_data(silo, part.files("digits"))
         yield s
 
 
 @pytest.fixture(scope="session")
 def bundle(stack):
-    return stack.signed_bundle("digits", HYPERPARAMS)
+    """The hash of the signed digits bundle, uploaded through the API."""
+    return stack.bundle("digits", HYPERPARAMS)
 
 
 @pytest.fixture
@@ -50,7 +55,7 @@ class OwnSilos:
         self.made.append(name)
         self.stack.add_silo(name)
         if data:
-            self.stack.upload_data(name, "digits", self.digits.x_train[:300], self.digits.y_train[:300])
+            self.stack.upload_data(name, self.digits[0].files("digits"))  # a share like the session silos'
         return name
 
     def remove_all(self) -> None:

@@ -16,10 +16,10 @@ SILOS = ("site-1", "site-2", "site-3")  # the session stack's silos, which tests
 HYPERPARAMS = {"epochs": 1, "lr": 0.05, "batch_size": 16, "seed": 0}
 
 
-def run_spec(bundle: dict, **overrides) -> dict:
-    """A run spec over the session's three silos, one round unless overridden."""
-    return {"task": "digits", "silos": list(SILOS), "rounds": 1, "round_deadline_s": 120, "bundle": bundle,
-            **overrides}
+def run_spec(bundle: str, **overrides) -> dict:
+    """A run spec over the session's three silos with the session's bundle (its hash), one round unless
+    overridden."""
+    return {"bundle": bundle, "silos": list(SILOS), "rounds": 1, "round_deadline_s": 120, **overrides}
 
 
 class CutOff:

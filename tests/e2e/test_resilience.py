@@ -10,13 +10,15 @@ from e2e_helpers import forge_nan_update, own_outbox
 from fedfunc import layout
 from fedfunc.silo.io import BlobOutbox
 from fedfunc.silo.runner import report_failure
+from fedfunc.weights import encode
 
 
 @pytest.fixture(scope="module")
 def broken_silo(stack, module_silo):
     """A silo whose data is not a valid partition: its job fails and says why."""
     module_silo("site-broken", data=False)
-    stack.upload_data("site-broken", "digits", np.zeros((5, 3), np.float32), np.zeros(5, np.int64))
+    bad = encode({"x": np.zeros((5, 3), np.float32), "y": np.zeros(5, np.int64)})
+    stack.upload_data("site-broken", {"digits/train/data.safetensors": bad, "digits/test/data.safetensors": bad})
     return "site-broken"
 
 

@@ -11,11 +11,11 @@ from fedfunc import layout
 from fedfunc.devstack import DevStack
 from fedfunc.host.events import EVENT_RAISED, SUB_CREATED
 from fedfunc.host.testing import wait_until
+from fedfunc.security.bundle import open_bundle
 from fedfunc.silo.io import BlobOutbox
 from fedfunc.silo.runner import report_failure
 from fedfunc.storage import blob_service
-from fedfunc.tasks import xy_to_bytes
-from fedfunc.tasks.partition import partition
+from fedfunc.tasks.builtin.datasets import silo_parts
 from orchestrations.retraining import DEBOUNCER, UPLOAD_EVENT
 
 SILOS = ("up-1", "up-2")
@@ -24,10 +24,11 @@ SILOS = ("up-1", "up-2")
 @pytest.fixture(scope="module")
 def retrain_stack(tmp_path_factory):
     stack = DevStack(tmp_path_factory.mktemp("retrain"))
-    spec = {"task": "digits", "silos": "all", "rounds": 1, "round_deadline_s": 120,
-            "bundle": stack.signed_bundle("digits", {"epochs": 1, "lr": 0.05, "batch_size": 16, "seed": 0})}
+    bundle = stack.sign("digits", {"epochs": 1, "lr": 0.05, "batch_size": 16, "seed": 0})
+    spec = {"silos": "all", "rounds": 1, "round_deadline_s": 120, "bundle": open_bundle(bundle).code_hash}
     stack.host.env.update(FEDFUNC_RETRAIN_SPEC=json.dumps(spec), FEDFUNC_RETRAIN_QUIET_S="3")
     with stack:
+        stack.upload_bundle(bundle)
         for silo in SILOS:
             stack.add_silo(silo)
         yield stack
@@ -41,13 +42,13 @@ def wait_new_run(stack, known: set[str], timeout: float = 60) -> str:
     return min(wait_until(lambda: retraining_runs(stack) - known, timeout, interval=0.2, what="a new retraining run"))
 
 
-def test_a_burst_of_uploads_starts_one_retraining_run(retrain_stack, digits):
+def test_a_burst_of_uploads_starts_one_retraining_run(retrain_stack):
     stack = retrain_stack
     known = retraining_runs(stack)
-    parts = partition(digits.y_train, 2, alpha=None, seed=1)
-    for silo, idx in zip(SILOS, parts):  # three uploads within the quiet period
-        stack.upload_data(silo, "digits", digits.x_train[idx], digits.y_train[idx])
-    stack.upload_data(SILOS[0], "digits", digits.x_train[parts[0]], digits.y_train[parts[0]])
+    parts = silo_parts("digits", 2, alpha=None, seed=1)
+    for silo, part in zip(SILOS, parts):  # three uploads (of two files each) within the quiet period
+        stack.upload_data(silo, part.files("digits"))
+    stack.upload_data(SILOS[0], parts[0].files("digits"))
     run = wait_new_run(stack, known)
     status = stack.wait_run(run, timeout=300)
     assert status["runtime_status"] == "Completed", status
@@ -67,20 +68,21 @@ def heard_upload_during_training(stack, silo: str) -> bool:
                                        and silo in (e.get("Input") or "") for e in events[started:])
 
 
-def test_an_upload_during_retraining_starts_the_next_run(retrain_stack, digits, refused_port):
+def test_an_upload_during_retraining_starts_the_next_run(retrain_stack, refused_port):
     """The first run is held open by a silo whose jobs cannot write (the gate) until the debouncer has
     the upload that lands during it, so the upload never races the run."""
     stack, gate = retrain_stack, SILOS[1]
     known = retraining_runs(stack)
-    x, y = digits.x_train[:200], digits.y_train[:200]
+    files = silo_parts("digits", 2, alpha=None, seed=2)[0].files("digits")
     cut_off = CutOff(stack, refused_port)
     creds = cut_off(gate)
     try:
-        own = blob_service(creds.connection_string).get_blob_client(layout.DATA, layout.silo_data("digits"))
-        own.upload_blob(xy_to_bytes(x, y), overwrite=True)  # the gate's owner uploads, with its own key
+        own = blob_service(creds.connection_string).get_container_client(layout.DATA)
+        for path, data in files.items():  # the gate's owner uploads, with its own key
+            own.upload_blob(path, data, overwrite=True)
         first = wait_new_run(stack, known)
         stack.wait_round(first, 0)
-        stack.upload_data(SILOS[0], "digits", x, y)  # lands while `first` trains
+        stack.upload_data(SILOS[0], files)  # lands while `first` trains
         wait_until(lambda: heard_upload_during_training(stack, SILOS[0]), 60, interval=0.2,
                    what="the debouncer hearing the upload during training")
         stack.api("POST", f"/api/silos/{gate}/disable", role="admin")  # the next run trains without it

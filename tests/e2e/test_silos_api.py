@@ -2,6 +2,8 @@
 no half-registered silo; disabling and listing."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from fedfunc.azurite import read_accounts
@@ -17,7 +19,7 @@ from fedfunc.storage import blob_service
     ({"name": "X"}, "name"),
     ({"name": "ok-name", "compute": "gpu-cluster"}, "compute"),
     ({"name": "ok-name", "policy": {"trusted_signers": ["not-a-key"]}}, "trusted_signers"),
-    ({"name": "ok-name", "policy": {"allowed_tasks": ["imagenet"]}}, "imagenet"),
+    ({"name": "ok-name", "policy": {"allowed_tasks": ["Image Net"]}}, "Image Net"),
     ({"name": "ok-name", "policy": {"max_rounds_per_day": -1}}, "max_rounds_per_day"),
     ({"name": "ok-name", "surprise": True}, "surprise"),
     (["not", "an", "object"], "JSON object"),
@@ -66,29 +68,31 @@ def test_silo_listing_hides_credentials_and_disable_is_admin_only(stack):
     assert stack.api("POST", "/api/silos/nowhere/disable", role="admin", expect=(404,))["error"]
 
 
-def test_silo_owner_uploads_data_with_the_cli(stack, tmp_path, own_silo):
-    """The owner's upload lands in the silo's own data with the silo's own key; bad files are refused."""
+def test_silo_owner_uploads_data_with_the_cli(stack, tmp_path, digits, fedfunc, own_silo):
+    """The owner's upload lands in the silo's own data, train and test parts, with the silo's own key;
+    files that do not parse are refused naming the file (and row), and nothing is uploaded."""
     import pickle
 
-    from typer.testing import CliRunner
+    from fedfunc.weights import decode
 
-    from fedfunc.cli import _register, app
-    from fedfunc.tasks import xy_from_bytes
-
-    _register()
     silo = own_silo("e2e-upload", data=False)
     home = ["--local-home", str(stack.home)]
-    ok = CliRunner().invoke(app, ["silo", "upload", silo, "--task", "digits", "--builtin-part", "2/3", *home])
+    ok = fedfunc("silo", "upload", silo, "--task", "digits", "--builtin-part", "2/3", *home)
     assert ok.exit_code == 0, ok.output
-    creds = read_credentials(silo_home(stack.home, silo))
-    x, y = xy_from_bytes(blob_service(creds.connection_string).get_blob_client(
-        "data", "digits/train.safetensors").download_blob().readall())
-    assert len(y) == int(ok.output.split()[1]) and x.dtype.name == "float32"
+    data = blob_service(read_credentials(silo_home(stack.home, silo)).connection_string).get_container_client("data")
+    for part, split in (("train", digits[1].train), ("test", digits[1].test)):
+        x = decode(data.get_blob_client(f"digits/{part}/data.safetensors").download_blob().readall())[0]["x"]
+        assert x.dtype.name == "float32" and len(x) == len(split)
 
     pickled = tmp_path / "data.safetensors"
     pickled.write_bytes(pickle.dumps({"x": [1.0], "y": [0]}))
-    bad = CliRunner().invoke(app, ["silo", "upload", silo, "--task", "digits", "--file", str(pickled), *home])
-    assert bad.exit_code == 2 and "--file" in bad.output
-    both = CliRunner().invoke(app, ["silo", "upload", silo, "--task", "digits", "--file", str(pickled),
-                                    "--builtin-part", "1/3", *home])
-    assert both.exit_code == 2 and "exactly one" in both.output
+    bad = fedfunc("silo", "upload", silo, "--task", "digits", "--train", pickled, *home)
+    assert bad.exit_code == 2 and "--train" in bad.output and "not a safetensors file" in bad.output
+    (tmp_path / "tables").mkdir()
+    (tmp_path / "tables" / "a.csv").write_text("x,label\n1,0\n")
+    (tmp_path / "tables" / "b.csv").write_text("x,label\n1,0\n2\n")
+    bad = fedfunc("silo", "upload", silo, "--task", "upload-check", "--train", tmp_path / "tables", *home)
+    assert bad.exit_code == 2 and "b.csv,row2" in re.sub(r"[\s│]", "", bad.output)  # the error box wraps lines
+    assert not list(data.list_blobs(name_starts_with="upload-check/"))  # nothing half-uploaded
+    both = fedfunc("silo", "upload", silo, "--task", "digits", "--train", pickled, "--builtin-part", "1/3", *home)
+    assert both.exit_code == 2 and "give --train/--test, or --builtin-part" in both.output
