@@ -38,7 +38,7 @@ class Audit:
 @pytest.fixture(autouse=True)
 def outbox(monkeypatch):
     """site-1's outbox: path → (bytes, eTag); what ``outbox_blob`` and ``outbox_reader`` see."""
-    blobs = {PREFIX + "update.safetensors": (b"x" * 42, "0x1")}
+    blobs = {PREFIX + "update.safetensors": (b"x" * 42, "0x1"), PREFIX + "evaluation.safetensors": (b"e" * 42, "0x1")}
     audit = Audit()
 
     def outbox_blob(silo, path):

@@ -8,6 +8,7 @@ longer, random one that prints cases run and findings per parser).
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import struct
 from collections import Counter
@@ -20,36 +21,44 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fedfunc import layout, weights
-from fedfunc.contracts import Hyperparams, SiloJobRequest
+from fedfunc.contracts import SiloJobRequest
 from fedfunc.registry import SiloRecord, UnknownSilo
 from fedfunc.security import Refused, keys
-from fedfunc.security.bundle import build_bundle, check_request, sign_bundle, verify_bundle
+from fedfunc.security.bundle import open_bundle, verify_bundle
 from fedfunc.security.egress import check_metrics
 from fedfunc.security.policy import SiloPolicy, parse_policy
 from fedfunc.security.tickets import issue_ticket, verify_ticket
 
 # --- genuine inputs the mutations start from --------------------------------------------------------
 ORCH, SCIENTIST = keys.generate(), keys.generate()
+
+
+def _signed_bundle() -> bytes:
+    from fedfunc.tasks.builtin import task_dir
+    from fedfunc.tasks.signing import build_bundle
+    return build_bundle(task_dir("digits"), SCIENTIST)
+
+
 ARRAYS = {"w": np.arange(12, dtype=np.float32).reshape(3, 4) / 10, "b": np.zeros(4, np.float32),
           "steps": np.array(3, np.int64)}
 MANIFEST = weights.ModelManifest.from_arrays(ARRAYS)
 META = {"run": "run-1", "round": "0", "silo": "site-1", "nonce": "n0", "num_samples": "10"}
 UPDATE = weights.encode({k: v + 0.01 if v.dtype.kind == "f" else v for k, v in ARRAYS.items()}, META)
 MODEL_URL = "http://127.0.0.1:10000/fedorch/models/run-1/round-0000/global.safetensors"
-SIGNED = sign_bundle(build_bundle("digits", {"hyperparams": Hyperparams().model_dump()}), SCIENTIST)
-BUNDLE = SIGNED.model_dump(mode="json")
-TICKET = dict(run="run-1", round=0, silo="site-1", code_hash=SIGNED.code_hash, nonce="n0", model_url=MODEL_URL,
+BUNDLE = _signed_bundle()
+CODE_HASH = open_bundle(BUNDLE).code_hash
+TICKET = dict(run="run-1", round=0, silo="site-1", code_hash=CODE_HASH, nonce="n0", model_url=MODEL_URL,
               model_sha256="ab" * 32)
 TOKEN = issue_ticket(ORCH, **TICKET)
 POLICY = SiloPolicy(silo="site-1", orchestrator_keys=[keys.public_b64(ORCH.public_key())],
                     trusted_signers=[keys.public_b64(SCIENTIST.public_key())], allowed_tasks=["digits"])
-SPEC = {"task": "digits", "silos": ["site-1", "site-2"], "rounds": 2, "bundle": BUNDLE, "max_update_norm": 5.0}
+SPEC = {"task": "digits", "silos": ["site-1", "site-2"], "rounds": 2, "bundle": CODE_HASH, "max_update_norm": 5.0}
 SILO_REQUEST = {"name": "site-9", "compute": "local", "max_samples": 100,
                 "policy": {"trusted_signers": [keys.public_b64(SCIENTIST.public_key())], "allowed_tasks": ["digits"]}}
 JOB_REQUEST = SiloJobRequest(run_id="run-1", round=0, silo="site-1", nonce="n0", task="digits",
-                             hyperparams=Hyperparams(), model_url=MODEL_URL, model_sha256="ab" * 32,
+                             model_url=MODEL_URL, model_sha256="ab" * 32,
                              outbox_prefix=layout.outbox_prefix("run-1", 0, "site-1"), ticket=TOKEN,
-                             bundle=BUNDLE).model_dump(mode="json")
+                             bundle=CODE_HASH).model_dump(mode="json")
 
 # --- strategies ---------------------------------------------------------------------------------------
 scalars = (st.none() | st.booleans() | st.integers() | st.integers(min_value=-2**70, max_value=2**70)
@@ -112,6 +121,32 @@ def safetensors_blobs(draw) -> bytes:
     return draw(st.binary(max_size=300))
 
 
+@st.composite
+def bundle_blobs(draw) -> bytes:
+    """The genuine signed bundle (a ZIP) with bytes flipped, cut, padded or spliced, or random bytes."""
+    kind = draw(st.sampled_from(["flip", "cut", "splice", "random"]))
+    if kind == "flip":
+        data = bytearray(BUNDLE)
+        for at in draw(st.lists(st.integers(0, len(data) - 1), min_size=1, max_size=8)):
+            data[at] = draw(st.integers(0, 255))
+        return bytes(data)
+    if kind == "cut":
+        return BUNDLE[:draw(st.integers(0, len(BUNDLE)))] + draw(st.binary(max_size=64))
+    if kind == "splice":
+        at = draw(st.integers(0, len(BUNDLE)))
+        return BUNDLE[:at] + draw(st.binary(min_size=1, max_size=64)) + BUNDLE[at:]
+    return b"PK\x03\x04" + draw(st.binary(max_size=300))
+
+
+@st.composite
+def csv_tables(draw) -> bytes:
+    """CSV text around the columns a task asks for: rows of junk cells, missing or extra cells, odd headers."""
+    header = draw(st.sampled_from(["x,label,name", "label,x,name", "x,label", "x;label;name", ""]) | st.text(max_size=20))
+    cell = st.sampled_from(["1", "-2.5", "1e309", "nan", "", "a", '"q,uoted"', "9" * 30, "\x00"]) | st.text(max_size=6)
+    rows = draw(st.lists(st.lists(cell, max_size=4).map(",".join), max_size=6))
+    return "\n".join([header, *rows]).encode(draw(st.sampled_from(["utf-8", "utf-16"])), errors="replace")
+
+
 def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
@@ -137,7 +172,7 @@ SUBJECTS = st.builds(
     st.sampled_from(["run-1", "r.1", ""]) | st.text(max_size=10),
     st.sampled_from(["0000", "0003", "99999", "-001"]) | st.text(max_size=6),
     st.sampled_from(["site-1", "site-2", "SITE-1"]) | st.text(max_size=10),
-    st.sampled_from([layout.UPDATE, layout.FAILED, layout.METRICS]) | st.text(max_size=10))
+    st.sampled_from([layout.UPDATE, layout.EVALUATION, layout.FAILED, layout.METRICS]) | st.text(max_size=10))
 TOPIC = "/subscriptions/0/resourceGroups/local/providers/Microsoft.Storage/storageAccounts/{}"
 
 
@@ -160,6 +195,9 @@ class FakeServices:
 
     def __init__(self, outbox_bytes: bytes = b'{"reason": "x"}'):
         self.outbox_bytes = outbox_bytes
+        self.store = SimpleNamespace(
+            get_bytes=lambda container, path: BUNDLE if (container, path) == (layout.BUNDLES, layout.bundle(CODE_HASH))
+            else None)
         self.audit = SimpleNamespace(record=lambda kind, **fields: None)
         self.registry = SimpleNamespace(get=self._get, list=lambda status=None: [self._get("site-1")])
 
@@ -172,7 +210,8 @@ class FakeServices:
 
     def outbox_blob(self, silo, path):
         from fedfunc.coordinator.services import OutboxBlob
-        return OutboxBlob(etag="0x1", size=42) if path.endswith((layout.UPDATE, layout.FAILED)) else None
+        return (OutboxBlob(etag="0x1", size=42) if path.endswith((layout.UPDATE, layout.EVALUATION, layout.FAILED))
+                else None)
 
     def outbox_reader(self):
         def read(silo, path, max_bytes):
@@ -204,9 +243,9 @@ def _silo_request(body) -> object:
 def _job_request(text: bytes) -> object:
     request = SiloJobRequest.model_validate_json(text)
     verify_ticket(request.ticket, POLICY.orchestrator_keys, silo="site-1", run=request.run_id, round=request.round,
-                  code_hash=(request.bundle or {}).get("code_hash", "") if isinstance(request.bundle, dict) else "",
-                  nonce=request.nonce, model_url=request.model_url, model_sha256=request.model_sha256)
-    return check_request(verify_bundle(request.bundle, POLICY.trusted_signers), request)
+                  code_hash=request.bundle or "", nonce=request.nonce, model_url=request.model_url,
+                  model_sha256=request.model_sha256)
+    return verify_bundle(BUNDLE, POLICY.trusted_signers, expected_hash=request.bundle)
 
 
 def _refusals() -> dict[str, tuple[type[Exception], ...]]:
@@ -227,9 +266,24 @@ class Target:
     refusals: str  # key of _refusals(): the error types that are clean refusals
 
 
-def _xy(data: bytes):
-    from fedfunc.tasks import xy_from_bytes
-    return xy_from_bytes(data)
+def _silo_data(data: bytes):
+    """A silo's training part as the digits task reads it (through the platform's DataReader)."""
+    from fedfunc.tasks.data import DataReader, MemoryDataSource
+    return _digits_task().read_data(DataReader(MemoryDataSource({"digits/train/data.safetensors": data}),
+                                               "digits/train/"))
+
+
+@functools.cache
+def _digits_task():
+    from fedfunc.tasks.builtin import task_dir
+    from fedfunc.tasks.signing import prepare
+    return prepare(task_dir("digits")).task
+
+
+def _silo_table(data: bytes):
+    from fedfunc.tasks.data import DataReader, MemoryDataSource
+    reader = DataReader(MemoryDataSource({"t/train/a.csv": data}), "t/train/")
+    return reader.table("*.csv", {"x": "float32", "label": "int64", "name": "str"})
 
 
 TARGETS = [
@@ -237,7 +291,8 @@ TARGETS = [
     Target("safetensors decode", safetensors_blobs(), weights.decode, "update"),
     Target("update validation", safetensors_blobs(), lambda data: weights.validate_update(
         data, MANIFEST, expected={**META, "silos": ["site-1"]}, global_arrays=ARRAYS, max_norm=10.0), "update"),
-    Target("silo training data", safetensors_blobs(), _xy, "data"),
+    Target("silo training data", safetensors_blobs(), _silo_data, "data"),
+    Target("silo CSV table", csv_tables(), _silo_table, "data"),
     Target("run spec", mutated(SPEC) | json_values | deep,
            _with_fake_services("triggers.runs_api", "validate_run_request"), "bad_request"),
     Target("silo request", mutated(SILO_REQUEST) | json_values | deep, _silo_request, "onboarding"),
@@ -252,8 +307,7 @@ TARGETS = [
            "nothing"),
     Target("event grid: data upload", grid_events(), _with_fake_services("triggers.retraining", "upload_of"),
            "nothing"),
-    Target("signed bundle", mutated(BUNDLE) | json_values, lambda b: verify_bundle(b, POLICY.trusted_signers),
-           "refused"),
+    Target("signed bundle", bundle_blobs(), lambda b: verify_bundle(b, POLICY.trusted_signers), "refused"),
     Target("job ticket", tokens(), lambda token: verify_ticket(token, POLICY.orchestrator_keys, **TICKET),
            "refused"),
 ]

@@ -181,10 +181,13 @@ BLOB_DATA = {"api": "PutBlob", "eTag": "0x8D", "contentLength": 10, "blobType": 
 SAMPLES = {
     "update": ("on_update", _event(BLOB_CREATED, OUTBOX + layout.outbox_prefix("run-7", 3, "north-eu")
                                    + layout.UPDATE, BLOB_DATA, STORAGE_TOPIC)),
+    "evaluation": ("on_update", _event(BLOB_CREATED, OUTBOX + layout.outbox_prefix("run-7", 3, "north-eu")
+                                       + layout.EVALUATION, BLOB_DATA, STORAGE_TOPIC)),
     "failure note": ("on_update", _event(BLOB_CREATED, OUTBOX + layout.outbox_prefix("run-7", 3, "north-eu")
                                          + layout.FAILED, BLOB_DATA, STORAGE_TOPIC)),
     "data upload": ("on_data_uploaded", _event(BLOB_CREATED, "/blobServices/default/containers/data/blobs/"
-                                               + layout.silo_data("digits"), BLOB_DATA, STORAGE_TOPIC)),
+                                               + layout.silo_data("digits", "train") + "scans/0001.png", BLOB_DATA,
+                                               STORAGE_TOPIC)),
     "failed job": ("on_job_status", _event(RUN_STATUS_CHANGED, "experiments/e/runs/r", {
         "experimentId": "e", "experimentName": naming.experiment("run-7"), "runType": "azureml.command",
         "runId": naming.job_name("run-7", 3, "north-eu"), "runStatus": "Failed", "runProperties": {},
@@ -213,11 +216,14 @@ def delivered(sub: dict, event: func.EventGridEvent) -> bool:
 def accepts(monkeypatch):
     """``accepts(function, event)``: the app's own routing for that function takes the event (not ignored)."""
     from fedfunc.azure.events import job_failure
+    from fedfunc.coordinator.services import OutboxBlob
     from triggers import retraining, silo_events
 
     record = SimpleNamespace(name="north-eu", account=ACCOUNT)
     fake = SimpleNamespace(registry=SimpleNamespace(get=lambda silo: record, list=lambda: [record]),
                            outbox_reader=lambda: lambda silo, path, n: b'{"reason": "out of memory"}',
+                           outbox_blob=lambda silo, path: OutboxBlob(etag=BLOB_DATA["eTag"],
+                                                                     size=BLOB_DATA["contentLength"]),
                            audit=SimpleNamespace(record=lambda *a, **k: None))
     monkeypatch.setattr(silo_events, "services", lambda: fake)
     monkeypatch.setattr(retraining, "services", lambda: fake)

@@ -12,10 +12,10 @@ from fedfunc.spec import RunSpec
 from orchestrations.failures import ACTIVITY_RETRY
 from orchestrations.round import RoundFailed, federated_round
 
-SILOS = ["a", "b", "c"]
+SILOS = ["ann", "bob", "cat"]
 MANIFEST = "run-1/rounds/0000/manifest.json"
 DEADLINE = T0 + timedelta(seconds=60)
-SILENT = f"no update before the deadline {DEADLINE.isoformat()}"
+SILENT = f"no result before the deadline {DEADLINE.isoformat()}"
 
 
 def round_job(**spec) -> p.RoundJob:
@@ -39,7 +39,7 @@ def collecting(ready=SILOS, errors: dict[str, str] | None = None, **spec) -> Orc
     assert isinstance(o.pending, AllOf)
     orders = [p.SiloJobOrder.model_validate(t.input) for t in o.pending.tasks]
     assert [t.name for t in o.pending.tasks] == [p.START_SILO_JOB] * len(ready)
-    assert [order.silo for order in orders] == ready
+    assert [order.silo for order in orders] == ready and {order.mode for order in orders} <= {"train"}
     assert all(order.job.manifest == MANIFEST and order.job.deadline == DEADLINE for order in orders)
     errors = errors or {}
     o.send([(p.SiloJobStarted(silo=s, error=errors[s]) if s in errors else p.SiloJobStarted(silo=s, job_id=f"job-{s}"))
@@ -84,10 +84,13 @@ def aggregate(o: Orchestration, accepted: list[str], rejected: dict[str, str] | 
 
 
 def finish(o: Orchestration, metrics=None) -> p.RoundResult:
-    evaluate = o.pending
-    assert (evaluate.kind, evaluate.name, evaluate.retry) == ("activity", p.EVALUATE, ACTIVITY_RETRY)
-    assert p.RoundJob.model_validate(evaluate.input).model.wire() == model(1)  # the new model is evaluated
-    o.send(metrics or {"loss": 0.5, "accuracy": 0.8})
+    """Answer the pending ``pool_evaluations`` (the silos' figures for the model that entered the round)."""
+    pool = o.pending
+    assert (pool.kind, pool.name, pool.retry) == ("activity", p.POOL_EVALUATIONS, ACTIVITY_RETRY)
+    order = p.EvaluationOrder.model_validate(pool.input)
+    assert order.job.model.wire() == model(0)  # what was evaluated is the model the silos received
+    o.pooled = order
+    o.send(p.RoundEvaluation(metrics=metrics or {"loss": 0.5, "accuracy": 0.8}, evaluated=order.silos).wire())
     assert o.done
     return p.RoundResult.model_validate(o.output)
 
@@ -101,51 +104,53 @@ def test_every_silo_updates_then_the_round_aggregates_evaluates_and_returns_refe
     assert (status["phase"], status["missing"], status["deadline"]) == ("collecting", SILOS, DEADLINE.isoformat())
     assert status["jobs"] == {s: f"job-{s}" for s in SILOS}
 
-    update(o, "b")
+    update(o, "bob")
     events, same_timer = waits(o)
-    assert same_timer is timer and set(events) == {p.update_event("a"), p.failed_event("a"),
-                                                   p.update_event("c"), p.failed_event("c")}
-    assert (o.context.status["received"], o.context.status["missing"]) == (["b"], ["a", "c"])
-    update(o, "a")
-    update(o, "c")
+    assert same_timer is timer and set(events) == {p.update_event("ann"), p.failed_event("ann"),
+                                                   p.update_event("cat"), p.failed_event("cat")}
+    assert (o.context.status["received"], o.context.status["missing"]) == (["bob"], ["ann", "cat"])
+    update(o, "ann")
+    update(o, "cat")
     assert timer.cancelled  # nothing left to wait for: the deadline timer does not keep the instance alive
     order = p.AggregateOrder.model_validate(o.pending.input)
-    assert sorted(order.updates) == SILOS and order.updates["a"].path == "runs/run-1/a/update.safetensors"
+    assert sorted(order.updates) == SILOS and order.updates["ann"].path == "runs/run-1/ann/update.safetensors"
     aggregate(o, accepted=SILOS)
     result = finish(o, {"loss": 0.4, "accuracy": 0.9})
-    assert result.model.wire() == model(1) and result.metrics == {"loss": 0.4, "accuracy": 0.9}
+    assert o.pooled.silos == SILOS and o.pooled.evaluators == []
+    assert result.model.wire() == model(1) and result.incoming == {"loss": 0.4, "accuracy": 0.9}
+    assert result.metrics is None  # the new model's figures come with the next round
     assert result.num_samples == 30
     assert {s: (x.state, x.num_samples) for s, x in result.silos.items()} == {s: ("received", 10) for s in SILOS}
-    assert o.context.status["phase"] == "done" and o.context.status["metrics"]["accuracy"] == 0.9
+    assert o.context.status["phase"] == "done" and o.context.status["incoming"]["accuracy"] == 0.9
 
 
 def test_deadline_fails_the_silent_silo_and_the_round_goes_on_at_quorum():
     o = collecting()
-    update(o, "a")
-    update(o, "b")
+    update(o, "ann")
+    update(o, "bob")
     deadline(o)
     order = p.AggregateOrder.model_validate(o.pending.input)
-    assert sorted(order.updates) == ["a", "b"]
-    aggregate(o, accepted=["a", "b"])
+    assert sorted(order.updates) == ["ann", "bob"]
+    aggregate(o, accepted=["ann", "bob"])
     result = finish(o)
-    assert result.silos["c"].state == "failed" and result.silos["c"].reason == SILENT
-    assert result.silos["c"].num_samples is None
+    assert result.silos["cat"].state == "failed" and result.silos["cat"].reason == SILENT
+    assert result.silos["cat"].num_samples is None
 
 
 def test_deadline_below_quorum_fails_the_round_naming_each_silent_silo():
     o = collecting()
-    update(o, "a")
+    update(o, "ann")
     with pytest.raises(RoundFailed) as err:
         deadline(o)
-    assert str(err.value) == f"round 0: 1 update(s) of 3 silo(s), quorum needs 2; b: {SILENT}; c: {SILENT}"
+    assert str(err.value) == f"round 0: 1 update(s) of 3 silo(s), quorum needs 2; bob: {SILENT}; cat: {SILENT}"
     status = o.context.status
-    assert status["phase"] == "failed" and status["failed"] == {"b": SILENT, "c": SILENT}
-    assert status["received"] == ["a"]
+    assert status["phase"] == "failed" and status["failed"] == {"bob": SILENT, "cat": SILENT}
+    assert status["received"] == ["ann"]
     assert not any(t.name == p.AGGREGATE for t in o.context.created)  # nothing aggregated, the last model stays
 
 
 @pytest.mark.parametrize("ready, spec, message", [
-    (["a"], {"min_silos": 2}, "round 0: 1 ready silo(s), quorum needs 2"),
+    (["ann"], {"min_silos": 2}, "round 0: 1 ready silo(s), quorum needs 2"),
     ([], {"silos": "all"}, "round 0: 0 ready silo(s), quorum needs 1"),
 ])
 def test_too_few_ready_silos_fail_the_round_before_any_job_starts(ready, spec, message):
@@ -158,15 +163,15 @@ def test_too_few_ready_silos_fail_the_round_before_any_job_starts(ready, spec, m
 
 def test_a_submission_error_fails_that_silo_only_and_it_is_not_waited_for():
     error = "job submission failed: FileNotFoundError: silo 'c' has no home"
-    o = collecting(errors={"c": error})
+    o = collecting(errors={"cat": error})
     events, _ = waits(o)
-    assert set(events) == {p.update_event("a"), p.failed_event("a"), p.update_event("b"), p.failed_event("b")}
-    assert o.context.status["failed"] == {"c": error}
-    update(o, "a")
-    update(o, "b")  # every started silo answered: no wait for the deadline
-    aggregate(o, accepted=["a", "b"])
+    assert set(events) == {p.update_event("ann"), p.failed_event("ann"), p.update_event("bob"), p.failed_event("bob")}
+    assert o.context.status["failed"] == {"cat": error}
+    update(o, "ann")
+    update(o, "bob")  # every started silo answered: no wait for the deadline
+    aggregate(o, accepted=["ann", "bob"])
     result = finish(o)
-    assert (result.silos["c"].state, result.silos["c"].reason) == ("failed", error)
+    assert (result.silos["cat"].state, result.silos["cat"].reason) == ("failed", error)
 
 
 def test_every_submission_failing_ends_the_round_at_once():
@@ -176,8 +181,8 @@ def test_every_submission_failing_ends_the_round_at_once():
     [timer] = [t for t in o.context.created if t.kind == "timer"]
     assert timer.cancelled and not any(t.kind == "event" for t in o.context.created)
     assert str(err.value) == ("round 0: 0 update(s) of 3 silo(s), quorum needs 2; "
-                              "a: job submission failed: a unreachable; b: job submission failed: b unreachable; "
-                              "c: job submission failed: c unreachable")
+                              "ann: job submission failed: ann unreachable; bob: job submission failed: bob unreachable; "
+                              "cat: job submission failed: cat unreachable")
 
 
 @pytest.mark.parametrize("notice, reason", [
@@ -188,35 +193,35 @@ def test_every_submission_failing_ends_the_round_at_once():
 ])
 def test_a_failed_silo_is_reported_with_its_reason_and_its_update_no_longer_awaited(notice, reason):
     o = collecting()
-    failed(o, "c", notice)
+    failed(o, "cat", notice)
     events, _ = waits(o)
-    assert p.update_event("c") not in events and p.failed_event("c") not in events
-    update(o, "a")
-    update(o, "b")
-    aggregate(o, accepted=["a", "b"])
+    assert p.update_event("cat") not in events and p.failed_event("cat") not in events
+    update(o, "ann")
+    update(o, "bob")
+    aggregate(o, accepted=["ann", "bob"])
     result = finish(o)
-    assert (result.silos["c"].state, result.silos["c"].reason) == ("failed", reason)
+    assert (result.silos["cat"].state, result.silos["cat"].reason) == ("failed", reason)
 
 
 def test_an_update_after_the_silos_failure_is_not_awaited_and_a_failure_after_its_update_neither():
     o = collecting()
-    update(o, "a")
+    update(o, "ann")
     events, _ = waits(o)
-    assert p.failed_event("a") not in events  # a's later failure note cannot undo its update
-    failed(o, "b", None)
+    assert p.failed_event("ann") not in events  # a's later failure note cannot undo its update
+    failed(o, "bob", None)
     events, _ = waits(o)
-    assert p.update_event("b") not in events
-    assert set(events) == {p.update_event("c"), p.failed_event("c")}
+    assert p.update_event("bob") not in events
+    assert set(events) == {p.update_event("cat"), p.failed_event("cat")}
 
 
 def test_quorum_lost_to_failures_fails_the_round_with_every_reason():
     o = collecting()
-    failed(o, "b", p.FailureNotice(reason="out of memory").wire())
-    update(o, "a")
+    failed(o, "bob", p.FailureNotice(reason="out of memory").wire())
+    update(o, "ann")
     with pytest.raises(RoundFailed) as err:
-        failed(o, "c", p.FailureNotice(reason="refused: ticket.expired", rule="ticket.expired").wire())
-    assert str(err.value) == ("round 0: 1 update(s) of 3 silo(s), quorum needs 2; b: out of memory; "
-                              "c: refused: ticket.expired")
+        failed(o, "cat", p.FailureNotice(reason="refused: ticket.expired", rule="ticket.expired").wire())
+    assert str(err.value) == ("round 0: 1 update(s) of 3 silo(s), quorum needs 2; bob: out of memory; "
+                              "cat: refused: ticket.expired")
     assert not any(t.name == p.AGGREGATE for t in o.context.created)
 
 
@@ -224,10 +229,11 @@ def test_a_rejected_update_is_reported_and_the_round_goes_on():
     o = collecting()
     for s in SILOS:
         update(o, s)
-    aggregate(o, accepted=["a", "b"], rejected={"c": "non_finite: update holds NaN"})
+    aggregate(o, accepted=["ann", "bob"], rejected={"cat": "non_finite: update holds NaN"})
     result = finish(o)
-    assert (result.silos["c"].state, result.silos["c"].reason) == ("rejected", "non_finite: update holds NaN")
-    assert result.num_samples == 20 and result.silos["a"].num_samples == 10
+    assert o.pooled.silos == ["ann", "bob"]  # a rejected silo's figures are not trusted either
+    assert (result.silos["cat"].state, result.silos["cat"].reason) == ("rejected", "non_finite: update holds NaN")
+    assert result.num_samples == 20 and result.silos["ann"].num_samples == 10
 
 
 def test_quorum_lost_to_rejected_updates_fails_the_round_without_evaluating():
@@ -235,12 +241,12 @@ def test_quorum_lost_to_rejected_updates_fails_the_round_without_evaluating():
     for s in SILOS:
         update(o, s)
     with pytest.raises(RoundFailed) as err:
-        aggregate(o, accepted=["a"], rejected={"b": "nonce: stale", "c": "size: over the bound"}, model_=False)
-    assert str(err.value) == ("round 0: 1 valid update(s) of 3 silo(s), quorum needs 2; b: nonce: stale; "
-                              "c: size: over the bound")
+        aggregate(o, accepted=["ann"], rejected={"bob": "nonce: stale", "cat": "size: over the bound"}, model_=False)
+    assert str(err.value) == ("round 0: 1 valid update(s) of 3 silo(s), quorum needs 2; bob: nonce: stale; "
+                              "cat: size: over the bound")
     status = o.context.status
-    assert status["phase"] == "failed" and status["rejected"] == {"b": "nonce: stale", "c": "size: over the bound"}
-    assert not any(t.name == p.EVALUATE for t in o.context.created)
+    assert status["phase"] == "failed" and status["rejected"] == {"bob": "nonce: stale", "cat": "size: over the bound"}
+    assert not any(t.name == p.POOL_EVALUATIONS for t in o.context.created)
 
 
 def test_a_failing_activity_fails_the_round():
@@ -250,3 +256,42 @@ def test_a_failing_activity_fails_the_round():
         update(o, s)
     with pytest.raises(Exception, match="storage unavailable"):
         o.throw(durable_failure("storage unavailable"))
+
+
+def evaluated(o: Orchestration, silo: str):
+    events, _ = waits(o)
+    return o.fire(events[p.evaluated_event(silo)], p.UpdateNotice(
+        path=f"runs/run-1/{silo}/evaluation.safetensors", etag="0x1", size=10).wire())
+
+
+def test_an_evaluator_silo_only_evaluates_and_its_figures_are_pooled_apart():
+    o = Orchestration(federated_round, FakeContext(round_job(evaluators=["held"]).wire(), instance_id="run-1:r0"))
+    o.send(p.RoundPlan(silos=SILOS, evaluators=["held"], manifest=MANIFEST).wire())
+    orders = {order.silo: order.mode for order in map(p.SiloJobOrder.model_validate, (t.input for t in o.pending.tasks))}
+    assert orders == {**{s: "train" for s in SILOS}, "held": "evaluate"}
+    o.send([p.SiloJobStarted(silo=s, job_id=f"job-{s}").wire() for s in orders])
+    events, _ = waits(o)
+    assert p.evaluated_event("held") in events and p.update_event("held") not in events
+    evaluated(o, "held")
+    for s in SILOS:
+        update(o, s)
+    assert sorted(p.AggregateOrder.model_validate(o.pending.input).updates) == SILOS  # the evaluator sends none
+    aggregate(o, accepted=SILOS)
+    result = finish(o)
+    assert (o.pooled.silos, o.pooled.evaluators) == (SILOS, ["held"])
+    assert result.silos["held"].state == "evaluated" and result.num_samples == 30
+
+
+def test_the_evaluate_only_round_aggregates_nothing_and_returns_the_pooled_figures():
+    job = round_job().model_copy(update={"evaluate_only": True})
+    o = Orchestration(federated_round, FakeContext(job.wire(), instance_id="run-1:r1"))
+    o.send(p.RoundPlan(silos=SILOS, manifest=MANIFEST).wire())
+    assert {p.SiloJobOrder.model_validate(t.input).mode for t in o.pending.tasks} == {"evaluate"}
+    o.send([p.SiloJobStarted(silo=s, job_id=f"job-{s}").wire() for s in SILOS])
+    evaluated(o, "ann")
+    evaluated(o, "bob")
+    deadline(o)  # a silent silo does not fail an evaluate-only round (it needs no quorum)
+    result = finish(o, {"loss": 0.3, "accuracy": 0.93})
+    assert not any(t.name == p.AGGREGATE for t in o.context.created)
+    assert result.model is None and result.incoming["accuracy"] == 0.93 and o.pooled.silos == ["ann", "bob"]
+    assert result.silos["cat"].state == "failed" and result.silos["cat"].reason == SILENT

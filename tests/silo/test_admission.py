@@ -144,15 +144,16 @@ def test_ticket_for_another_job_is_refused(silo_with_data, silo_io, job_factory,
     _refused(silo_io(name), request.model_copy(update={"ticket": ticket}), rule, repr(value))
 
 
-def _crafted_model(silos, own_service, attacker: str, run: str) -> tuple[str, str]:
-    """A starting model an attacker crafted, in the attacker's own storage account: (read URL, sha256)."""
+def _crafted_model(silos, own_service, attacker: str, run: str, bundle: bytes) -> tuple[str, str]:
+    """A starting model an attacker crafted (the bundle's tensors, every weight 0.5), in the attacker's own
+    storage account: (read URL, sha256)."""
     import numpy as np
     from azure.storage.blob import BlobSasPermissions, generate_blob_sas
 
-    from fedfunc.tasks import get_task
-    from fedfunc.weights import encode, model_to_arrays, sha256
+    from fedfunc.security.bundle import open_bundle
+    from fedfunc.weights import decode, encode, sha256
 
-    crafted = encode({k: np.full_like(v, 0.5) for k, v in model_to_arrays(get_task("digits").build_model(0)).items()})
+    crafted = encode({k: np.full_like(v, 0.5) for k, v in decode(open_bundle(bundle).weights())[0].items()})
     service = own_service(attacker)
     blob = service.get_blob_client(layout.OUTBOX, f"models/{run}/round-0000/global.safetensors")
     blob.upload_blob(crafted, overwrite=True)
@@ -163,13 +164,14 @@ def _crafted_model(silos, own_service, attacker: str, run: str) -> tuple[str, st
     return f"{blob.url}?{sas}", sha256(crafted)
 
 
-def test_a_genuine_ticket_with_a_swapped_model_is_refused(silo_with_data, silos, silo_io, job_factory, own_service):
+def test_a_genuine_ticket_with_a_swapped_model_is_refused(silo_with_data, silos, silo_io, job_factory, own_service,
+                                                         signed_bundle):
     """The orchestrator ticketed this job for its global model; a request pointing the silo at a crafted
     model in another account (with that model's hash, or the ticket's) is refused before any data is read,
     and the round's slot stays untouched (the ticket does not speak for this request)."""
     silo_with_data("adm-model")
     silos("adm-crafter")
-    url, digest = _crafted_model(silos, own_service, "adm-crafter", "run-swap")
+    url, digest = _crafted_model(silos, own_service, "adm-crafter", "run-swap", signed_bundle)
     request = job_factory("adm-model", "run-swap")
     failed = _refused(silo_io("adm-model"), request.model_copy(update={"model_url": url, "model_sha256": digest}),
                       "ticket.model_url", "job ticket for run-swap/r0/adm-model")
