@@ -1,4 +1,4 @@
-"""Our streaming FedAvg vs Flower's ``FedAvg.aggregate_fit`` on the same federated run, plus the
+"""Our FedAvg vs Flower's ``FedAvg.aggregate_fit`` on the same federated run, plus the
 centralized baseline: digits, 5 silos, Dirichlet(α=0.5) label skew, the task's default local
 training, identical seeds. Prints per-round held-out accuracy, rounds to 0.80 / 0.90, the final
 accuracy, and how far apart the two aggregators' models are when fed the same updates.
@@ -13,15 +13,16 @@ Without Flower the bench still prints ours vs centralized and says Flower was sk
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import torch
 
-from fedfunc.aggregation import ClientUpdate, get_strategy
+from fedfunc.aggregation import FedAvg
+from fedfunc.weights import ValidatedUpdate
 from fedfunc.tasks import get_task
 from fedfunc.tasks.centralized import centralized_curve
-from fedfunc.tasks.simulation import Aggregate, simulate
+from fedfunc.tasks.simulation import Aggregate, rounds_of, simulate
 
 THRESHOLDS = (0.80, 0.90)
 
@@ -36,7 +37,7 @@ def flower_fedavg() -> Aggregate | None:
         return None
     strategy, rounds = FedAvg(), iter(range(1, 1 << 30))
 
-    def aggregate(global_arrays: Mapping[str, np.ndarray], updates: Iterable[ClientUpdate]) -> dict[str, np.ndarray]:
+    def aggregate(global_arrays: Mapping[str, np.ndarray], updates: list[ValidatedUpdate]) -> dict[str, np.ndarray]:
         names = list(global_arrays)
         results = [(None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters([np.asarray(u.arrays[k]) for k in names]),
                                  u.num_samples, {})) for u in updates]
@@ -50,8 +51,7 @@ def flower_fedavg() -> Aggregate | None:
 def paired(ours: Aggregate, theirs: Aggregate, diffs: list[float]) -> Aggregate:
     """Aggregate each round's identical updates with both; record max |Δ|; carry on with ours."""
     def aggregate(global_arrays, updates):
-        batch = list(updates)
-        a, b = ours(global_arrays, batch), theirs(global_arrays, batch)
+        a, b = ours(global_arrays, updates), theirs(global_arrays, updates)
         diffs.append(max(float(np.max(np.abs(a[k].astype(np.float64) - b[k]))) for k in a))
         return a
     return aggregate
@@ -76,7 +76,7 @@ def main() -> None:
     print("Flower: " + (f"flwr {flower.version} FedAvg.aggregate_fit" if flower else
                         "NOT INSTALLED — skipped (see this file's docstring)"))
     runs = {"fedfunc FedAvg": lambda s: simulate(task, n_silos=args.silos, alpha=args.alpha, rounds=args.rounds,
-                                                 seed=s, aggregate=get_strategy("fedavg").aggregate)}
+                                                 seed=s, aggregate=rounds_of(FedAvg()))}
     if flower:
         runs["Flower FedAvg"] = lambda s: simulate(task, n_silos=args.silos, alpha=args.alpha, rounds=args.rounds,
                                                    seed=s, aggregate=flower)
@@ -97,7 +97,7 @@ def main() -> None:
         print(f"largest final-accuracy difference fedfunc vs Flower over seeds: {gap:.4f}")
         diffs: list[float] = []
         simulate(task, n_silos=args.silos, alpha=args.alpha, rounds=args.rounds, seed=args.seeds[0],
-                 aggregate=paired(get_strategy("fedavg").aggregate, flower, diffs))
+                 aggregate=paired(rounds_of(FedAvg()), flower, diffs))
         print(f"same updates, both aggregators, every round (seed {args.seeds[0]}): "
               f"max |fedfunc − Flower| over all parameters = {max(diffs):.3g}")
 

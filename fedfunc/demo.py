@@ -17,6 +17,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from fedfunc.run_cli import STRATEGY, STRATEGY_OPTION, strategy_options
+
 console = Console()
 
 
@@ -28,7 +30,7 @@ def _partitions(task, n_silos: int, alpha: float | None, seed: int):
 
 
 def run_demo(*, task_name: str, n_silos: int, rounds: int | None, alpha: float | None, local_epochs: int | None,
-             lr: float | None, seed: int, workdir: Path, deadline: float) -> dict:
+             lr: float | None, seed: int, workdir: Path, deadline: float, strategy: dict | str = "fedavg") -> dict:
     from fedfunc.devstack import DevStack
     from fedfunc.report import render_png
     from fedfunc.tasks.centralized import train_centralized
@@ -51,10 +53,10 @@ def run_demo(*, task_name: str, n_silos: int, rounds: int | None, alpha: float |
             console.print(f"  onboarded [cyan]{silo}[/] ({len(idx)} samples, labels {sorted(set(data.y_train[idx].tolist()))}) "
                           f"in {time.monotonic() - t0:.1f}s")
         spec = {"task": task_name, "silos": silos, "rounds": rounds, "round_deadline_s": deadline, "seed": seed,
-                "bundle": stack.signed_bundle(task_name, hyperparams)}
+                "strategy": strategy, "bundle": stack.signed_bundle(task_name, hyperparams)}
         run_id = stack.start_run(spec)
         console.print(f"run [bold]{run_id}[/]: {task_name}, {n_silos} silos, {rounds} rounds, "
-                      f"{'IID' if alpha is None else f'Dirichlet α={alpha}'}, local {hyperparams}")
+                      f"{'IID' if alpha is None else f'Dirichlet α={alpha}'}, local {hyperparams}, strategy {strategy}")
         status = _follow(stack, run_id, rounds)
         if status["runtime_status"] != "Completed":
             raise typer.Exit(_fail(status))
@@ -102,6 +104,7 @@ def _summary(run_id: str, report: dict, out: Path) -> None:
     table = Table(title=f"run {run_id}", show_header=False)
     final = report["final_metrics"]
     table.add_row("rounds", str(report["rounds_completed"]))
+    table.add_row("strategy", f"{report['strategy']['name']} {json.dumps(report['strategy']['options'])}")
     table.add_row("final global accuracy", f"{final['accuracy']:.4f} (loss {final['loss']:.4f})")
     table.add_row("centralized baseline", f"{report['baseline']['accuracy']:.4f} ({report['baseline']['how']})")
     table.add_row("report", f"{out / 'report.json'}\n{out / 'report.png'}")
@@ -118,10 +121,13 @@ def demo(
     task: str = typer.Option("digits", "--task", help="digits | breast_cancer"),
     workdir: Path = typer.Option(Path(".fedfunc/demo"), "--workdir", help="where each demo's state goes"),
     deadline: float = typer.Option(300, "--round-deadline", help="seconds a round waits for silos"),
+    strategy: str = typer.Option("fedavg", "--strategy", help=STRATEGY.help),
+    strategy_option: Optional[list[str]] = STRATEGY_OPTION,
 ) -> None:
     """Run a federated training across local silos on fedfunc host + Azurite and print the report."""
     run_demo(task_name=task, n_silos=silos, rounds=rounds, alpha=alpha, local_epochs=local_epochs, lr=lr,
-             seed=seed, workdir=workdir, deadline=deadline)
+             seed=seed, workdir=workdir, deadline=deadline,
+             strategy={"name": strategy, "options": strategy_options(strategy_option)})
 
 
 

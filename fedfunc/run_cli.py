@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.console import Console
@@ -14,14 +15,45 @@ run_app = typer.Typer(no_args_is_help=True, help="Start and watch federated runs
 console = Console()
 
 
+def strategy_options(pairs: list[str] | None) -> dict:
+    """``KEY=VALUE`` pairs as options; a VALUE that reads as JSON (0.01, true, 3) is that value, else a string."""
+    options = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"--strategy-option {pair!r}: use KEY=VALUE, e.g. eta=0.01")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
+STRATEGY = typer.Option(None, "--strategy", help="server strategy: fedavg, fedavgm, fedadam, fedyogi, fedadagrad, "
+                                                 "fedprox, trimmed_mean, median, krum (default: the spec's, else fedavg)")
+STRATEGY_OPTION = typer.Option(None, "--strategy-option", help="KEY=VALUE, repeatable (e.g. eta=0.01)")
+
+
 @run_app.command("start")
 def start(spec: Path = typer.Argument(..., exists=True, dir_okay=False, help="the run spec (JSON)"),
+          strategy: Optional[str] = STRATEGY, strategy_option: Optional[list[str]] = STRATEGY_OPTION,
           host: str = HOST, api_key: str = API_KEY) -> None:
-    """Start a run from SPEC.json (it must carry a bundle signed with `fedfunc sign`)."""
+    """Start a run from SPEC.json (it must carry a bundle signed with `fedfunc sign`). ``--strategy`` and
+    ``--strategy-option`` set the server side only: what runs in the silos (FedProx's μ, clipping) is in
+    the signed bundle, and the run cannot change it."""
     try:
         body = json.loads(spec.read_text())
     except json.JSONDecodeError as e:
         raise typer.BadParameter(f"{spec} is not valid JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise typer.BadParameter(f"{spec}: a run spec is a JSON object")
+    if strategy or strategy_option:
+        current = body.get("strategy") or "fedavg"
+        current = {"name": current} if isinstance(current, str) else dict(current)
+        if strategy and strategy.lower() != str(current.get("name", "")).lower():
+            current = {"name": strategy, "wrappers": current.get("wrappers", [])}
+        current["options"] = {**current.get("options", {}), **strategy_options(strategy_option)}
+        body["strategy"] = current
     started = call("POST", host, api_key, "runs", body)
     console.print(f"started run [bold]{started['run']}[/]; watch it with: fedfunc run status {started['run']}")
 

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from fedfunc.aggregation.spec import StrategySpec
 from fedfunc.contracts import Hyperparams
 from fedfunc.validation import parse
 
@@ -29,12 +30,21 @@ class RunSpec(BaseModel):
     round_deadline_s: float = Field(600, ge=1, le=7 * 86400)
     hyperparams: Hyperparams | None = Field(None, description="local training; defaults to the signed bundle's")
     bundle: dict | None = Field(None, description="the code bundle signed by a scientist (`fedfunc sign`)")
-    aggregator: str = "fedavg"
+    strategy: StrategySpec = Field(
+        default_factory=lambda: StrategySpec(name="fedavg"),
+        description='server strategy: "fedavg" or {"name", "options", "wrappers"} (fedfunc.aggregation)')
     seed: int = 0
     checkpoint_every: int = Field(5, ge=1, le=100, description="continue_as_new every K rounds to bound history")
     target_accuracy: float | None = Field(None, gt=0, le=1, description="stop early once reached")
     max_update_mb: float = Field(256, gt=0, le=4096)
     max_update_norm: float | None = Field(None, gt=0, description="bound on ||update - global||_2")
+
+    aggregator: None = Field(None, exclude=True, description="renamed to strategy; refused with that reason")
+
+    @field_validator("aggregator", mode="before")
+    @classmethod
+    def _renamed(cls, v):
+        raise ValueError('renamed to "strategy" (a name, or {"name", "options", "wrappers"})')
 
     @field_validator("silos")
     @classmethod

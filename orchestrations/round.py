@@ -94,13 +94,18 @@ def federated_round(context: df.DurableOrchestrationContext):
         p.AGGREGATE, ACTIVITY_RETRY, p.AggregateOrder(job=job, updates=updates).wire())))
     for r in agg.rejected:
         outcomes[r.silo] = p.SiloOutcome(state="rejected", reason=r.reason)
+    if agg.error:
+        context.set_custom_status(_status(job, "failed", outcomes, needed=needed, error=agg.error))
+        raise RoundFailed(f"round {job.round}: {agg.error}")
     if agg.model is None:
         context.set_custom_status(_status(job, "failed", outcomes, needed=needed))
         raise _quorum_lost(job, "valid update(s)", len(agg.accepted), needed, outcomes)
 
     metrics = yield context.call_activity_with_retry(p.EVALUATE, ACTIVITY_RETRY, job.model_copy(
         update={"model": agg.model}).wire())
-    silos = {s: o.model_copy(update={"num_samples": agg.samples.get(s)}) for s, o in outcomes.items()}
+    silos = {s: o.model_copy(update={"num_samples": agg.samples.get(s),
+                                     "clipped": agg.received[s].clipped if s in agg.received else None})
+             for s, o in outcomes.items()}
     context.set_custom_status(_status(job, "done", outcomes, needed=needed, metrics=metrics))
     return p.RoundResult(round=job.round, model=agg.model, metrics=metrics, num_samples=agg.num_samples,
                          silos=silos).wire()

@@ -9,7 +9,6 @@ import azure.durable_functions as df
 import azure.functions as func
 
 from fedfunc import protocol as p
-from fedfunc.aggregation import UnknownStrategy, get_strategy
 from fedfunc.coordinator.services import services
 from fedfunc.registry import UnknownSilo
 from fedfunc.security.bundle import BundleConfig, SignedBundle
@@ -23,7 +22,7 @@ log = logging.getLogger("fedfunc.runs")
 
 
 def validate_run_request(body: object) -> tuple[str, RunSpec]:
-    """The run id (given or new) and the spec; errors name the field, task, silo or aggregator."""
+    """The run id (given or new) and the spec; errors name the field, task, silo, strategy or option."""
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object: a run spec, optionally with \"run_id\"")
     body = dict(body)
@@ -33,8 +32,7 @@ def validate_run_request(body: object) -> tuple[str, RunSpec]:
     try:
         spec = parse_spec(body)
         get_task(spec.task)
-        get_strategy(spec.aggregator)
-    except (SpecError, UnknownTask, UnknownStrategy) as e:
+    except (SpecError, UnknownTask) as e:
         raise BadRequest(str(e)) from None
     spec = _with_signed_hyperparams(spec)
     if isinstance(spec.silos, list):
@@ -43,6 +41,13 @@ def validate_run_request(body: object) -> tuple[str, RunSpec]:
                 services().registry.get(silo)
             except UnknownSilo as e:
                 raise BadRequest(f"silos: {e}") from None
+        count = len(spec.silos)
+    else:  # "all": the silos ready now (a rule that needs more can still fail a later round, with its reason)
+        count = len(services().registry.list(status="ready"))
+    try:
+        spec.strategy.check_run(count, spec.bundle["bundle"]["config"])
+    except ValueError as e:
+        raise BadRequest(str(e)) from None
     return run_id, spec
 
 

@@ -20,7 +20,7 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -38,16 +38,6 @@ BLOCK_ELEMS = 1 << 17
 READ_BUDGET = 16 << 20
 # Bytes of the (updates × columns) stack that coordinate-wise rules sort or compare at a time.
 STACK_BYTES = 4 << 20
-
-
-class ClientUpdate(Protocol):
-    """What the streaming ``FedAvg.aggregate`` reads from one silo (``ValidatedUpdate`` satisfies it)."""
-
-    @property
-    def arrays(self) -> Mapping[str, np.ndarray]: ...
-
-    @property
-    def num_samples(self) -> int: ...
 
 
 class StrategyOptionError(ValueError):

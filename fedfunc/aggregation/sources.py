@@ -9,7 +9,8 @@ An update source is a sequence of ``BlockUpdate``s. Three kinds:
 - ``RangeUpdate``: an update behind ``read(offset, length) -> bytes`` (a blob's range reads, a
   file's ``pread``, a memoryview slice), whose header is checked when it is opened and whose
   values are checked by the strategy's block pass (``values_checked = False``);
-- ``MemoryUpdate``: plain arrays (tests, in-process simulation).
+- ``MemoryUpdate``: plain arrays (tests, in-process simulation);
+- ``DeltaUpdate``: around any of them, when the silo sent trained − global (a ``delta`` payload).
 """
 from __future__ import annotations
 
@@ -103,6 +104,33 @@ class CheckedUpdate:
 
     def read(self, tensor: str, start: int, stop: int) -> np.ndarray:
         return self.inner.read(tensor, start, stop)
+
+
+@dataclass(frozen=True)
+class DeltaUpdate:
+    """An update whose payload is a delta (trained − global, ``fedfunc.pipeline.delta``), read as
+    global + delta in the model's dtype, so every strategy and value rule sees model weights."""
+
+    inner: BlockUpdate
+    global_arrays: Mapping[str, np.ndarray]
+
+    @property
+    def key(self) -> str:
+        return self.inner.key
+
+    @property
+    def num_samples(self) -> int:
+        return self.inner.num_samples
+
+    @property
+    def values_checked(self) -> bool:
+        return self.inner.values_checked
+
+    def read(self, tensor: str, start: int, stop: int) -> np.ndarray:
+        d = self.inner.read(tensor, start, stop)
+        g = np.asarray(self.global_arrays[tensor]).reshape(-1)[start:stop]
+        w = g.astype(np.float64) + d
+        return (w if g.dtype.kind == "f" else np.rint(w)).astype(g.dtype)
 
 
 def in_key_order(updates: Sequence[BlockUpdate]) -> list[BlockUpdate]:

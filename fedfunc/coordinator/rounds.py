@@ -1,24 +1,34 @@
 """Orchestrator-side steps of a run: initial model, round manifest, silo job requests, aggregation, evaluation."""
 from __future__ import annotations
 
-from collections.abc import Iterator
+from dataclasses import dataclass
 
 from azure.core.exceptions import AzureError
 
-from fedfunc import layout, weights
-from fedfunc.aggregation import get_strategy
-from fedfunc.contracts import Hyperparams, ModelRef, OutboxReader, SiloJobBackend, SiloJobRequest
+from fedfunc import layout, pipeline, weights
+from fedfunc.aggregation import (BlockUpdate, DeltaUpdate, RangeUpdate, State, StateCorrupt, StateError, StateMissing,
+                                 Strategy, TooFewUpdates, decode_state, encode_state)
+from fedfunc.contracts import (BlobRange, Hyperparams, ModelRef, OutboxOpener, OutboxReader, SiloJobBackend,
+                               SiloJobRequest)
 from fedfunc.coordinator.store import RunStore, to_json
 from fedfunc.protocol import (AggregateOrder, AggregateResult, Received, Rejection, RoundJob, RoundPlan, RunState,
                               SiloJobStarted)
+from fedfunc.pipeline import SiloSide
 from fedfunc.security import Refused
 from fedfunc.security.egress import MAX_METRICS_BYTES, check_metrics
 from fedfunc.spec import RunSpec
 from fedfunc.tasks.registry import get_task
 
 
-def model_ref(path: str, data: bytes) -> ModelRef:
-    return ModelRef(path=path, sha256=weights.sha256(data))
+# A round's updates are downloaded whole (one request each, then read from memory) while they fit in this
+# many bytes together; otherwise each is read by byte ranges, block by block (memory O(updates × block +
+# model)), with RANGE_READERS threads reading the next block while the current one is combined.
+WHOLE_READ_BUDGET = 64 << 20
+RANGE_READERS = 8
+
+
+def model_ref(path: str, data: bytes, state_path: str, state: bytes) -> ModelRef:
+    return ModelRef(path=path, sha256=weights.sha256(data), state_path=state_path, state_sha256=weights.sha256(state))
 
 
 def ensure_eval_set(store: RunStore, task_name: str) -> None:
@@ -30,14 +40,20 @@ def ensure_eval_set(store: RunStore, task_name: str) -> None:
 
 
 def init_run(store: RunStore, state: RunState) -> ModelRef:
-    """Write the spec and the round-0 global model (once: a retry finds and returns the first one)."""
+    """Write the spec, the round-0 global model and the strategy's initial state (once: a retry finds and
+    returns what the first attempt wrote)."""
     run_id, spec = state.run_id, state.spec
     path = layout.global_model(run_id, 0)
     model = get_task(spec.task).build_model(spec.seed)
     store.create_once(layout.MODELS, path, weights.encode(weights.model_to_arrays(model), {"run": run_id, "round": "0"}))
     store.put_json(layout.RUNS, layout.run_spec(run_id), spec.model_dump(mode="json"))
     ensure_eval_set(store, spec.task)
-    return model_ref(path, store.get_bytes(layout.MODELS, path))
+    data = store.get_bytes(layout.MODELS, path)
+    strategy = spec.strategy.build()
+    state_path = layout.strategy_state(run_id, 0)
+    store.create_once(layout.RUNS, state_path, encode_state(strategy.initial_state(weights.decode(data)[0]),
+                                                            strategy.describe()))
+    return model_ref(path, data, state_path, store.get_bytes(layout.RUNS, state_path))
 
 
 def prepare_round(store: RunStore, ready_silos: list[str], job: RoundJob) -> RoundPlan:
@@ -95,13 +111,78 @@ def load_global(store: RunStore, ref: ModelRef) -> dict:
     return arrays
 
 
-def aggregate_round(store: RunStore, read_outbox: OutboxReader, order: AggregateOrder) -> AggregateResult:
-    """Validate every update and stream the accepted ones through the run's strategy.
+def load_state(store: RunStore, ref: ModelRef, strategy: Strategy) -> State:
+    """The strategy state that goes with ``ref``'s model. Missing, altered or written by another strategy:
+    ``StateError`` — a run never silently restarts its optimizer."""
+    if ref.state_path is None:
+        raise StateMissing(f"the model reference {ref.path} carries no strategy state")
+    data = store.get_bytes(layout.RUNS, ref.state_path)
+    if data is not None and weights.sha256(data) != ref.state_sha256:
+        raise StateCorrupt(f"{layout.RUNS}/{ref.state_path} does not match its recorded sha256")
+    return decode_state(data, strategy.describe())
 
-    Exactly once per round: the result is recorded create-only in ``aggregate.json``; a re-run
-    (after a crash, or a duplicate activity) returns that record instead of aggregating again.
-    Below quorum, nothing is written: the last good global model stays the run's model. The silo
-    checked its artifacts before they left; every check runs again here, on the bytes received.
+
+class UnreadableUpdate(Exception):
+    """A range read of one silo's update failed mid-aggregation (the blob changed or vanished)."""
+
+    def __init__(self, silo: str, error: Exception):
+        super().__init__(f"{silo}: {type(error).__name__}: {error}")
+        self.silo, self.error = silo, error
+
+
+def silo_side(spec: RunSpec) -> SiloSide:
+    """What the run's signed bundle fixes for the silo side (FedProx's μ, the update transforms)."""
+    return pipeline.silo_side(((spec.bundle or {}).get("bundle") or {}).get("config") or {})
+
+
+@dataclass(frozen=True)
+class Opened:
+    """An update opened for aggregation: a re-readable block source of model weights (a delta payload is
+    read as global + delta), its sha256 if it was read whole, and its payload kind and history."""
+
+    source: BlockUpdate
+    sha256: str | None
+    kind: pipeline.Payload
+    history: list[pipeline.Step]
+
+
+def open_update(blob: BlobRange, silo: str, global_arrays: dict, *, expected: dict, max_bytes: int,
+                whole_read_bytes: int, side: SiloSide) -> Opened:
+    """An update with its header rules checked, and its transform history against the signed ``side``.
+
+    Up to ``whole_read_bytes``: one download, blocks are views of it. Larger: range reads of the blob
+    pinned to the version opened; a failed read raises ``UnreadableUpdate`` naming the silo."""
+    if blob.size > max_bytes:
+        raise weights.UpdateRejected("size", f"{blob.size} bytes exceeds the {max_bytes}-byte bound")
+    manifest = weights.ModelManifest.from_arrays(global_arrays)
+    digest = None
+    if blob.size <= whole_read_bytes:
+        data = memoryview(blob.read(0, blob.size))
+        read, digest = (lambda o, n: data[o:o + n]), weights.sha256(data)
+    else:
+        def read(offset: int, length: int) -> bytes:
+            try:
+                return blob.read(offset, length)
+            except AzureError as e:
+                raise UnreadableUpdate(silo, e) from None
+    source = RangeUpdate(read, blob.size, manifest, expected=expected, max_bytes=max_bytes)
+    kind, history = pipeline.from_metadata(source.metadata)
+    pipeline.check_history(kind, history, side)
+    return Opened(DeltaUpdate(source, global_arrays) if kind == "delta" else source, digest, kind, history)
+
+
+def aggregate_round(store: RunStore, read_outbox: OutboxReader, open_outbox: OutboxOpener, order: AggregateOrder, *,
+                    whole_read_budget: int = WHOLE_READ_BUDGET) -> AggregateResult:
+    """Check every update and combine the accepted ones with the run's strategy and its state.
+
+    Exactly once per round: the new global model and state are written, then the result is recorded
+    create-only in ``aggregate.json`` (the commit point); a re-run (after a crash, or a duplicate
+    activity) returns that record instead of aggregating again, and a re-run before it recomputes the
+    same bytes. Below quorum, or when the strategy cannot aggregate (a robust rule with too few
+    updates, an unusable state), nothing is written: the last good model and its state stay the run's.
+    The silo checked its artifacts before they left; every check runs again here, on the bytes
+    received: header rules when an update is opened, value rules (finite, norm) inside the strategy's
+    one pass over the blocks.
     """
     job, spec = order.job, order.job.spec
     record_path = layout.aggregate_record(job.run_id, job.round)
@@ -110,55 +191,69 @@ def aggregate_round(store: RunStore, read_outbox: OutboxReader, order: Aggregate
         return AggregateResult.model_validate(done)
     manifest_doc = store.get_json(layout.RUNS, job.manifest)
     global_arrays = load_global(store, job.model)
-    manifest = weights.ModelManifest.from_arrays(global_arrays)
     max_bytes = int(spec.max_update_mb * 2**20)
-    rejected: list[Rejection] = []
+    side = silo_side(spec)
+    strategy = spec.strategy.build()
+    try:
+        state = load_state(store, job.model, strategy)
+    except StateError as e:
+        return AggregateResult(error=f"strategy state: {e}")
+    rejected: dict[str, str] = {}
     received: dict[str, Received] = {}
-    samples: dict[str, int] = {}
-
-    def check(silo: str, path: str) -> weights.ValidatedUpdate | None:
-        """Read and re-check one update and its metrics; None (with the reason recorded) if rejected."""
+    sources: list[BlockUpdate] = []
+    whole_read_bytes = whole_read_budget // max(1, len(order.updates))
+    for silo, notice in sorted(order.updates.items()):
         expected = {"run": job.run_id, "round": job.round, "silo": silo, "nonce": job.nonce,
                     "silos": manifest_doc["silos"]}
         try:
-            data = read_outbox(silo, path, max_bytes)
-            update = weights.validate_update(data, manifest, expected=expected, global_arrays=global_arrays,
-                                             max_bytes=max_bytes, max_norm=spec.max_update_norm)
-            metrics = check_metrics(read_outbox(silo, path.removesuffix(layout.UPDATE) + layout.METRICS,
+            blob = open_outbox(silo, notice.path)
+            opened = open_update(blob, silo, global_arrays, expected=expected, max_bytes=max_bytes,
+                                 whole_read_bytes=whole_read_bytes, side=side)
+            metrics = check_metrics(read_outbox(silo, notice.path.removesuffix(layout.UPDATE) + layout.METRICS,
                                                 MAX_METRICS_BYTES))
+        except UnreadableUpdate as e:
+            rejected[silo] = f"unreadable: {e.error}"
+            continue
         except (weights.UpdateRejected, Refused, AzureError, ValueError) as e:
-            rejected.append(Rejection(silo=silo, reason=str(e)))
-            return None
-        received[silo] = Received(path=path, sha256=weights.sha256(data), metrics=metrics)
-        samples[silo] = update.num_samples
-        return update
+            rejected[silo] = str(e)
+            continue
+        sources.append(opened.source)
+        received[silo] = Received(path=notice.path, sha256=opened.sha256,
+                                  version=None if opened.sha256 else blob.version, metrics=metrics,
+                                  payload=opened.kind, transforms=[s.wire() for s in opened.history],
+                                  clipped=pipeline.clipped(opened.history))
 
-    def accepted() -> Iterator[weights.ValidatedUpdate]:
-        """One update alive at a time: each is dropped before the next one is downloaded."""
-        for silo, notice in sorted(order.updates.items()):
-            update = check(silo, notice.path)
-            if update is not None:
-                yield update
-            update = None
+    def result(**fields) -> AggregateResult:
+        return AggregateResult(rejected=[Rejection(silo=s, reason=r) for s, r in sorted(rejected.items())], **fields)
 
-    strategy = get_strategy(spec.aggregator)
-    try:
-        new_arrays = strategy.aggregate(global_arrays, accepted())
-    except ValueError:
-        if samples:  # a real aggregation error, not "no update accepted"
-            raise
-        return AggregateResult(rejected=rejected)
-    result = AggregateResult(accepted=sorted(samples), rejected=rejected, samples=samples, received=received,
-                             num_samples=sum(samples.values()))
-    if len(samples) < manifest_doc["needed"]:
-        return result
-    path = layout.global_model(job.run_id, job.round + 1)
-    data = weights.encode(new_arrays, {"run": job.run_id, "round": str(job.round + 1)})
+    while True:
+        if len(sources) < manifest_doc["needed"]:
+            return result(accepted=sorted(u.key for u in sources))
+        try:
+            agg = strategy.aggregate_round(global_arrays, sources, state, max_norm=spec.max_update_norm,
+                                           readers=RANGE_READERS if any(received[u.key].version
+                                                                        for u in sources) else 0)
+            break
+        except TooFewUpdates as e:
+            return result(accepted=sorted(u.key for u in sources), error=str(e))
+        except UnreadableUpdate as e:
+            rejected[e.silo] = f"unreadable: {e.error}"
+            sources = [u for u in sources if u.key != e.silo]
+    rejected.update({silo: str(e) for silo, e in agg.rejected.items()})
+    samples = {u.key: u.num_samples for u in sources if u.key in agg.accepted}
+    fields = dict(accepted=agg.accepted, selected=agg.selected, samples=samples, num_samples=sum(samples.values()),
+                  received={s: received[s] for s in agg.accepted})
+    if len(agg.accepted) < manifest_doc["needed"]:
+        return result(**fields)
+    path, state_path = layout.global_model(job.run_id, job.round + 1), layout.strategy_state(job.run_id, job.round + 1)
+    data = weights.encode(agg.arrays, {"run": job.run_id, "round": str(job.round + 1)})
+    state_data = encode_state(agg.state, strategy.describe())
     store.put_bytes(layout.MODELS, path, data)
-    result = result.model_copy(update={"model": model_ref(path, data)})
-    if not store.create_once(layout.RUNS, record_path, to_json(result.wire())):
+    store.put_bytes(layout.RUNS, state_path, state_data)
+    committed = result(**fields, model=model_ref(path, data, state_path, state_data))
+    if not store.create_once(layout.RUNS, record_path, to_json(committed.wire())):
         return AggregateResult.model_validate(store.get_json(layout.RUNS, record_path))
-    return result
+    return committed
 
 
 def evaluate(store: RunStore, job: RoundJob) -> dict:
