@@ -74,7 +74,7 @@ def test_krum_keeps_the_updates_closest_to_their_neighbours():
     d = np.array([[np.sum((a - b) ** 2) for b in flat] for a in flat])
     scores = [np.sort(np.delete(d[i], i))[: n - f - 2].sum() for i in range(n)]
     best = int(np.argmin(scores))
-    result = Krum(f=f).aggregate_round(g, ups + [far])
+    result = Krum(f=f, m=1).aggregate_round(g, ups + [far])
     assert result.selected == [(ups + [far])[best].key] and "silo99" not in result.selected
     for k in SHAPES:  # Krum returns the chosen update itself, bit for bit
         np.testing.assert_array_equal(result.arrays[k], (ups + [far])[best].arrays[k])
@@ -82,6 +82,10 @@ def test_krum_keeps_the_updates_closest_to_their_neighbours():
     kept = [u for u in ups if u.key in multi.selected]
     assert len(kept) == 3
     assert_close(multi.arrays, {k: weighted_mean(kept, k) for k in SHAPES})
+    default = Krum(f=f).aggregate_round(g, ups + [far])   # m defaults to n − f: all but the f most outlying
+    worst = sorted(range(n), key=lambda i: (scores[i], i))[n - f:]
+    assert default.selected == sorted(u.key for i, u in enumerate(ups + [far]) if i not in worst)
+    assert "silo99" not in default.selected and len(default.selected) == n - f
 
 
 def _adam_reference(g, rounds, options, kind):
