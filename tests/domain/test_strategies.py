@@ -150,7 +150,7 @@ def test_fedadam_without_bias_correction_uses_plain_eta():
 def test_fedavgm_without_momentum_and_fedprox_are_fedavg():
     g, ups = model(), updates(6)
     plain = FedAvg().aggregate_round(g, ups).arrays
-    for strategy in (FedAvgM(), get_strategy("fedprox")):
+    for strategy in (FedAvgM(server_momentum=0), get_strategy("fedprox")):
         assert not strategy.stateful
         out = strategy.aggregate_round(g, ups).arrays
         for k in SHAPES:
@@ -437,5 +437,5 @@ def test_the_edge_can_refuse_what_a_run_cannot_do():
     individual = {name for name, cls in STRATEGIES.items() if get_strategy(name).needs_individual_updates}
     assert individual == {"trimmed_mean", "median", "krum"}
     assert FixedClipping(FedAvg(), clipping_norm=1).needs_individual_updates
-    assert {n for n in STRATEGIES if get_strategy(n).stateful} == {"fedadam", "fedyogi", "fedadagrad"}
-    assert FedAvgM(server_momentum=0.9).stateful
+    assert {n for n in STRATEGIES if get_strategy(n).stateful} == {"fedadam", "fedyogi", "fedadagrad", "fedavgm"}
+    assert not FedAvgM(server_momentum=0).stateful
