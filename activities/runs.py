@@ -36,14 +36,14 @@ def start_silo_job(order: dict) -> dict:
     svc = services()
     order = p.SiloJobOrder.model_validate(order)
     job, silo = order.job, order.silo
-    code_hash = (job.spec.bundle or {}).get("code_hash", "")
+    code_hash = job.spec.bundle or ""
     expires = job.deadline + TICKET_GRACE
     ticket = issue_ticket(svc.ticket_key, run=job.run_id, round=job.round, silo=silo, code_hash=code_hash,
                           nonce=job.nonce, ttl=expires - datetime.now(timezone.utc))
     where = dict(run=job.run_id, round=job.round, silo=silo)
     svc.audit.record("ticket_issued", **where, event_id=f"ticket:{job.run_id}:{job.round}:{silo}",
                      code_hash=code_hash, expires_at=expires.isoformat())
-    started = rounds.start_silo_job(svc.backend, rounds.silo_job_request(svc.store, job, silo, ticket))
+    started = rounds.start_silo_job(svc.backend, rounds.silo_job_request(svc.store, job, silo, order.mode, ticket))
     svc.audit.record("job_submitted", **where, event_id=f"job:{job.run_id}:{job.round}:{silo}",
                      job_id=started.job_id, error=started.error)
     return started.wire()
@@ -66,10 +66,17 @@ def aggregate(order: dict) -> dict:
     return result.wire()
 
 
-@bp.function_name(p.EVALUATE)
-@bp.activity_trigger(input_name="job")
-def evaluate(job: dict) -> dict:
-    return rounds.evaluate(services().store, p.RoundJob.model_validate(job))
+@bp.function_name(p.POOL_EVALUATIONS)
+@bp.activity_trigger(input_name="order")
+def pool_evaluations(order: dict) -> dict:
+    svc = services()
+    order = p.EvaluationOrder.model_validate(order)
+    result = rounds.pool_evaluations(svc.store, svc.outbox_reader(), order)
+    run, round_ = order.job.run_id, order.job.round
+    for r in result.rejected:
+        svc.audit.record("evaluation_rejected", run=run, round=round_, silo=r.silo,
+                         event_id=f"evaluation-rejected:{run}:{round_}:{r.silo}", reason=r.reason)
+    return result.wire()
 
 
 @bp.function_name(p.WRITE_REPORT)
@@ -77,7 +84,8 @@ def evaluate(job: dict) -> dict:
 def write_report(outcome: dict) -> dict:
     outcome = p.RunOutcome.model_validate(outcome)
     store = services().store
-    report = build_report(outcome.wire(), status=outcome.status, error=outcome.error, stop_reason=outcome.stop_reason)
+    report = build_report(outcome.wire(), status=outcome.status, error=outcome.error, stop_reason=outcome.stop_reason,
+                          final_evaluation=rounds.final_evaluation(store, outcome))
     paths = {"json": layout.report(outcome.run_id, "json"), "png": layout.report(outcome.run_id, "png")}
     store.put_json(layout.RUNS, paths["json"], report)
     store.put_bytes(layout.RUNS, paths["png"], render_png(report))

@@ -1,6 +1,6 @@
 """Our FedAvg vs Flower's ``FedAvg.aggregate_fit`` on the same federated run, plus the
 centralized baseline: digits, 5 silos, Dirichlet(α=0.5) label skew, the task's default local
-training, identical seeds. Prints per-round held-out accuracy, rounds to 0.80 / 0.90, the final
+training, identical seeds. Prints per-round accuracy pooled over the silos' test parts, rounds to 0.80 / 0.90, the final
 accuracy, and how far apart the two aggregators' models are when fed the same updates.
 
 Flower (bench/requirements.txt) conflicts with the app's pins (typer, rich), so it lives in its
@@ -18,11 +18,11 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from fedfunc.aggregation import FedAvg
-from fedfunc.weights import ValidatedUpdate
-from fedfunc.tasks import get_task
-from fedfunc.tasks.centralized import centralized_curve
-from fedfunc.tasks.simulation import Aggregate, rounds_of, simulate
+from fedfunc.aggregation import BlockUpdate, FedAvg
+from fedfunc.tasks.builtin import task_dir
+from fedfunc.tasks.builtin.datasets import local_silos
+from fedfunc.tasks.signing import prepare
+from fedfunc.tasks.simulation import Aggregate, centralized_curve, rounds_of, simulate
 
 THRESHOLDS = (0.80, 0.90)
 
@@ -37,9 +37,10 @@ def flower_fedavg() -> Aggregate | None:
         return None
     strategy, rounds = FedAvg(), iter(range(1, 1 << 30))
 
-    def aggregate(global_arrays: Mapping[str, np.ndarray], updates: list[ValidatedUpdate]) -> dict[str, np.ndarray]:
+    def aggregate(global_arrays: Mapping[str, np.ndarray], updates: list[BlockUpdate]) -> dict[str, np.ndarray]:
         names = list(global_arrays)
-        results = [(None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters([np.asarray(u.arrays[k]) for k in names]),
+        results = [(None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters([
+            np.asarray(u.read(k, 0, global_arrays[k].size)).reshape(global_arrays[k].shape) for k in names]),
                                  u.num_samples, {})) for u in updates]
         params, _ = strategy.aggregate_fit(next(rounds), results, [])
         return dict(zip(names, parameters_to_ndarrays(params), strict=True))
@@ -69,19 +70,22 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args()
     torch.set_num_threads(1)
-    task = get_task("digits")
-    hp = task.default_hyperparams
+    prepared = prepare(task_dir("digits"))
+    task, hp = prepared.task, prepared.task.hp
+
+    def run(seed: int, aggregate: Aggregate) -> list[dict]:
+        silos = local_silos("digits", args.silos, alpha=args.alpha, seed=seed)
+        return simulate(task, prepared.initial, silos, rounds=args.rounds, seed=seed, aggregate=aggregate)
+
     flower = flower_fedavg()
     print(f"digits, {args.silos} silos, Dirichlet α={args.alpha}, {args.rounds} rounds, local {hp}")
     print("Flower: " + (f"flwr {flower.version} FedAvg.aggregate_fit" if flower else
                         "NOT INSTALLED — skipped (see this file's docstring)"))
-    runs = {"fedfunc FedAvg": lambda s: simulate(task, n_silos=args.silos, alpha=args.alpha, rounds=args.rounds,
-                                                 seed=s, aggregate=rounds_of(FedAvg()))}
+    runs = {"fedfunc FedAvg": lambda s: run(s, rounds_of(FedAvg()))}
     if flower:
-        runs["Flower FedAvg"] = lambda s: simulate(task, n_silos=args.silos, alpha=args.alpha, rounds=args.rounds,
-                                                   seed=s, aggregate=flower)
-    runs["centralized"] = lambda s: centralized_curve(task, rounds=args.rounds, epochs=hp.epochs, lr=hp.lr,
-                                                      batch_size=hp.batch_size, seed=s)
+        runs["Flower FedAvg"] = lambda s: run(s, flower)
+    runs["centralized"] = lambda s: centralized_curve(
+        task, prepared.initial, local_silos("digits", args.silos, alpha=args.alpha, seed=s), rounds=args.rounds, seed=s)
     print(f"{'seed':>4}  {'run':<15} {'→0.80':>6} {'→0.90':>6} {'final':>6}  accuracy per round")
     finals: dict[str, list[float]] = {name: [] for name in runs}
     for seed in args.seeds:
@@ -96,8 +100,7 @@ def main() -> None:
         gap = max(abs(a - b) for a, b in zip(finals["fedfunc FedAvg"], finals["Flower FedAvg"]))
         print(f"largest final-accuracy difference fedfunc vs Flower over seeds: {gap:.4f}")
         diffs: list[float] = []
-        simulate(task, n_silos=args.silos, alpha=args.alpha, rounds=args.rounds, seed=args.seeds[0],
-                 aggregate=paired(rounds_of(FedAvg()), flower, diffs))
+        run(args.seeds[0], paired(rounds_of(FedAvg()), flower, diffs))
         print(f"same updates, both aggregators, every round (seed {args.seeds[0]}): "
               f"max |fedfunc − Flower| over all parameters = {max(diffs):.3g}")
 

@@ -3,7 +3,8 @@
 Runs the real system (Azurite + the Function App on ``fedfunc host`` + local silo processes). A round's
 wall time is its sub-orchestration's created → last-updated time; a silo job's time is from its
 process start (the local backend's pid file) to its update blob landing (the blob's last-modified).
-What is left is what fedfunc adds: manifest, job submission, event delivery, aggregation, evaluation.
+What is left is what fedfunc adds: manifest, job submission, event delivery, aggregation, pooling the
+silos' evaluations. (The final evaluate-only round is not counted.)
 
     .venv/bin/python bench/round_overhead.py [--silos 3 10] [--rounds 3]
 """
@@ -22,8 +23,7 @@ from fedfunc.devstack import DevStack
 from fedfunc.protocol import round_instance_id
 from fedfunc.silo.home import read_credentials, silo_home
 from fedfunc.storage import blob_service
-from fedfunc.tasks.partition import partition
-from fedfunc.tasks.registry import get_task
+from fedfunc.tasks.builtin.datasets import silo_parts
 
 
 def _instance_times(stack: DevStack, instance: str) -> tuple[datetime, datetime]:
@@ -42,16 +42,14 @@ def _job_seconds(stack: DevStack, run: str, round_: int, silo: str) -> float:
 
 
 def measure(n_silos: int, rounds: int) -> dict:
-    task = get_task("digits")
-    data = task.load_dataset()
     with tempfile.TemporaryDirectory() as tmp, DevStack(Path(tmp)) as stack:
         silos = [f"bench-{i}" for i in range(n_silos)]
-        for silo, idx in zip(silos, partition(data.y_train, n_silos, alpha=None, seed=0)):
+        for silo, part in zip(silos, silo_parts("digits", n_silos, alpha=None, seed=0)):
             stack.add_silo(silo)
-            stack.upload_data(silo, "digits", data.x_train[idx], data.y_train[idx])
+            stack.upload_data(silo, part.files("digits"))
         hp = {"epochs": 1, "lr": 0.05, "batch_size": 16, "seed": 0}
-        run = stack.start_run({"task": "digits", "silos": silos, "rounds": rounds, "round_deadline_s": 600,
-                               "bundle": stack.signed_bundle("digits", hp)})
+        run = stack.start_run({"silos": silos, "rounds": rounds, "round_deadline_s": 600,
+                               "bundle": stack.bundle("digits", hp)})
         assert stack.wait_run(run, timeout=3600)["runtime_status"] == "Completed"
         rows = []
         for r in range(rounds):

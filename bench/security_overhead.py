@@ -1,6 +1,6 @@
-"""The added cost per silo job of the lock-down: ticket issue/verify, bundle signature + installed-code
-hash, policy, egress validation, and the silo's storage round trips (policy read, audit trail read and
-appends) — next to the job's own start-up and training time on the digits task for scale. Then the
+"""The added cost per silo job of the lock-down: ticket issue/verify, bundle signature + file hashes,
+policy, egress validation, and the silo's storage round trips (policy read, bundle download, audit trail
+read and appends) — next to the job's own start-up and training time on the digits task for scale. Then the
 time to onboard a local silo end to end (``POST /api/silos`` → validate, provision, grant, smoke job,
 ready) on a running system, the issue's ≤ 10 s goal.
 
@@ -19,20 +19,26 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 from fedfunc import layout
-from fedfunc.contracts import Hyperparams, SiloJobRequest
+from fedfunc.contracts import SiloJobRequest
 from fedfunc.security import keys
 from fedfunc.security.audit import AuditLog, SiloAuditTrail
-from fedfunc.security.bundle import build_bundle, check_installed_code, check_request, sign_bundle, verify_bundle
+from fedfunc.security.bundle import open_bundle, verify_bundle
 from fedfunc.security.egress import check_egress
 from fedfunc.security.policy import SiloPolicy, enforce, parse_policy
 from fedfunc.security.tickets import issue_ticket, verify_ticket
-from fedfunc.silo.runner import package, train
-from fedfunc.tasks import get_task
+from fedfunc.silo.runner import package
+from fedfunc.tasks import loop
+from fedfunc.tasks.builtin import task_dir
+from fedfunc.tasks.builtin.datasets import local_silos
+from fedfunc.tasks.loader import build_model, from_bundle, load_weights
+from fedfunc.tasks.signing import build_bundle
 from fedfunc.weights import ModelManifest, model_to_arrays
 
-HP = Hyperparams(epochs=1, lr=0.05, batch_size=32)
-ADMIT = "silo: authenticate() + admit() = CPU checks + policy & trail reads"
+HP = {"epochs": 1, "lr": 0.05, "batch_size": 32}
+ADMIT = "silo: authenticate() + admit() = CPU checks + policy, bundle & trail reads"
 APPEND = "silo: audit trail append (one line)"
 RECORD = "orchestrator: audit table entry"
 
@@ -53,23 +59,33 @@ def main() -> None:
     ap.add_argument("--onboard", type=int, default=3, help="silos to onboard for the timing (0: skip)")
     args = ap.parse_args()
 
+    torch.set_num_threads(1)
     orch, sci = keys.generate(), keys.generate()
-    signed = sign_bundle(build_bundle("digits", {"hyperparams": HP.model_dump()}), sci)
+    bundle = build_bundle(task_dir("digits"), sci, HP)
+    code_hash = open_bundle(bundle).code_hash
     policy = SiloPolicy(silo="alpha", orchestrator_keys=[keys.public_b64(orch.public_key())],
                         trusted_signers=[keys.public_b64(sci.public_key())], allowed_tasks=["digits"],
                         max_rounds_per_day=100)
     raw_policy = policy.model_dump_json().encode()
-    task = get_task("digits")
-    global_arrays = model_to_arrays(task.build_model(seed=0))
-    ds = task.load_dataset()
-    x, y = ds.x_train[:args.samples], ds.y_train[:args.samples]
-    ticket_args = dict(run="bench", round=1, silo="alpha", code_hash=signed.code_hash, nonce="n")
-    request = SiloJobRequest(run_id="bench", round=1, silo="alpha", nonce="n", task="digits", hyperparams=HP,
+    task, global_arrays = from_bundle(verify_bundle(bundle, policy.trusted_signers))
+    silo = local_silos("digits", 1, alpha=None, seed=0)[0]
+    train_data, test_data = task.read_data(silo.train), task.read_data(silo.test)
+    train_data = torch.utils.data.Subset(train_data, range(min(args.samples, len(train_data))))
+
+    def train():
+        model = build_model(task)
+        load_weights(model, global_arrays)
+        return model, loop.train(task, model, train_data, seed=0)
+
+    ticket_args = dict(run="bench", round=1, silo="alpha", code_hash=code_hash, nonce="n")
+    request = SiloJobRequest(run_id="bench", round=1, silo="alpha", nonce="n", task="digits",
                              model_url="http://x/m", model_sha256="0" * 64,
                              outbox_prefix=layout.outbox_prefix("bench", 1, "alpha"),
-                             ticket=issue_ticket(orch, **ticket_args), bundle=signed.model_dump(mode="json"))
-    arrays, metrics = train(request, global_arrays, x, y)
-    artifacts = package(request, arrays, metrics)
+                             ticket=issue_ticket(orch, **ticket_args), bundle=code_hash)
+    model, stats = train()
+    arrays = model_to_arrays(model)
+    artifacts = package(request, loop.evaluate(task, model, test_data), arrays,
+                        {"loss": stats.loss, "num_samples": stats.num_samples, "epochs": stats.epochs})
     manifest = ModelManifest.from_arrays(global_arrays)
     expected = {"run": "bench", "round": 1, "silo": "alpha", "nonce": "n"}
     n = args.repeat
@@ -77,20 +93,19 @@ def main() -> None:
     rows = [
         ("orchestrator: issue ticket", median_ms(lambda: issue_ticket(orch, **ticket_args), n)),
         ("silo: parse policy + enforce", median_ms(lambda: enforce(parse_policy(raw_policy), request, 0), n)),
-        ("silo: verify bundle signature", median_ms(lambda: verify_bundle(request.bundle, policy.trusted_signers), n)),
-        ("silo: check request vs signed config", median_ms(lambda: check_request(signed.bundle, request), n)),
-        ("silo: hash installed code vs bundle", median_ms(lambda: check_installed_code(signed.bundle), n)),
+        ("silo: verify bundle (signature + every file)", median_ms(
+            lambda: verify_bundle(bundle, policy.trusted_signers, expected_hash=code_hash), n)),
         ("silo: verify ticket", median_ms(lambda: verify_ticket(request.ticket, policy.orchestrator_keys,
                                                                silo="alpha", run="bench", round=1,
-                                                               code_hash=signed.code_hash, nonce="n"), n)),
-        ("silo: egress check (update + metrics)", median_ms(lambda: check_egress(artifacts, manifest=manifest,
-                                                                                   expected=expected), n)),
+                                                               code_hash=code_hash, nonce="n"), n)),
+        ("silo: egress check (update + metrics + evaluation)", median_ms(lambda: check_egress(
+            artifacts, mode="train", manifest=manifest, num_classes=10, expected=expected), n)),
     ]
     cpu_total = sum(ms for name, ms in rows if name.startswith("silo"))
-    train_ms = median_ms(lambda: train(request, global_arrays, x, y), 5)
-    startup_ms = median_ms(lambda: subprocess.run([sys.executable, "-c", "import fedfunc.silo.runner, fedfunc.tasks"],
-                                                  check=True), 3)
-    storage = dict(storage_round_trips(orch, sci, n=20))
+    train_ms = median_ms(train, 5)
+    startup_ms = median_ms(lambda: subprocess.run(
+        [sys.executable, "-c", "import fedfunc.silo.runner, fedfunc.tasks.loop"], check=True), 3)
+    storage = dict(storage_round_trips(orch, sci, bundle, n=20))
 
     print(f"security overhead per silo job (median of {n}; digits MLP, {sum(a.size for a in arrays.values())} "
           f"parameters, update {len(artifacts[layout.UPDATE])} bytes)")
@@ -99,7 +114,7 @@ def main() -> None:
     print(f"  {'silo CPU checks, total':<44} {cpu_total:8.3f} ms")
     for name, ms in storage.items():
         print(f"  {name:<44} {ms:8.3f} ms")
-    egress_ms = dict(rows)["silo: egress check (update + metrics)"]
+    egress_ms = dict(rows)["silo: egress check (update + metrics + evaluation)"]
     added = storage[ADMIT] + egress_ms + 3 * storage[APPEND]
     print(f"added per silo job: admit + egress + 3 trail appends = {added:.1f} ms; per round on the orchestrator: "
           f"{dict(rows)['orchestrator: issue ticket'] + storage[RECORD]:.1f} ms per silo (ticket + audit entry)")
@@ -124,8 +139,11 @@ def onboarding_seconds(n: int) -> list[float]:
         return times
 
 
-def storage_round_trips(orch, sci, n: int) -> list[tuple[str, float]]:
-    """``admit`` against a real silo account (policy blob + trail read), and one trail append."""
+def storage_round_trips(orch, sci, bundle: bytes, n: int) -> list[tuple[str, float]]:
+    """``admit`` against a real silo account (policy blob, bundle download + verification, trail read), and
+    one trail append."""
+    from azure.storage.blob import BlobServiceClient
+
     from fedfunc.azurite import Azurite
     from fedfunc.silo.home import read_credentials, silo_home
     from fedfunc.silo.io import BlobSiloIO
@@ -140,19 +158,22 @@ def storage_round_trips(orch, sci, n: int) -> list[tuple[str, float]]:
         provision_local_silo("alpha", azurite_home=az.location, orchestrator_conn=az.orchestrator.connection_string,
                              home_root=Path(tmp) / "home", initial_policy=policy)
         creds = read_credentials(silo_home(Path(tmp) / "home", "alpha"))
-        io = BlobSiloIO(creds.connection_string, creds.models_sas)
-        signed = sign_bundle(build_bundle("digits", {"hyperparams": HP.model_dump()}), sci)
+        io = BlobSiloIO.of(creds)
+        code_hash = open_bundle(bundle).code_hash
+        bundles = BlobServiceClient.from_connection_string(az.orchestrator.connection_string)
+        bundles.create_container(layout.BUNDLES)
+        bundles.get_blob_client(layout.BUNDLES, layout.bundle(code_hash)).upload_blob(bundle)
         trail = SiloAuditTrail(io.outbox, "alpha")
-        request = SiloJobRequest(run_id="bench", round=1, silo="alpha", nonce="n", task="digits", hyperparams=HP,
+        request = SiloJobRequest(run_id="bench", round=1, silo="alpha", nonce="n", task="digits",
                                  model_url="http://x/m", model_sha256="0" * 64,
                                  outbox_prefix=layout.outbox_prefix("bench", 1, "alpha"),
                                  ticket=issue_ticket(orch, run="bench", round=1, silo="alpha",
-                                                     code_hash=signed.code_hash, nonce="n"),
-                                 bundle=signed.model_dump(mode="json"))
+                                                     code_hash=code_hash, nonce="n"),
+                                 bundle=code_hash)
         for i in range(n):  # a trail with n earlier jobs today
             trail.append("job_started", run="bench", round=i + 2, job=f"bench-r{i + 2}-alpha")
         audit = AuditLog.create(table_service(az.orchestrator.connection_string))
-        return [(ADMIT, median_ms(lambda: admit(request, authenticate(request, io), trail), n)),
+        return [(ADMIT, median_ms(lambda: admit(request, authenticate(request, io), io, trail), n)),
                 (APPEND, median_ms(lambda: trail.append("job_started", run="bench", round=1, job=request.job_key), n)),
                 (RECORD, median_ms(lambda: audit.record("ticket_issued", run="bench", round=1, silo="alpha"), n))]
 

@@ -2,7 +2,8 @@
 5 silos, Dirichlet(α) label skew, the task's default local training; every round silo 0 sends
 ``global + scale · (its honest update − global)`` — finite, so only the rule can stop it (the
 default update-norm bound is off, as in ``simulate``). Prints final accuracy and accuracy per round
-for FedAvg, trimmed mean, median and Krum (f = 1), and the same without the attacker.
+for FedAvg, trimmed mean, median, multi-Krum (the default: f = 1, m = n − f) and Krum proper (m = 1),
+and the same without the attacker. The same comparison through the real system: ``bench/byzantine.py``.
 
 Run: flock /tmp/fedfunc-heavy.lock env PYTHONPATH=. .venv/bin/python bench/strategies_byzantine.py
 """
@@ -14,11 +15,13 @@ import numpy as np
 import torch
 
 from fedfunc.aggregation import MemoryUpdate, StrategySpec
-from fedfunc.tasks import get_task
+from fedfunc.tasks.builtin import task_dir
+from fedfunc.tasks.builtin.datasets import local_silos
+from fedfunc.tasks.signing import prepare
 from fedfunc.tasks.simulation import simulate
 
 RULES = {"fedavg": "fedavg", "trimmed_mean": {"name": "trimmed_mean", "options": {"beta": 0.2}},
-         "median": "median", "krum": {"name": "krum", "options": {"f": 1}}}
+         "median": "median", "krum": "krum", "krum_m1": {"name": "krum", "options": {"f": 1, "m": 1}}}
 
 
 def byzantine(spec, scale: float | None):
@@ -53,17 +56,18 @@ def main() -> None:
     parser.add_argument("--lr", type=float, help="local learning rate (default: the task's)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    task = get_task("digits")
-    hp = task.default_hyperparams.model_copy(update={k: v for k, v in (("epochs", args.epochs), ("lr", args.lr))
-                                                     if v is not None})
+    prepared = prepare(task_dir("digits"), {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr))
+                                             if v is not None})
+    hp = prepared.task.hp
     print(f"digits, 5 silos, Dirichlet α={args.alpha}, {args.rounds} rounds, local {hp}; "
           f"Byzantine silo0 sends global + {args.scale:g}·(its delta) every round; no norm bound")
     print(f"{'seed':>4}  {'rule':<13} {'attacker':<8} {'final':>6}  accuracy per round")
     for seed in args.seeds:
         for name, spec in RULES.items():
             for scale in (None, args.scale):
-                history = simulate(task, n_silos=5, alpha=args.alpha, rounds=args.rounds, seed=seed,
-                                   hyperparams=hp, aggregate=byzantine(spec, scale))
+                history = simulate(prepared.task, prepared.initial,
+                                   local_silos("digits", 5, alpha=args.alpha, seed=seed), rounds=args.rounds,
+                                   seed=seed, aggregate=byzantine(spec, scale))
                 curve = " ".join(f"{h['accuracy']:.3f}" for h in history)
                 print(f"{seed:>4}  {name:<13} {'yes' if scale is not None else 'no':<8} "
                       f"{history[-1]['accuracy']:>6.3f}  {curve}", flush=True)

@@ -10,11 +10,14 @@ API_KEY = typer.Option(..., "--api-key", envvar="FEDFUNC_API_KEY", help="an API 
 console = Console()
 
 
-def call(method: str, host: str, api_key: str, path: str, body: object | None = None) -> dict:
-    """``/api/{path}``; on an error, print the API's reason and exit 1 (2 if the host cannot be reached)."""
+def call(method: str, host: str, api_key: str, path: str, body: object | None = None,
+         data: bytes | None = None) -> dict:
+    """``/api/{path}`` with a JSON ``body`` or raw ``data``; on an error, print the API's reason and exit 1
+    (2 if the host cannot be reached)."""
     url = f"{host.rstrip('/')}/api/{path}"
+    headers = {"x-api-key": api_key, **({"content-type": "application/octet-stream"} if data is not None else {})}
     try:
-        r = requests.request(method, url, json=body, headers={"x-api-key": api_key}, timeout=60)
+        r = requests.request(method, url, json=body, data=data, headers=headers, timeout=60)
     except requests.RequestException as e:
         console.print(f"[red]cannot reach {host}: {e}[/]")
         raise typer.Exit(2) from None

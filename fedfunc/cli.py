@@ -18,6 +18,8 @@ def _register() -> None:
     register_demo(app)
     from fedfunc.run_cli import register as register_run
     register_run(app)
+    from fedfunc.tasks.cli import register as register_task
+    register_task(app)
 
 
 def main() -> None:

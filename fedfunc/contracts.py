@@ -6,7 +6,7 @@ types and protocols; none of them owns them. Nothing here does I/O or imports Az
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -14,8 +14,18 @@ if TYPE_CHECKING:
     from fedfunc.registry import SiloRecord
 
 
+# A task's name: what silo policies allow and what data lives under in a silo's ``data`` container.
+TASK_NAME = r"^[a-z][a-z0-9_-]{0,62}$"
+# A bundle's identity: the sha256 of its signed manifest (``fedfunc.security.bundle``).
+BUNDLE_HASH = r"^[0-9a-f]{64}$"
+
+
 class Hyperparams(BaseModel):
-    """Local training settings every silo of a run trains with (fixed by the signed bundle)."""
+    """Local training settings every silo of a run trains with (fixed by the signed bundle).
+
+    The platform's training loop reads these four; a task's own schema (``fedfunc.tasks.api``) extends
+    them with its own fields, and the platform's bounds below still apply to it.
+    """
 
     epochs: int = Field(1, ge=1, le=100)
     lr: float = Field(0.05, gt=0, le=10)
@@ -44,20 +54,29 @@ class ModelRef(Message):
     state_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
 
 
+JobMode = Literal["train", "evaluate"]
+
+
 class SiloJobRequest(BaseModel):
-    """Everything a silo job needs, and nothing secret about other silos."""
+    """Everything a silo job needs, and nothing secret about other silos.
+
+    ``mode``: ``train`` evaluates the incoming global model on the silo's test part, trains on its
+    training part and publishes both; ``evaluate`` only evaluates (the final model, held-out evaluators).
+    The task's code, hyper-parameters and initial weights are in the signed bundle named by ``bundle``,
+    which the silo reads from the orchestrator's ``bundles`` container with its own read-only access.
+    """
 
     run_id: str
     round: int
     silo: str
     nonce: str
-    task: str
-    hyperparams: Hyperparams
+    task: str = Field(pattern=TASK_NAME)
+    mode: JobMode = "train"
     model_url: str       # global model; locally a URL carrying a read-only SAS, on Azure read with the job's identity
     model_sha256: str
     outbox_prefix: str   # fedfunc.layout.outbox_prefix(run, round, silo)
     ticket: str | None = None   # job ticket signed by the orchestrator (fedfunc.security)
-    bundle: dict | None = None  # signed code bundle reference (fedfunc.security)
+    bundle: str | None = Field(None, pattern=BUNDLE_HASH)  # the signed bundle's hash (fedfunc.security.bundle)
 
     @property
     def job_key(self) -> str:

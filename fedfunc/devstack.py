@@ -2,13 +2,14 @@
 
 Used by ``fedfunc demo``, the end-to-end tests and the benches. Everything goes through the same
 surfaces a deployment has: the app's HTTP API (runs, silos), the silo owner's own storage key
-(data uploads), and a scientist's signing key (code bundles).
+(data uploads), and a scientist's signing key (task bundles, uploaded through the API).
 """
 from __future__ import annotations
 
 import json
 import secrets
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import requests
@@ -17,10 +18,11 @@ from fedfunc.azurite import REPO_ROOT, Azurite
 from fedfunc.host.keys import FUNCTION_KEY_SETTING, MASTER_KEY_SETTING, HostKeys
 from fedfunc.host.testing import TERMINAL, HostProcess
 from fedfunc.security import keys
-from fedfunc.security.bundle import build_bundle, sign_bundle
 from fedfunc.silo.home import silo_home
 from fedfunc.silo.local import upload_silo_data
 
+# Tasks a dev stack's silos allow by default: the built-ins and the examples in examples/.
+DEFAULT_TASKS = ("digits", "breast_cancer", "tabular", "images")
 
 
 class ApiError(RuntimeError):
@@ -118,7 +120,7 @@ class DevStack:
         return self.api("PUT", f"/admin/eventgrid/topics/{name}", role=None)
 
     # --- silos -----------------------------------------------------------------------------------
-    def silo_policy(self, tasks: tuple[str, ...] = ("digits", "breast_cancer"), **extra) -> dict:
+    def silo_policy(self, tasks: tuple[str, ...] = DEFAULT_TASKS, **extra) -> dict:
         """The silo owner's first policy: trust this stack's scientist key for code, allow ``tasks``."""
         return {"trusted_signers": [keys.public_b64(self.scientist_signing_key.public_key())],
                 "allowed_tasks": list(tasks), **extra}
@@ -137,9 +139,9 @@ class DevStack:
             time.sleep(0.2)
         raise TimeoutError(f"onboarding {name} did not finish within {timeout:.0f}s ({started})")
 
-    def upload_data(self, silo: str, task: str, x, y) -> str:
-        """What the silo owner does: upload its own partition with its own key."""
-        return upload_silo_data(silo_home(self.home, silo), task, x, y)
+    def upload_data(self, silo: str, files: Mapping[str, bytes]) -> list[str]:
+        """What the silo owner does: upload its own data (``{task}/{part}/...`` paths) with its own key."""
+        return upload_silo_data(silo_home(self.home, silo), files)
 
     def download(self, container: str, path: str) -> bytes:
         """Read from the orchestrator's storage (reports, models)."""
@@ -148,8 +150,25 @@ class DevStack:
             container, path).download_blob().readall()
 
     # --- runs ------------------------------------------------------------------------------------
-    def signed_bundle(self, task: str, hyperparams: dict) -> dict:
-        return sign_bundle(build_bundle(task, {"hyperparams": hyperparams}), self.scientist_signing_key).model_dump(mode="json")
+    def sign(self, task: str | Path, hyperparams: Mapping | None = None, **silo_side) -> bytes:
+        """What the scientist does: sign a task folder (or a built-in task by name) with this stack's key;
+        ``silo_side``: ``proximal_mu``, ``transforms``, ``clip_norm`` (``fedfunc.tasks.signing.build_bundle``)."""
+        from fedfunc.tasks.builtin import task_dir
+        from fedfunc.tasks.signing import build_bundle
+
+        folder = Path(task) if isinstance(task, Path) else task_dir(task)
+        return build_bundle(folder, self.scientist_signing_key, hyperparams, **silo_side)
+
+    def upload_bundle(self, data: bytes, expect: tuple[int, ...] = (200, 201)) -> dict:
+        r = requests.post(self.host.url("/api/bundles"), data=data, timeout=60,
+                          headers={"x-api-key": self.scientist_key, "content-type": "application/octet-stream"})
+        if r.status_code not in expect:
+            raise ApiError(r.status_code, r.text)
+        return r.json()
+
+    def bundle(self, task: str | Path, hyperparams: Mapping | None = None, **silo_side) -> str:
+        """Sign and upload; the bundle hash a run spec names."""
+        return self.upload_bundle(self.sign(task, hyperparams, **silo_side))["bundle"]
 
     def start_run(self, spec: dict) -> str:
         return self.api("POST", "/api/runs", spec)["run"]

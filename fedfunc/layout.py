@@ -5,13 +5,15 @@ import re
 
 MODELS = "models"        # orchestrator: global models (silos may read)
 RUNS = "runs"            # orchestrator: specs, manifests, aggregation records, reports
-EVALDATA = "evaldata"    # orchestrator: held-out evaluation sets
-DATA = "data"            # silo: training data, never leaves the silo
+BUNDLES = "bundles"      # orchestrator: signed task bundles by hash (silos may read)
+DATA = "data"            # silo: training and test data, never leaves the silo
 OUTBOX = "outbox"        # silo: updates and metrics (orchestrator may read)
 
 UPDATE = "update.safetensors"
+EVALUATION = "evaluation.safetensors"   # aggregate test figures of the incoming global model
 METRICS = "metrics.json"
 FAILED = "failed.json"
+PARTS = ("train", "test")  # the two parts of a silo's data for a task
 
 
 def global_model(run: str, round_: int) -> str:
@@ -45,12 +47,26 @@ def report(run: str, ext: str) -> str:
     return f"{run}/report.{ext}"
 
 
-def eval_set(task: str) -> str:
-    return f"{task}/test.safetensors"
+def round_evaluation(run: str, round_: int) -> str:
+    """The pooled evaluation of the model entering ``round_`` (written once per round)."""
+    return f"{round_dir(run, round_)}/evaluation.json"
 
 
-def silo_data(task: str) -> str:
-    return f"{task}/train.safetensors"
+def run_bundle_manifest(run: str) -> str:
+    """A copy of the run's signed bundle manifest (what later steps read instead of the whole bundle)."""
+    return f"{run}/bundle.json"
+
+
+def bundle(code_hash: str) -> str:
+    """A signed bundle in ``bundles``, stored once under the hash of its signed manifest."""
+    return f"{code_hash}.fedbundle"
+
+
+def silo_data(task: str, part: str) -> str:
+    """Folder in a silo's ``data`` holding one part (``train`` or ``test``) of a task's data."""
+    if part not in PARTS:
+        raise ValueError(f"data part {part!r}: expected one of {PARTS}")
+    return f"{task}/{part}/"
 
 
 def outbox_prefix(run: str, round_: int, silo: str) -> str:

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from fedfunc.contracts import Message, ModelRef
+from fedfunc.contracts import JobMode, Message, ModelRef
 from fedfunc.spec import RunSpec
 
 # Orchestrations.
@@ -25,7 +25,7 @@ INIT_RUN = "init_run"
 PREPARE_ROUND = "prepare_round"
 START_SILO_JOB = "start_silo_job"
 AGGREGATE = "aggregate"
-EVALUATE = "evaluate"
+POOL_EVALUATIONS = "pool_evaluations"
 WRITE_REPORT = "write_report"
 
 # Activities of onboarding, in order; ABANDON_ONBOARDING undoes a failed one.
@@ -47,8 +47,16 @@ def failed_event(silo: str) -> str:
     return f"failed:{silo}"
 
 
+def evaluated_event(silo: str) -> str:
+    """An evaluate-only job's evaluation landed (a training job's lands before its update; nobody waits)."""
+    return f"evaluated:{silo}"
+
+
 class RoundJob(Message):
-    """One round of one run: what ``federated_round`` and each of its activities work on."""
+    """One round of one run: what ``federated_round`` and each of its activities work on.
+
+    ``evaluate_only``: the round after the last one — silos evaluate the final model and nobody trains.
+    """
 
     run_id: str
     round: int = Field(ge=0)
@@ -57,6 +65,7 @@ class RoundJob(Message):
     nonce: str               # fresh per round; every update must carry it
     deadline: datetime | None = None   # set by the round from the orchestration clock
     manifest: str | None = None        # the round manifest's path, once prepare_round wrote it
+    evaluate_only: bool = False
 
     @field_validator("deadline")
     @classmethod
@@ -65,15 +74,22 @@ class RoundJob(Message):
 
 
 class RoundPlan(Message):
-    """What ``prepare_round`` fixed: the silos of this round and where the manifest is."""
+    """What ``prepare_round`` fixed: the silos of this round, its evaluators, and where the manifest is."""
 
     silos: list[str]
+    evaluators: list[str] = Field(default_factory=list)
     manifest: str
+
+    def modes(self, job: RoundJob) -> dict[str, JobMode]:
+        """Each silo's job: evaluators (and everyone in an evaluate-only round) only evaluate."""
+        train = "evaluate" if job.evaluate_only else "train"
+        return {**{s: train for s in self.silos}, **{s: "evaluate" for s in self.evaluators}}
 
 
 class SiloJobOrder(Message):
     job: RoundJob
     silo: str
+    mode: JobMode = "train"
 
 
 class SiloJobStarted(Message):
@@ -85,7 +101,8 @@ class SiloJobStarted(Message):
 
 
 class UpdateNotice(Message):
-    """Payload of ``update:{silo}``: which blob landed (a hint; aggregation re-reads and re-checks it)."""
+    """Payload of ``update:{silo}`` and ``evaluated:{silo}``: which blob landed (a hint; the activities
+    re-read and re-check it)."""
 
     path: str
     etag: str | None = None
@@ -140,20 +157,48 @@ class AggregateResult(Message):
     error: str | None = None
 
 
+class EvaluationOrder(Message):
+    """``pool_evaluations``' input: whose evaluation blobs to pool — ``silos``' into the pooled test figures,
+    ``evaluators``' into the held-out figures."""
+
+    job: RoundJob
+    silos: list[str]
+    evaluators: list[str] = Field(default_factory=list)
+
+
+class RoundEvaluation(Message):
+    """The pooled evaluation of the model that entered a round, recorded once (``evaluation.json``).
+
+    ``metrics``: ``accuracy``, ``loss``, ``num_examples`` pooled over the silos' test parts, and
+    ``heldout_accuracy``, ``heldout_loss``, ``heldout_num_examples`` over the evaluators' (when any).
+    """
+
+    metrics: dict[str, float | int] = Field(default_factory=dict)
+    evaluated: list[str] = Field(default_factory=list)
+    rejected: list[Rejection] = Field(default_factory=list)
+
+
 class SiloOutcome(Message):
-    state: Literal["waiting", "received", "failed", "rejected"]
+    state: Literal["waiting", "received", "evaluated", "failed", "rejected"]
     reason: str | None = None
     num_samples: int | None = None
     clipped: bool | None = None   # the silo's clip step scaled its update (from the update's history)
 
 
 class RoundResult(Message):
-    """What a completed round returns to the run (and the run keeps, compactly, across continue_as_new)."""
+    """What a completed round returns to the run (and the run keeps, compactly, across continue_as_new).
+
+    ``incoming``: the evaluation of the model that *entered* the round (silos evaluate it before they
+    train). ``metrics``: the evaluation of the model this round produced — known one round later (or
+    after the final evaluate-only round), so the run fills it in then. ``model`` is None for an
+    evaluate-only round.
+    """
 
     round: int
-    model: ModelRef
-    metrics: dict[str, float | int]
-    num_samples: int
+    model: ModelRef | None = None
+    incoming: dict[str, float | int] = Field(default_factory=dict)
+    metrics: dict[str, float | int] | None = None
+    num_samples: int = 0
     silos: dict[str, SiloOutcome]
 
 
@@ -163,8 +208,23 @@ class RunState(Message):
     run_id: str
     spec: RunSpec
     model: ModelRef | None = None      # the current global model (None before init_run)
+    initial_metrics: dict[str, float | int] | None = None   # the evaluation of the round-0 model
     rounds: list[RoundResult] = Field(default_factory=list)
     next_round: int = 0
+
+    def with_evaluation(self, metrics: dict[str, float | int]) -> RunState:
+        """Record the evaluation of the current model (the initial one, or the last round's)."""
+        if not self.rounds:
+            return self.model_copy(update={"initial_metrics": metrics})
+        last = self.rounds[-1].model_copy(update={"metrics": metrics})
+        return self.model_copy(update={"rounds": [*self.rounds[:-1], last]})
+
+    def latest_metrics(self) -> dict[str, float | int] | None:
+        """The evaluation of the most recent model that has one."""
+        for r in reversed(self.rounds):
+            if r.metrics is not None:
+                return r.metrics
+        return self.initial_metrics
 
 
 class RunOutcome(RunState):

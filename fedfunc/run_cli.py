@@ -38,7 +38,7 @@ STRATEGY_OPTION = typer.Option(None, "--strategy-option", help="KEY=VALUE, repea
 def start(spec: Path = typer.Argument(..., exists=True, dir_okay=False, help="the run spec (JSON)"),
           strategy: Optional[str] = STRATEGY, strategy_option: Optional[list[str]] = STRATEGY_OPTION,
           host: str = HOST, api_key: str = API_KEY) -> None:
-    """Start a run from SPEC.json (it must carry a bundle signed with `fedfunc sign`). ``--strategy`` and
+    """Start a run from SPEC.json; its "bundle" is the hash `fedfunc bundle upload` printed. ``--strategy`` and
     ``--strategy-option`` set the server side only: what runs in the silos (FedProx's μ, clipping) is in
     the signed bundle, and the run cannot change it."""
     try:
@@ -64,11 +64,20 @@ def status(run_id: str, host: str = HOST, api_key: str = API_KEY) -> None:
     s = call("GET", host, api_key, f"runs/{run_id}")
     console.print(f"run [bold]{s['run']}[/]: {s['runtime_status']} ({s.get('phase')}), "
                   f"round {s.get('round')} of {s.get('rounds')}" + (f"\n[red]{s['error']}[/]" if s.get("error") else ""))
-    table = Table("round", "accuracy", "loss", "samples", "silos")
-    for r in s.get("history", []):
+    history = s.get("history", [])
+    heldout = any("heldout_accuracy" in (r.get("metrics") or {}) for r in history)
+    table = Table("round", "test acc.", "loss", *(["held-out acc."] if heldout else []), "samples",
+                  title="accuracy pooled over the silos' test parts, per round's model")
+    table.add_column("silos", overflow="fold")
+
+    def fmt(m: dict | None, key: str) -> str:
+        return "pending" if m is None else ("" if key not in m else f"{m[key]:.4f}")
+
+    for r in history:
         silos = ", ".join(f"{n}:{o['state']}" for n, o in sorted(r["silos"].items()))
-        table.add_row(str(r["round"]), f"{r['metrics']['accuracy']:.4f}", f"{r['metrics']['loss']:.4f}",
-                      str(r["num_samples"]), silos)
+        m = r.get("metrics")
+        table.add_row(str(r["round"]), fmt(m, "accuracy"), fmt(m, "loss"),
+                      *([fmt(m, "heldout_accuracy")] if heldout else []), str(r["num_samples"]), silos)
     console.print(table)
     if s.get("current_round"):
         c = s["current_round"]
@@ -78,7 +87,7 @@ def status(run_id: str, host: str = HOST, api_key: str = API_KEY) -> None:
 
 @run_app.command("list")
 def list_runs(host: str = HOST, api_key: str = API_KEY) -> None:
-    table = Table("run", "status", "phase", "round", "accuracy")
+    table = Table("run", "status", "phase", "round", "pooled test accuracy")
     for r in call("GET", host, api_key, "runs")["runs"]:
         acc = (r.get("metrics") or {}).get("accuracy")
         table.add_row(r["run"], r["runtime_status"] or "", r.get("phase") or "", str(r.get("round")),

@@ -88,6 +88,8 @@ class Settings(BaseModel):
     retrain_spec: dict | None = Field(None, alias="FEDFUNC_RETRAIN_SPEC")
     # A burst of data uploads ends (and its one retraining run starts) after this many quiet seconds.
     retrain_quiet_s: float = Field(30, gt=0, le=86400, alias="FEDFUNC_RETRAIN_QUIET_S")
+    # The largest task bundle a scientist may upload (POST /api/bundles answers 400 above it).
+    max_bundle_mb: float = Field(32, gt=0, le=1024, alias="FEDFUNC_MAX_BUNDLE_MB")
     # Ed25519 private key (PEM text or a file path) that signs job tickets; on Azure a Key Vault reference.
     orchestrator_key: str | None = Field(None, alias="FEDFUNC_ORCHESTRATOR_KEY")
     # Local backend only: Azurite's folder (its accounts.json), from which onboarding claims silo accounts.

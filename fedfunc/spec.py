@@ -5,10 +5,12 @@ import math
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fedfunc.aggregation.spec import StrategySpec
-from fedfunc.contracts import Hyperparams
+from fedfunc.contracts import BUNDLE_HASH, TASK_NAME
 from fedfunc.validation import parse
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -21,21 +23,26 @@ class SpecError(ValueError):
 class RunSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    task: str = Field(description="a task registered in fedfunc.tasks (digits, breast_cancer)")
+    bundle: str | None = Field(None, pattern=BUNDLE_HASH,
+                               description="the signed task bundle's hash (`fedfunc bundle upload` prints it)")
+    task: str | None = Field(None, pattern=TASK_NAME, description="the bundle's task; filled in from the bundle")
     silos: list[str] | Literal["all"] = Field(
-        "all", description="silo names, or 'all' = every ready silo at the start of each round")
+        "all", description="silo names, or 'all' = every ready silo (except evaluators) at the start of each round")
+    evaluators: list[str] = Field(default_factory=list, description=(
+        "silos that only evaluate — e.g. an orchestrator-owned held-out set; their figures are shown beside the "
+        "pooled test accuracy of the training silos and never decide anything"))
     rounds: int = Field(10, ge=1, le=1000)
     quorum: float = Field(0.5, gt=0, le=1, description="fraction of a round's silos whose updates must be accepted")
     min_silos: int = Field(1, ge=1, description="absolute floor under the quorum")
     round_deadline_s: float = Field(600, ge=1, le=7 * 86400)
-    hyperparams: Hyperparams | None = Field(None, description="local training; defaults to the signed bundle's")
-    bundle: dict | None = Field(None, description="the code bundle signed by a scientist (`fedfunc sign`)")
+    hyperparams: dict[str, Any] | None = Field(
+        None, description="the bundle's signed hyper-parameters; filled in from it (a spec stating others is refused)")
     strategy: StrategySpec = Field(
         default_factory=lambda: StrategySpec(name="fedavg"),
         description='server strategy: "fedavg" or {"name", "options", "wrappers"} (fedfunc.aggregation)')
-    seed: int = 0
     checkpoint_every: int = Field(5, ge=1, le=100, description="continue_as_new every K rounds to bound history")
-    target_accuracy: float | None = Field(None, gt=0, le=1, description="stop early once reached")
+    target_accuracy: float | None = Field(None, gt=0, le=1, description=(
+        "stop once a model's pooled accuracy over the silos' test parts reaches it"))
     max_update_mb: float = Field(256, gt=0, le=4096)
     max_update_norm: float | None = Field(None, gt=0, description="bound on ||update - global||_2")
 
@@ -55,6 +62,15 @@ class RunSpec(BaseModel):
             if len(set(v)) != len(v):
                 raise ValueError("silo names repeat")
         return v
+
+    @model_validator(mode="after")
+    def _evaluators_apart(self):
+        if len(set(self.evaluators)) != len(self.evaluators):
+            raise ValueError("evaluators: silo names repeat")
+        both = sorted(set(self.evaluators) & set(self.silos if isinstance(self.silos, list) else []))
+        if both:
+            raise ValueError(f"evaluators: {both} also train (listed in silos); an evaluator only evaluates")
+        return self
 
     def needed(self, n_silos: int) -> int:
         """How many accepted updates a round with ``n_silos`` silos needs."""

@@ -1,7 +1,11 @@
-"""One FL round: manifest → start every silo's job → collect updates racing a deadline → aggregate → evaluate.
+"""One FL round: manifest → start every silo's job → collect updates racing a deadline → aggregate, and
+pool the silos' evaluations of the model that entered the round.
 
-Runs as the sub-orchestration ``{run}:r{round}``; silo events (``update:{silo}`` / ``failed:{silo}``)
-are raised to that id, so an event meant for a finished round can never reach the next one.
+Each training job first evaluates the incoming global model on its silo's test part, then trains; an
+evaluator silo (a held-out set) only evaluates. The round after the last one is ``evaluate_only``: every
+silo evaluates the final model and nobody trains. Runs as the sub-orchestration ``{run}:r{round}``; silo
+events (``update:{silo}`` / ``evaluated:{silo}`` / ``failed:{silo}``) are raised to that id, so an event
+meant for a finished round can never reach the next one.
 """
 from __future__ import annotations
 
@@ -23,8 +27,9 @@ def _status(job: p.RoundJob, phase: str, outcomes: dict[str, p.SiloOutcome], **e
     def having(state: str) -> dict[str, str | None]:
         return {s: o.reason for s, o in sorted(outcomes.items()) if o.state == state}
 
-    return {"round": job.round, "phase": phase, "received": list(having("received")), "missing": list(having("waiting")),
-            "failed": having("failed"), "rejected": having("rejected"), **extra}
+    return {"round": job.round, "phase": phase, "evaluate_only": job.evaluate_only,
+            "received": list(having("received")), "evaluated": list(having("evaluated")),
+            "missing": list(having("waiting")), "failed": having("failed"), "rejected": having("rejected"), **extra}
 
 
 def _quorum_lost(job: p.RoundJob, what: str, count: int, needed: int, outcomes: dict[str, p.SiloOutcome]) -> RoundFailed:
@@ -42,14 +47,17 @@ def federated_round(context: df.DurableOrchestrationContext):
     plan = p.RoundPlan.model_validate((yield context.call_activity_with_retry(
         p.PREPARE_ROUND, ACTIVITY_RETRY, job.wire())))
     job = job.model_copy(update={"manifest": plan.manifest})
-    needed = job.spec.needed(len(plan.silos))
-    outcomes = {s: p.SiloOutcome(state="waiting") for s in plan.silos}
-    if len(plan.silos) < needed:
-        raise RoundFailed(f"round {job.round}: {len(plan.silos)} ready silo(s), quorum needs {needed}")
+    modes = plan.modes(job)
+    trainers = [s for s, mode in modes.items() if mode == "train"]
+    needed = 0 if job.evaluate_only else job.spec.needed(len(trainers))
+    outcomes = {s: p.SiloOutcome(state="waiting") for s in modes}
+    if len(trainers) < needed:
+        raise RoundFailed(f"round {job.round}: {len(trainers)} ready silo(s), quorum needs {needed}")
 
     context.set_custom_status(_status(job, "starting jobs", outcomes, needed=needed))
     started = yield context.task_all([
-        context.call_activity(p.START_SILO_JOB, p.SiloJobOrder(job=job, silo=s).wire()) for s in plan.silos])
+        context.call_activity(p.START_SILO_JOB, p.SiloJobOrder(job=job, silo=s, mode=mode).wire())
+        for s, mode in modes.items()])
     jobs = {}
     for answer in map(p.SiloJobStarted.model_validate, started):
         if answer.error:
@@ -57,10 +65,11 @@ def federated_round(context: df.DurableOrchestrationContext):
         else:
             jobs[answer.silo] = answer.job_id
 
-    # Wait for each silo's update or failure, all racing one deadline timer.
+    # Wait for each job's last artifact (an update, or an evaluation) or its failure, all racing one deadline.
     waits = {}
     for silo in jobs:
-        waits[context.wait_for_external_event(p.update_event(silo))] = (silo, "update")
+        done = p.update_event(silo) if modes[silo] == "train" else p.evaluated_event(silo)
+        waits[context.wait_for_external_event(done)] = (silo, modes[silo])
         waits[context.wait_for_external_event(p.failed_event(silo))] = (silo, "failed")
     timer = context.create_timer(deadline)
     updates: dict[str, p.UpdateNotice] = {}
@@ -73,9 +82,11 @@ def federated_round(context: df.DurableOrchestrationContext):
         silo, kind = waits.pop(winner)
         for task in [t for t, (s, _) in waits.items() if s == silo]:
             del waits[task]
-        if kind == "update":
+        if kind == "train":
             updates[silo] = p.UpdateNotice.model_validate(winner.result)
             outcomes[silo] = p.SiloOutcome(state="received")
+        elif kind == "evaluate":
+            outcomes[silo] = p.SiloOutcome(state="evaluated")
         else:
             outcomes[silo] = p.SiloOutcome(state="failed", reason=p.FailureNotice.model_validate(
                 winner.result or {}).reason)
@@ -83,29 +94,37 @@ def federated_round(context: df.DurableOrchestrationContext):
         timer.cancel()
     for silo, o in outcomes.items():
         if o.state == "waiting":
-            outcomes[silo] = p.SiloOutcome(state="failed", reason=f"no update before the deadline {deadline.isoformat()}")
+            outcomes[silo] = p.SiloOutcome(state="failed", reason=f"no result before the deadline {deadline.isoformat()}")
 
     if len(updates) < needed:
         context.set_custom_status(_status(job, "failed", outcomes, needed=needed))
         raise _quorum_lost(job, "update(s)", len(updates), needed, outcomes)
 
-    context.set_custom_status(_status(job, "aggregating", outcomes, needed=needed))
-    agg = p.AggregateResult.model_validate((yield context.call_activity_with_retry(
-        p.AGGREGATE, ACTIVITY_RETRY, p.AggregateOrder(job=job, updates=updates).wire())))
-    for r in agg.rejected:
-        outcomes[r.silo] = p.SiloOutcome(state="rejected", reason=r.reason)
-    if agg.error:
-        context.set_custom_status(_status(job, "failed", outcomes, needed=needed, error=agg.error))
-        raise RoundFailed(f"round {job.round}: {agg.error}")
-    if agg.model is None:
-        context.set_custom_status(_status(job, "failed", outcomes, needed=needed))
-        raise _quorum_lost(job, "valid update(s)", len(agg.accepted), needed, outcomes)
+    if not job.evaluate_only:
+        context.set_custom_status(_status(job, "aggregating", outcomes, needed=needed))
+        agg = p.AggregateResult.model_validate((yield context.call_activity_with_retry(
+            p.AGGREGATE, ACTIVITY_RETRY, p.AggregateOrder(job=job, updates=updates).wire())))
+        for r in agg.rejected:
+            outcomes[r.silo] = p.SiloOutcome(state="rejected", reason=r.reason)
+        if agg.error:
+            context.set_custom_status(_status(job, "failed", outcomes, needed=needed, error=agg.error))
+            raise RoundFailed(f"round {job.round}: {agg.error}")
+        if agg.model is None:
+            context.set_custom_status(_status(job, "failed", outcomes, needed=needed))
+            raise _quorum_lost(job, "valid update(s)", len(agg.accepted), needed, outcomes)
 
-    metrics = yield context.call_activity_with_retry(p.EVALUATE, ACTIVITY_RETRY, job.model_copy(
-        update={"model": agg.model}).wire())
+    # Figures of silos whose update was rejected are not trusted either.
+    context.set_custom_status(_status(job, "pooling evaluations", outcomes, needed=needed))
+    done = [s for s, o in outcomes.items() if o.state in ("received", "evaluated")]
+    evaluation = p.RoundEvaluation.model_validate((yield context.call_activity_with_retry(
+        p.POOL_EVALUATIONS, ACTIVITY_RETRY, p.EvaluationOrder(
+            job=job, silos=[s for s in done if s not in plan.evaluators],
+            evaluators=[s for s in done if s in plan.evaluators]).wire())))
+    context.set_custom_status(_status(job, "done", outcomes, needed=needed, incoming=evaluation.metrics))
+    if job.evaluate_only:
+        return p.RoundResult(round=job.round, incoming=evaluation.metrics, silos=outcomes).wire()
     silos = {s: o.model_copy(update={"num_samples": agg.samples.get(s),
                                      "clipped": agg.received[s].clipped if s in agg.received else None})
              for s, o in outcomes.items()}
-    context.set_custom_status(_status(job, "done", outcomes, needed=needed, metrics=metrics))
-    return p.RoundResult(round=job.round, model=agg.model, metrics=metrics, num_samples=agg.num_samples,
+    return p.RoundResult(round=job.round, model=agg.model, incoming=evaluation.metrics, num_samples=agg.num_samples,
                          silos=silos).wire()

@@ -1,4 +1,9 @@
-"""A federated training run: initial model, then one ``federated_round`` sub-orchestration per round.
+"""A federated training run: initial model, then one ``federated_round`` sub-orchestration per round, and
+a last evaluate-only round for the final model.
+
+Silos evaluate the model entering each round before they train on it, so round r reports the pooled test
+figures of the model round r−1 produced; the run attaches them to round r−1. ``target_accuracy`` stops the
+run at the first model that reaches it (that model stays the run's model).
 
 Every ``checkpoint_every`` rounds the run calls ``continue_as_new`` with a compact state (the current
 model reference and per-round results), so its history stays bounded however many rounds it has.
@@ -17,9 +22,18 @@ def _summary(state: p.RunState, phase: str, **extra) -> dict:
     rounds = state.wire()["rounds"]
     return {
         "run": state.run_id, "phase": phase, "round": state.next_round, "rounds": state.spec.rounds,
-        "model": state.model and state.model.wire(), "metrics": rounds[-1]["metrics"] if rounds else None,
-        "history": rounds, **extra,
+        "model": state.model and state.model.wire(), "metrics": state.latest_metrics(),
+        "initial_metrics": state.initial_metrics, "history": rounds, **extra,
     }
+
+
+def _target_reached(spec, metrics: dict, round_: int) -> str | None:
+    accuracy = metrics.get("accuracy")
+    if spec.target_accuracy is None or accuracy is None or accuracy < spec.target_accuracy:
+        return None
+    which = "the initial model" if round_ == 0 else f"the model of round {round_ - 1}"
+    return (f"target accuracy {spec.target_accuracy} reached by {which} (pooled test accuracy {accuracy:.4f}, "
+            f"evaluated by the silos in round {round_}); round {round_}'s training was not adopted")
 
 
 @bp.orchestration_trigger(context_name="context")
@@ -34,10 +48,14 @@ def federated_training(context: df.DurableOrchestrationContext):
 
     first = state.next_round
     stop_reason = None
-    for round_ in range(first, spec.rounds):
-        context.set_custom_status(_summary(state, "training"))
+    round_ = first
+    # Rounds 0..rounds-1 train; each evaluates the model that entered it. One evaluate-only round after
+    # the last evaluates the final model.
+    while round_ < spec.rounds or (state.rounds and state.rounds[-1].metrics is None):
+        evaluate_only = round_ >= spec.rounds
+        context.set_custom_status(_summary(state, "evaluating" if evaluate_only else "training"))
         job = p.RoundJob(run_id=state.run_id, round=round_, spec=spec, model=state.model,
-                         nonce=str(context.new_uuid()))
+                         nonce=str(context.new_uuid()), evaluate_only=evaluate_only)
         try:
             result = p.RoundResult.model_validate((yield context.call_sub_orchestrator(
                 p.ROUND, job.wire(), instance_id=p.round_instance_id(state.run_id, round_))))
@@ -47,12 +65,15 @@ def federated_training(context: df.DurableOrchestrationContext):
             yield context.call_activity_with_retry(p.WRITE_REPORT, ACTIVITY_RETRY, p.RunOutcome(
                 **dict(state), status="failed", error=failure).wire())
             raise RuntimeError(f"run {state.run_id} stopped at round {round_}: {failure}") from None
+        state = state.with_evaluation(result.incoming)
+        if evaluate_only:
+            break
+        stop_reason = _target_reached(spec, result.incoming, round_)
+        if stop_reason:
+            break
         state = state.model_copy(update={"model": result.model, "rounds": [*state.rounds, result],
                                          "next_round": round_ + 1})
-        accuracy = result.metrics.get("accuracy")
-        if spec.target_accuracy is not None and accuracy is not None and accuracy >= spec.target_accuracy:
-            stop_reason = f"target accuracy {spec.target_accuracy} reached at round {round_}"
-            break
+        round_ += 1
         if state.next_round < spec.rounds and (state.next_round - first) >= spec.checkpoint_every:
             context.set_custom_status(_summary(state, "training"))
             context.continue_as_new(state.wire())
@@ -62,5 +83,5 @@ def federated_training(context: df.DurableOrchestrationContext):
     report = yield context.call_activity_with_retry(p.WRITE_REPORT, ACTIVITY_RETRY, p.RunOutcome(
         **dict(state), status="completed", stop_reason=stop_reason).wire())
     context.set_custom_status(_summary(state, "completed", report=report))
-    return {"run": state.run_id, "model": state.model.wire(), "metrics": state.rounds[-1].metrics,
+    return {"run": state.run_id, "model": state.model.wire(), "metrics": state.latest_metrics(),
             "rounds_completed": len(state.rounds), "report": report, "stop_reason": stop_reason}

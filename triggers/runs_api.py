@@ -1,4 +1,4 @@
-"""HTTP API for runs: start, list, status, cancel."""
+"""HTTP API for runs (start, list, status, cancel) and for the task bundles runs name (upload, inspect)."""
 from __future__ import annotations
 
 import json
@@ -9,11 +9,13 @@ import azure.durable_functions as df
 import azure.functions as func
 
 from fedfunc import protocol as p
+from fedfunc.coordinator.bundles import UnknownBundle, open_stored, store_bundle
 from fedfunc.coordinator.services import services
+from fedfunc.pipeline import silo_side
 from fedfunc.registry import UnknownSilo
-from fedfunc.security.bundle import BundleConfig, SignedBundle
+from fedfunc.security import Refused
+from fedfunc.security.bundle import BundleManifest, is_bundle_hash
 from fedfunc.spec import RUN_ID, RunSpec, SpecError, parse_spec
-from fedfunc.tasks.registry import UnknownTask, get_task
 from triggers.auth import requires
 from triggers.http_util import BadRequest, error, json_body, respond
 
@@ -22,7 +24,8 @@ log = logging.getLogger("fedfunc.runs")
 
 
 def validate_run_request(body: object) -> tuple[str, RunSpec]:
-    """The run id (given or new) and the spec; errors name the field, task, silo, strategy or option."""
+    """The run id (given or new) and the spec, completed from its bundle; errors name the field, bundle,
+    silo, strategy or option."""
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object: a run spec, optionally with \"run_id\"")
     body = dict(body)
@@ -31,42 +34,84 @@ def validate_run_request(body: object) -> tuple[str, RunSpec]:
         raise BadRequest("run_id: 1-63 letters, digits, '_', '.' or '-', starting with a letter or digit")
     try:
         spec = parse_spec(body)
-        get_task(spec.task)
-    except (SpecError, UnknownTask) as e:
+    except SpecError as e:
         raise BadRequest(str(e)) from None
-    spec = _with_signed_hyperparams(spec)
-    if isinstance(spec.silos, list):
-        for silo in spec.silos:
+    spec, manifest = _with_bundle(spec)
+    for field in ("silos", "evaluators"):
+        names = getattr(spec, field)
+        for silo in names if isinstance(names, list) else []:
             try:
                 services().registry.get(silo)
             except UnknownSilo as e:
-                raise BadRequest(f"silos: {e}") from None
+                raise BadRequest(f"{field}: {e}") from None
+    if isinstance(spec.silos, list):
         count = len(spec.silos)
     else:  # "all": the silos ready now (a rule that needs more can still fail a later round, with its reason)
-        count = len(services().registry.list(status="ready"))
+        count = len([r for r in services().registry.list(status="ready") if r.name not in spec.evaluators])
     try:
-        spec.strategy.check_run(count, spec.bundle["bundle"]["config"])
+        spec.strategy.check_run(count, manifest.config)
     except ValueError as e:
         raise BadRequest(str(e)) from None
     return run_id, spec
 
 
-def _with_signed_hyperparams(spec: RunSpec) -> RunSpec:
-    """Silos train only with the signed config, so a spec that asks otherwise is refused here, early."""
+def _with_bundle(spec: RunSpec) -> tuple[RunSpec, BundleManifest]:
+    """The spec with its bundle's task and signed hyper-parameters, and the bundle's manifest. Silos run only
+    the signed bundle, so a spec that asks for another task or other hyper-parameters is refused here, early."""
     if spec.bundle is None:
-        raise BadRequest("bundle: a run needs a code bundle signed by a scientist (`fedfunc sign`); "
-                         "silos refuse unsigned code")
+        raise BadRequest("bundle: a run needs a task bundle signed by a scientist (`fedfunc sign`, then "
+                         "`fedfunc bundle upload`); silos refuse unsigned code")
     try:
-        signed = SignedBundle.model_validate(spec.bundle)
-    except ValueError as e:
-        raise BadRequest(f"bundle: not a signed bundle ({e.__class__.__name__})") from None
-    if signed.bundle.task != spec.task:
-        raise BadRequest(f"bundle: signed for task {signed.bundle.task!r}, the spec asks for {spec.task!r}")
-    hyperparams = BundleConfig.model_validate(signed.bundle.config).hyperparams
+        manifest = open_stored(services().store, spec.bundle).manifest
+    except UnknownBundle as e:
+        raise BadRequest(f"bundle: {e}") from None
+    except (Refused, ValueError) as e:
+        raise BadRequest(f"bundle: the stored bundle {spec.bundle[:16]} is unreadable: {e}") from None
+    if spec.task is not None and spec.task != manifest.task:
+        raise BadRequest(f"task: the bundle is signed for task {manifest.task!r}, the spec asks for {spec.task!r}")
+    hyperparams = manifest.config["hyperparams"]
     if spec.hyperparams is not None and spec.hyperparams != hyperparams:
-        raise BadRequest(f"hyperparams: {spec.hyperparams.model_dump()} differ from the signed bundle's "
-                         f"{hyperparams.model_dump()}")
-    return spec.model_copy(update={"hyperparams": hyperparams})
+        raise BadRequest(f"hyperparams: {spec.hyperparams} differ from the signed bundle's {hyperparams}")
+    return spec.model_copy(update={"task": manifest.task, "hyperparams": hyperparams}), manifest
+
+
+@bp.route(route="bundles", methods=["POST"])
+@requires("scientist", "admin")
+async def upload_bundle(req: func.HttpRequest) -> func.HttpResponse:
+    """Store a signed task bundle (the raw ``.fedbundle`` bytes) once under its hash; runs name that hash."""
+    svc = services()
+    limit = int(svc.settings.max_bundle_mb * 2**20)
+    declared = req.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        return error(400, f"bundle: {declared} bytes exceeds the {limit}-byte bound (FEDFUNC_MAX_BUNDLE_MB)",
+                     rule="bundle.size")
+    try:
+        bundle, stored = store_bundle(svc.store, req.get_body(), limit)
+    except Refused as e:
+        return error(400, f"bundle: {e}", rule=e.rule, object=e.object)
+    svc.audit.record("bundle_uploaded", event_id=f"bundle:{bundle.code_hash}", bundle=bundle.code_hash,
+                     task=bundle.manifest.task, signer=bundle.signer)
+    return respond(201 if stored else 200, _bundle_view(bundle.code_hash, bundle.manifest, bundle.signer))
+
+
+def _bundle_view(code_hash: str, manifest, signer: str | None) -> dict:
+    return {"bundle": code_hash, "task": manifest.task, "signer": signer, "entry": manifest.entry,
+            "num_classes": manifest.num_classes, "requirements": manifest.requirements,
+            "hyperparams": manifest.config.get("hyperparams"), "files": sorted(manifest.files),
+            "silo_side": silo_side(manifest.config).model_dump(mode="json")}
+
+
+@bp.route(route="bundles/{code_hash}", methods=["GET"])
+@requires("scientist", "admin")
+async def get_bundle(req: func.HttpRequest) -> func.HttpResponse:
+    code_hash = req.route_params["code_hash"]
+    if not is_bundle_hash(code_hash):
+        return error(400, "bundle: expected a 64-hex-digit bundle hash")
+    try:
+        opened = open_stored(services().store, code_hash)
+    except UnknownBundle as e:
+        return error(404, str(e))
+    return respond(200, _bundle_view(code_hash, opened.manifest, opened.signature and opened.signature.signer))
 
 
 async def start_training(client: df.DurableOrchestrationClient, run_id: str, spec: RunSpec) -> str:
@@ -142,7 +187,8 @@ async def get_run(req: func.HttpRequest, client: df.DurableOrchestrationClient) 
     if status is None:
         return error(404, f"no run {run_id!r}")
     custom = status.custom_status or {}
-    view = {**_run_view(status), "history": custom.get("history", []), "report": custom.get("report"),
+    view = {**_run_view(status), "initial_metrics": custom.get("initial_metrics"),
+            "history": custom.get("history", []), "report": custom.get("report"),
             "output": status.output, "current_round": None}
     round_status = await _current_round(client, status)
     if round_status:

@@ -1,4 +1,4 @@
-"""Event Grid: a silo's update (or failure note) landed in its outbox → raise the round's event.
+"""Event Grid: a silo's update, evaluation or failure note landed in its outbox → raise the round's event.
 
 Event Grid delivers at least once and in any order, so this is written to be harmless on repeats:
 a duplicate ``update:{silo}`` is buffered and never read by the round (it waits once per silo), and
@@ -16,7 +16,8 @@ from azure.eventgrid import SystemEventNames
 from fedfunc import layout
 from fedfunc.azure.events import job_failure
 from fedfunc.coordinator.services import services
-from fedfunc.protocol import FailureNotice, UpdateNotice, failed_event, round_instance_id, update_event
+from fedfunc.protocol import (FailureNotice, UpdateNotice, evaluated_event, failed_event, round_instance_id,
+                              update_event)
 from fedfunc.registry import UnknownSilo
 
 bp = df.Blueprint()
@@ -38,14 +39,14 @@ def account_of(topic: str) -> str:
 
 
 def route_outbox_event(event: func.EventGridEvent) -> tuple[str, str, dict] | None:
-    """(round instance, event name, payload) for an update or failure note from a registered silo's
-    own outbox; None (with the reason logged) for anything else."""
+    """(round instance, event name, payload) for an update, evaluation or failure note from a registered
+    silo's own outbox; None (with the reason logged) for anything else."""
     blob = blob_of(event.subject or "")
     parsed = layout.parse_outbox_blob(blob[1]) if blob and blob[0] == layout.OUTBOX else None
     if event.event_type != SystemEventNames.StorageBlobCreatedEventName or not parsed:
         log.info("ignored event %s (%s %s): not an outbox artifact", event.id, event.event_type, event.subject)
         return None
-    if parsed["name"] not in (layout.UPDATE, layout.FAILED):
+    if parsed["name"] not in (layout.UPDATE, layout.EVALUATION, layout.FAILED):
         return None
     silo = parsed["silo"]
     try:
@@ -60,9 +61,9 @@ def route_outbox_event(event: func.EventGridEvent) -> tuple[str, str, dict] | No
         return None
     instance = round_instance_id(parsed["run"], parsed["round"])
     data = event.get_json() or {}
-    if parsed["name"] == layout.UPDATE:
-        return instance, update_event(silo), UpdateNotice(path=blob[1], etag=data.get("eTag"),
-                                                          size=data.get("contentLength")).wire()
+    if parsed["name"] in (layout.UPDATE, layout.EVALUATION):
+        name = update_event(silo) if parsed["name"] == layout.UPDATE else evaluated_event(silo)
+        return instance, name, UpdateNotice(path=blob[1], etag=data.get("eTag"), size=data.get("contentLength")).wire()
     note = _failure_note(silo, blob[1])
     services().audit.record("job_refused" if note.get("rule") else "job_failed", run=parsed["run"],
                             round=parsed["round"], silo=silo, event_id=f"failed:{parsed['run']}:{parsed['round']}:{silo}",

@@ -8,8 +8,10 @@ The job spec (what ``build_job`` returns and the tests check):
   identity, which is the only principal with access to the silo's ``data`` (infra/modules/silo.bicep);
 - inputs: ``data`` = the silo's ``data`` container (uri_folder, read-only mount of
   ``azureml://datastores/<silo>_data/paths/``), ``model`` = the global model (uri_file on the
-  orchestrator's models datastore), ``policy`` = the silo owner's ``policy.json`` (uri_file on
-  ``<silo>_policy``, which the orchestrator cannot write);
+  orchestrator's models datastore), ``bundle`` = the signed task bundle the job names (uri_file
+  ``<hash>.fedbundle`` on the orchestrator's bundles datastore, read with the silo's identity — the runner
+  verifies it against the silo's policy before importing anything), ``policy`` = the silo owner's
+  ``policy.json`` (uri_file on ``<silo>_policy``, which the orchestrator cannot write);
 - output ``outbox`` = the silo's ``outbox`` container, read-write mount, so ``metrics.json`` lands before
   ``update.safetensors`` (whose BlobCreated event is what the round waits for);
 - ``code`` = the signed code bundle (``FEDFUNC_AML_CODE``), ``environment`` = a pinned ``name:version``
@@ -20,13 +22,13 @@ The job spec (what ``build_job`` returns and the tests check):
 The contract with the silo runner (``fedfunc silo-job``), the exact command the job runs::
 
     printf %s "$FEDFUNC_SILO_JOB_REQUEST" > request.json && python -m fedfunc silo-job --aml
-      --request request.json --data ${{inputs.data}} --model ${{inputs.model}}
+      --request request.json --data ${{inputs.data}} --model ${{inputs.model}} --bundle ${{inputs.bundle}}
       --policy ${{inputs.policy}} --outbox ${{outputs.outbox}}
 
 The ``SiloJobRequest`` travels as JSON in the job's environment variable ``FEDFUNC_SILO_JOB_REQUEST``:
 unlike a literal input or argument it needs no shell quoting (``"$VAR"`` passes any bytes), it is part
 of the job definition (auditable in studio), and the runner keeps its ``--request <file>`` contract.
-``--data`` and ``--outbox`` are container roots: the runner reads ``{task}/train.safetensors`` and writes
+``--data`` and ``--outbox`` are container roots: the runner reads ``{task}/train/`` and ``{task}/test/`` and writes
 ``runs/{run}/rounds/{r}/silos/{silo}/...`` below them. Nothing secret is in the request: the ticket is
 signed, not secret, and ``model_url`` on Azure is a plain URL (the job reads through the model input).
 """
@@ -44,9 +46,13 @@ from fedfunc.security.policy import POLICY_BLOB, POLICY_CONTAINER
 from fedfunc.settings import Settings
 
 REQUEST_ENV = "FEDFUNC_SILO_JOB_REQUEST"
+# The orchestrator's ``bundles`` container as an identity-based datastore silo identities may read
+# (infra creates it beside ``fedfunc_models``; each silo identity gets Storage Blob Data Reader on it).
+BUNDLES_DATASTORE = "fedfunc_bundles"
 COMMAND = (
     f'printf %s "${REQUEST_ENV}" > request.json && python -m fedfunc silo-job --aml --request request.json'
-    " --data ${{inputs.data}} --model ${{inputs.model}} --policy ${{inputs.policy}} --outbox ${{outputs.outbox}}"
+    " --data ${{inputs.data}} --model ${{inputs.model}} --bundle ${{inputs.bundle}} --policy ${{inputs.policy}}"
+    " --outbox ${{outputs.outbox}}"
 )
 SMOKE_COMMAND = (
     "python -m fedfunc silo-smoke --aml --id {smoke_id} --silo {silo} --models-url {models_url}"
@@ -95,9 +101,11 @@ class AmlSiloJobBackend:
             environment=env if env.startswith("azureml:") else f"azureml:{env}",
             command=COMMAND,
             environment_variables={REQUEST_ENV: request.model_dump_json()},
-            inputs={**mounts["inputs"], "model": Input(
-                type="uri_file", mode="download",
-                path=_datastore_uri(self.aml.models_datastore, model_path(request.model_url)))},
+            inputs={**mounts["inputs"],
+                    "model": Input(type="uri_file", mode="download",
+                                   path=_datastore_uri(self.aml.models_datastore, model_path(request.model_url))),
+                    "bundle": Input(type="uri_file", mode="download",
+                                    path=_datastore_uri(BUNDLES_DATASTORE, layout.bundle(request.bundle)))},
             outputs=mounts["outputs"],
             identity=ManagedIdentityConfiguration(),
             tags={TAG_RUN: request.run_id, TAG_ROUND: str(request.round), TAG_SILO: silo},

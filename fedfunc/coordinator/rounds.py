@@ -1,23 +1,24 @@
-"""Orchestrator-side steps of a run: initial model, round manifest, silo job requests, aggregation, evaluation."""
+"""Orchestrator-side steps of a run: initial model, round manifest, silo job requests, aggregation, pooled
+evaluation. Tensors and figures only: no task code is imported here (the model's round-0 weights come
+from the signed bundle, every evaluation from the silos)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from azure.core.exceptions import AzureError
 
-from fedfunc import layout, pipeline, weights
+from fedfunc import evaluation, layout, pipeline, weights
 from fedfunc.aggregation import (BlockUpdate, DeltaUpdate, RangeUpdate, State, StateCorrupt, StateError, StateMissing,
                                  Strategy, TooFewUpdates, decode_state, encode_state)
-from fedfunc.contracts import (BlobRange, Hyperparams, ModelRef, OutboxOpener, OutboxReader, SiloJobBackend,
-                               SiloJobRequest)
+from fedfunc.contracts import BlobRange, JobMode, ModelRef, OutboxOpener, OutboxReader, SiloJobBackend, SiloJobRequest
+from fedfunc.coordinator.bundles import open_stored
 from fedfunc.coordinator.store import RunStore, to_json
-from fedfunc.protocol import (AggregateOrder, AggregateResult, Received, Rejection, RoundJob, RoundPlan, RunState,
-                              SiloJobStarted)
 from fedfunc.pipeline import SiloSide
+from fedfunc.protocol import (AggregateOrder, AggregateResult, EvaluationOrder, Received, Rejection, RoundEvaluation,
+                              RoundJob, RoundPlan, RunState, SiloJobStarted)
 from fedfunc.security import Refused
+from fedfunc.security.bundle import BundleManifest
 from fedfunc.security.egress import MAX_METRICS_BYTES, check_metrics
-from fedfunc.spec import RunSpec
-from fedfunc.tasks.registry import get_task
 
 
 # A round's updates are downloaded whole (one request each, then read from memory) while they fit in this
@@ -31,23 +32,18 @@ def model_ref(path: str, data: bytes, state_path: str, state: bytes) -> ModelRef
     return ModelRef(path=path, sha256=weights.sha256(data), state_path=state_path, state_sha256=weights.sha256(state))
 
 
-def ensure_eval_set(store: RunStore, task_name: str) -> None:
-    """The held-out set the orchestrator evaluates on. Built-in tasks ship one; it never goes to silos."""
-    path = layout.eval_set(task_name)
-    if store.get_bytes(layout.EVALDATA, path) is None:
-        ds = get_task(task_name).load_dataset()
-        store.create_once(layout.EVALDATA, path, weights.encode({"x": ds.x_test, "y": ds.y_test}))
-
-
 def init_run(store: RunStore, state: RunState) -> ModelRef:
-    """Write the spec, the round-0 global model and the strategy's initial state (once: a retry finds and
-    returns what the first attempt wrote)."""
+    """Write the spec, a copy of the bundle's manifest, the round-0 global model — the bundle's signed
+    initial weights — and the strategy's initial state (once: a retry finds and returns what the first
+    attempt wrote)."""
     run_id, spec = state.run_id, state.spec
     path = layout.global_model(run_id, 0)
-    model = get_task(spec.task).build_model(spec.seed)
-    store.create_once(layout.MODELS, path, weights.encode(weights.model_to_arrays(model), {"run": run_id, "round": "0"}))
+    if store.get_bytes(layout.MODELS, path) is None:
+        opened = open_stored(store, spec.bundle)
+        arrays, _ = weights.decode(opened.weights())
+        store.put_json(layout.RUNS, layout.run_bundle_manifest(run_id), opened.manifest.model_dump(mode="json"))
+        store.create_once(layout.MODELS, path, weights.encode(arrays, {"run": run_id, "round": "0"}))
     store.put_json(layout.RUNS, layout.run_spec(run_id), spec.model_dump(mode="json"))
-    ensure_eval_set(store, spec.task)
     data = store.get_bytes(layout.MODELS, path)
     strategy = spec.strategy.build()
     state_path = layout.strategy_state(run_id, 0)
@@ -56,39 +52,38 @@ def init_run(store: RunStore, state: RunState) -> ModelRef:
     return model_ref(path, data, state_path, store.get_bytes(layout.RUNS, state_path))
 
 
+def run_manifest(store: RunStore, run_id: str) -> BundleManifest:
+    doc = store.get_json(layout.RUNS, layout.run_bundle_manifest(run_id))
+    if doc is None:
+        raise FileNotFoundError(f"run {run_id} has no {layout.run_bundle_manifest(run_id)} (init_run writes it)")
+    return BundleManifest.model_validate(doc)
+
+
 def prepare_round(store: RunStore, ready_silos: list[str], job: RoundJob) -> RoundPlan:
-    """Fix the round's silos and write its manifest. A retry returns the manifest already written,
-    so the silo set cannot change between attempts even if the registry did."""
+    """Fix the round's silos and evaluators and write its manifest. A retry returns the manifest already
+    written, so the silo set cannot change between attempts even if the registry did."""
     spec = job.spec
     path = layout.round_manifest(job.run_id, job.round)
     existing = store.get_json(layout.RUNS, path)
     if existing and existing["nonce"] == job.nonce:
-        return RoundPlan(silos=existing["silos"], manifest=path)
-    if spec.silos == "all":
-        silos, excluded = sorted(ready_silos), {}
-    else:
-        silos = [s for s in spec.silos if s in ready_silos]
-        excluded = {s: "not ready (disabled, onboarding or removed)" for s in spec.silos if s not in ready_silos}
+        return RoundPlan(silos=existing["silos"], evaluators=existing.get("evaluators", []), manifest=path)
+    wanted = [s for s in sorted(ready_silos) if s not in spec.evaluators] if spec.silos == "all" else spec.silos
+    silos = [s for s in wanted if s in ready_silos]
+    evaluators = [s for s in spec.evaluators if s in ready_silos]
+    excluded = {s: "not ready (disabled, onboarding or removed)"
+                for s in [*wanted, *spec.evaluators] if s not in ready_silos}
     store.put_json(layout.RUNS, path, {
         "run": job.run_id, "round": job.round, "nonce": job.nonce, "model": job.model.wire(),
-        "deadline": job.deadline.isoformat() if job.deadline else None, "silos": silos, "excluded": excluded,
-        "needed": spec.needed(len(silos)),
+        "deadline": job.deadline.isoformat() if job.deadline else None, "silos": silos, "evaluators": evaluators,
+        "excluded": excluded, "evaluate_only": job.evaluate_only,
+        "needed": 0 if job.evaluate_only else spec.needed(len(silos)),
     })
-    return RoundPlan(silos=silos, manifest=path)
+    return RoundPlan(silos=silos, evaluators=evaluators, manifest=path)
 
 
-def local_hyperparams(spec: RunSpec) -> Hyperparams:
-    """What every silo trains with: the spec's (equal to the signed bundle's), else the task's defaults.
-    Silo jobs derive their own per-round shuffling seed from it, so it is the same for every job."""
-    if spec.hyperparams is not None:
-        return spec.hyperparams
-    return get_task(spec.task).default_hyperparams.model_copy(update={"seed": spec.seed})
-
-
-def silo_job_request(store: RunStore, job: RoundJob, silo: str, ticket: str | None) -> SiloJobRequest:
+def silo_job_request(store: RunStore, job: RoundJob, silo: str, mode: JobMode, ticket: str | None) -> SiloJobRequest:
     return SiloJobRequest(
-        run_id=job.run_id, round=job.round, silo=silo, nonce=job.nonce, task=job.spec.task,
-        hyperparams=local_hyperparams(job.spec),
+        run_id=job.run_id, round=job.round, silo=silo, nonce=job.nonce, task=job.spec.task, mode=mode,
         model_url=store.model_read_url(job.model.path), model_sha256=job.model.sha256,
         outbox_prefix=layout.outbox_prefix(job.run_id, job.round, silo), ticket=ticket, bundle=job.spec.bundle)
 
@@ -130,9 +125,9 @@ class UnreadableUpdate(Exception):
         self.silo, self.error = silo, error
 
 
-def silo_side(spec: RunSpec) -> SiloSide:
+def silo_side(store: RunStore, run_id: str) -> SiloSide:
     """What the run's signed bundle fixes for the silo side (FedProx's μ, the update transforms)."""
-    return pipeline.silo_side(((spec.bundle or {}).get("bundle") or {}).get("config") or {})
+    return pipeline.silo_side(run_manifest(store, run_id).config)
 
 
 @dataclass(frozen=True)
@@ -192,7 +187,7 @@ def aggregate_round(store: RunStore, read_outbox: OutboxReader, open_outbox: Out
     manifest_doc = store.get_json(layout.RUNS, job.manifest)
     global_arrays = load_global(store, job.model)
     max_bytes = int(spec.max_update_mb * 2**20)
-    side = silo_side(spec)
+    side = silo_side(store, job.run_id)
     strategy = spec.strategy.build()
     try:
         state = load_state(store, job.model, strategy)
@@ -256,13 +251,39 @@ def aggregate_round(store: RunStore, read_outbox: OutboxReader, open_outbox: Out
     return committed
 
 
-def evaluate(store: RunStore, job: RoundJob) -> dict:
-    """The global model's loss and accuracy on the orchestrator's held-out set."""
-    task = get_task(job.spec.task)
-    data = store.get_bytes(layout.EVALDATA, layout.eval_set(job.spec.task))
-    if data is None:
-        raise FileNotFoundError(f"no held-out set at {layout.EVALDATA}/{layout.eval_set(job.spec.task)}")
-    arrays, _ = weights.decode(data)
-    model = task.build_model(0)
-    weights.load_arrays_into(model, load_global(store, job.model))
-    return task.evaluate(model, arrays["x"], arrays["y"])
+def pool_evaluations(store: RunStore, read_outbox: OutboxReader, order: EvaluationOrder) -> RoundEvaluation:
+    """Read and check each job's evaluation of the model that entered the round; pool the silos' figures
+    and, apart, the evaluators'. Recorded once per round (``evaluation.json``, with the pooled confusion
+    matrices); a re-run returns the record."""
+    job = order.job
+    record_path = layout.round_evaluation(job.run_id, job.round)
+    done = store.get_json(layout.RUNS, record_path)
+    if done is not None:
+        return RoundEvaluation.model_validate({k: done[k] for k in RoundEvaluation.model_fields})
+    classes = run_manifest(store, job.run_id).num_classes
+    rejected: list[Rejection] = []
+    figures: dict[str, evaluation.EvalFigures] = {}
+    for silo in sorted({*order.silos, *order.evaluators}):
+        path = layout.outbox_prefix(job.run_id, job.round, silo) + layout.EVALUATION
+        expected = {"run": job.run_id, "round": job.round, "silo": silo, "nonce": job.nonce}
+        try:
+            figures[silo] = evaluation.check_evaluation(read_outbox(silo, path, evaluation.max_bytes(classes)),
+                                                        num_classes=classes, expected=expected)
+        except (weights.UpdateRejected, AzureError, ValueError) as e:
+            rejected.append(Rejection(silo=silo, reason=f"evaluation: {e}"))
+    pooled = evaluation.pool((figures[s] for s in order.silos if s in figures), classes)
+    heldout = evaluation.pool((figures[s] for s in order.evaluators if s in figures), classes)
+    result = RoundEvaluation(metrics={**pooled.summary(), **heldout.summary("heldout_")},
+                             evaluated=sorted(figures), rejected=rejected)
+    record = {**result.wire(), "confusion": pooled.confusion.tolist(), "heldout_confusion": heldout.confusion.tolist()}
+    if not store.create_once(layout.RUNS, record_path, to_json(record)):
+        done = store.get_json(layout.RUNS, record_path)
+        return RoundEvaluation.model_validate({k: done[k] for k in RoundEvaluation.model_fields})
+    return result
+
+
+def final_evaluation(store: RunStore, state: RunState) -> dict | None:
+    """The pooled evaluation record (with confusion matrices) of the run's final model, if it was evaluated:
+    the model entering the round after the last one adopted."""
+    rounds_done = len(state.rounds)
+    return store.get_json(layout.RUNS, layout.round_evaluation(state.run_id, rounds_done))

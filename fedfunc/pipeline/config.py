@@ -96,6 +96,27 @@ def payload_after(steps: list[Transform], kind: Payload = "weights") -> Payload:
     return kind
 
 
+OFF = "off"
+
+
+def signed_side(initial: Mapping[str, np.ndarray], *, proximal_mu: float = 0.0, transforms: list[Any] = (),
+                clip_norm: float | str | None = None) -> tuple[SiloSide, str | None]:
+    """The silo side ``fedfunc sign`` fixes, and how its clip norm was chosen. ``transforms`` run in order;
+    a ``clip`` to ``clip_norm`` follows them unless they clip already or ``clip_norm`` is ``"off"``, and
+    without ``clip_norm`` its norm is ``default_clip_norm(initial)``. ``ValueError`` names a bad value."""
+    specs = [TransformSpec.model_validate(t) for t in transforms]
+    how = None
+    if clip_norm != OFF and not any(t.name == "clip" for t in specs):
+        if clip_norm is None:
+            clip_norm, how = default_clip_norm(initial)
+        else:
+            how = "set by the signer"
+        specs.append(TransformSpec(name="clip", options={"max_norm": clip_norm}))
+    side = SiloSide(proximal_mu=proximal_mu, transforms=specs)
+    chain([], side.transforms)
+    return side, how
+
+
 def default_clip_norm(initial: Mapping[str, np.ndarray]) -> tuple[float, str]:
     """The clip norm a bundle gets when its signer sets none, and how it was derived (module docstring)."""
     sq, n = 0.0, 0

@@ -26,7 +26,8 @@ from pydantic import BaseModel
 TABLE = "audit"
 SILO_LOG_DIR = "audit"
 Kind = Literal["ticket_issued", "job_submitted", "job_started", "job_refused", "job_failed", "artifact_egress",
-               "artifact_received", "update_rejected", "silo_onboarded", "silo_disabled", "silo_removed"]
+               "artifact_received", "update_rejected", "evaluation_rejected", "bundle_uploaded", "silo_onboarded",
+               "silo_disabled", "silo_removed"]
 _NO_RUN = "-"
 
 

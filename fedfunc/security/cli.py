@@ -10,7 +10,10 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+
+from fedfunc.api_client import API_KEY, HOST
 
 console = Console()
 
@@ -28,28 +31,100 @@ def keygen(stem: Path = typer.Argument(..., help="writes STEM.pem (private, 0600
     console.print(f"key id {keys.key_id(key.public_key())}; for a silo policy: {keys.public_b64(key.public_key())}")
 
 
-def sign(
-    task: str = typer.Option(..., "--task", help="task whose code is bundled, e.g. digits"),
-    key: Path = typer.Option(..., "--key", exists=True, dir_okay=False, help="the scientist's private key (PEM)"),
-    out: Path = typer.Option(..., "--out", help="where to write the signed bundle JSON"),
-    config: Optional[Path] = typer.Option(None, "--config", exists=True, dir_okay=False,
-                                          help='JSON {"hyperparams": {...}}; default: the task\'s defaults'),
-    seed: int = typer.Option(0, "--seed", help="training seed when --config is not given"),
-) -> None:
-    """Bundle the installed training code of TASK with its config and sign it; put the output in a run spec."""
-    from fedfunc.security import keys
-    from fedfunc.security.bundle import build_bundle, sign_bundle
-    from fedfunc.tasks import UnknownTask, get_task
+def _hyperparams(config: Path | None, sets: list[str]) -> dict:
+    values: dict = {}
+    if config is not None:
+        try:
+            values = json.loads(config.read_text())
+        except json.JSONDecodeError as e:
+            raise typer.BadParameter(f"--hyperparams {config}: not JSON ({e})") from None
+        if not isinstance(values, dict):
+            raise typer.BadParameter(f"--hyperparams {config}: expected a JSON object of hyper-parameters")
+    for item in sets:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"--set {item!r}: expected NAME=VALUE")
+        try:
+            values[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            values[key] = raw
+    return values
 
+
+PROXIMAL_MU = typer.Option(0.0, "--proximal-mu", min=0,
+                           help="FedProx: μ of the proximal term μ/2‖w − w_global‖² in every silo's training (0 = off)")
+CLIP_NORM = typer.Option(None, "--clip-norm", help="clip every update to this ‖update − global‖₂ in the silo; 'off' "
+                                                 "for none; default: 10 × ‖initial model‖₂ (fedfunc.pipeline.config)")
+
+
+def parse_clip_norm(value: str | None) -> float | str | None:
+    if value is None or value == "off":
+        return value
     try:
-        cfg = (json.loads(config.read_text()) if config is not None
-               else {"hyperparams": get_task(task).default_hyperparams.model_copy(update={"seed": seed}).model_dump()})
-        signed = sign_bundle(build_bundle(task, cfg), keys.load_private(key))
-    except (ValueError, UnknownTask) as e:
+        return float(value)
+    except ValueError:
+        raise typer.BadParameter(f"--clip-norm {value!r}: a positive number, or 'off'") from None
+
+
+def parse_transform(value: str) -> dict:
+    """``NAME`` or ``NAME:KEY=VALUE,...`` (values read as JSON where they can be) as a transform spec."""
+    name, _, rest = value.partition(":")
+    options = {}
+    for pair in filter(None, rest.split(",")):
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"--transform {value!r}: use NAME or NAME:KEY=VALUE,...")
+        try:
+            options[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            options[key] = raw
+    return {"name": name, "options": options}
+
+
+def sign(
+    task_dir: Optional[Path] = typer.Option(None, "--task-dir", exists=True, file_okay=False,
+                                            help="the task folder (task.toml + code), e.g. from `fedfunc task new`"),
+    task: Optional[str] = typer.Option(None, "--task", help="instead: a built-in task (digits, breast_cancer)"),
+    key: Path = typer.Option(..., "--key", exists=True, dir_okay=False, help="the scientist's private key (PEM)"),
+    out: Path = typer.Option(..., "--out", help="where to write the signed bundle (.fedbundle)"),
+    hyperparams: Optional[Path] = typer.Option(None, "--hyperparams", exists=True, dir_okay=False,
+                                               help="JSON object of hyper-parameters (the task's defaults otherwise)"),
+    set_: list[str] = typer.Option([], "--set", help="one hyper-parameter, NAME=VALUE (repeatable; after --hyperparams)"),
+    proximal_mu: float = PROXIMAL_MU,
+    transform: list[str] = typer.Option([], "--transform", help="a silo-side update transform, NAME or "
+                                        "NAME:KEY=VALUE,... (repeatable, in order; e.g. delta)"),
+    clip_norm: Optional[str] = CLIP_NORM,
+) -> None:
+    """Sign a task: its files, requirements, hyper-parameters, initial weights and silo side, in one bundle.
+
+    The silo side — FedProx's μ, the update transforms and the clip norm every silo clips its update to —
+    is signed with the code: no run can change it. Upload the bundle with `fedfunc bundle upload` and
+    name the hash it prints in a run spec's "bundle".
+    """
+    from fedfunc.security import keys
+    from fedfunc.security.bundle import open_bundle
+    from fedfunc.tasks.builtin import UnknownTask, task_dir as builtin_dir
+    from fedfunc.tasks.folder import TaskFolderError
+    from fedfunc.tasks.loader import TaskError
+    from fedfunc.tasks.signing import build_bundle
+
+    if (task_dir is None) == (task is None):
+        raise typer.BadParameter("give exactly one of --task-dir or --task")
+    try:
+        folder = task_dir or builtin_dir(task)
+        data = build_bundle(folder, keys.load_private(key), _hyperparams(hyperparams, set_), proximal_mu=proximal_mu,
+                            transforms=[parse_transform(t) for t in transform], clip_norm=parse_clip_norm(clip_norm))
+    except (TaskFolderError, UnknownTask, ValueError) as e:
         raise typer.BadParameter(str(e)) from None
-    out.write_text(signed.model_dump_json(indent=2))
-    console.print(f"signed bundle for task [bold]{task}[/]: code hash {signed.code_hash}, signer {signed.signer}, "
-                  f"{len(signed.bundle.files)} files → {out}")
+    except TaskError as e:
+        raise typer.BadParameter(f"{e.rule}: {e.message}") from None
+    out.write_bytes(data)
+    bundle = open_bundle(data).verify(None)
+    console.print(f"signed bundle of task [bold]{bundle.manifest.task}[/]: {len(bundle.files)} files, "
+                  f"{len(data)} bytes, signer {bundle.signer}, hyper-parameters {bundle.config.hyperparams}, "
+                  f"proximal_mu {bundle.config.proximal_mu}, transforms "
+                  f"{escape(json.dumps([t.model_dump() for t in bundle.config.transforms]))}")
+    console.print(f"bundle hash {bundle.code_hash} → {out}")
 
 
 def _since(value: str | None) -> datetime | None:
@@ -104,7 +179,37 @@ def audit(
     console.print(table)
 
 
+bundle_app = typer.Typer(no_args_is_help=True, help="Upload and inspect signed task bundles.")
+
+
+@bundle_app.command("upload")
+def bundle_upload(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="a .fedbundle from `fedfunc sign`"),
+                  host: str = HOST, api_key: str = API_KEY) -> None:
+    """Store a signed bundle in the orchestrator's storage (once, under its hash); prints the hash for a run spec."""
+    from fedfunc.api_client import call
+
+    stored = call("POST", host, api_key, "bundles", data=file.read_bytes())
+    console.print(f"bundle [bold]{stored['bundle']}[/] (task {stored['task']}, signer {stored['signer']}) is stored; "
+                  f'run it with a spec naming "bundle": "{stored["bundle"]}"')
+
+
+@bundle_app.command("show")
+def bundle_show(file: Path = typer.Argument(..., exists=True, dir_okay=False)) -> None:
+    """A bundle's signed manifest (files and hashes, requirements, hyper-parameters) and its signer."""
+    from fedfunc.security import Refused
+    from fedfunc.security.bundle import open_bundle
+
+    try:
+        bundle = open_bundle(file.read_bytes()).verify(None)
+    except Refused as e:
+        console.print(f"[red]{e}[/]")
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps({"bundle": bundle.code_hash, "signer": bundle.signer,
+                           **bundle.manifest.model_dump(mode="json")}, indent=2))
+
+
 def register(app: typer.Typer) -> None:
     app.command("keygen")(keygen)
     app.command("sign")(sign)
     app.command("audit")(audit)
+    app.add_typer(bundle_app, name="bundle")

@@ -1,9 +1,12 @@
-"""What may leave a silo: exactly ``update.safetensors`` and ``metrics.json``, each checked first.
+"""What may leave a silo: exactly ``metrics.json``, ``evaluation.safetensors`` and ``update.safetensors``
+from a training job, only ``evaluation.safetensors`` from an evaluate-only job, each checked first.
 
 The update must match the global model's manifest (names, shapes, dtypes), be finite, within the size
 bound and carry this job's run/round/silo/nonce (``fedfunc.weights.validate_update``); the metrics must
 be a small flat object of finite numbers — no strings, so no free-form channel for data to leak
-through. The orchestrator runs the same checks again on what it receives.
+through; the evaluation is three numeric tensors — example count, loss sum, confusion matrix of the
+signed class count — bound to the job (``fedfunc.evaluation.check_evaluation``). The orchestrator runs
+the same checks again on what it receives.
 """
 from __future__ import annotations
 
@@ -13,10 +16,13 @@ import re
 from collections.abc import Mapping
 
 from fedfunc import layout
+from fedfunc.evaluation import check_evaluation
 from fedfunc.security import Refused
+from fedfunc.pipeline import SiloSide, check_history, from_metadata
 from fedfunc.weights import ModelManifest, UpdateRejected, read_header, validate_update
 
-ALLOWED = frozenset({layout.UPDATE, layout.METRICS})
+ALLOWED = {"train": frozenset({layout.UPDATE, layout.METRICS, layout.EVALUATION}),
+           "evaluate": frozenset({layout.EVALUATION})}
 METRIC_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 MAX_METRICS = 32
 MAX_METRICS_BYTES = 4096
@@ -45,14 +51,21 @@ def check_metrics(data: bytes) -> dict[str, int | float]:
     return metrics
 
 
-def check_egress(artifacts: Mapping[str, bytes], *, manifest: ModelManifest, expected: Mapping[str, object],
-                 max_bytes: int | None = None) -> None:
-    """Refuse the whole set unless it is exactly the allowed artifacts and each passes its checks."""
-    names = set(artifacts)
-    if names != ALLOWED:
-        odd = sorted(names - ALLOWED) or sorted(ALLOWED - names)
+def check_egress(artifacts: Mapping[str, bytes], *, mode: str, manifest: ModelManifest, num_classes: int,
+                 expected: Mapping[str, object], max_bytes: int | None = None, side: SiloSide | None = None) -> None:
+    """Refuse the whole set unless it is exactly the artifacts a ``mode`` job publishes and each passes; an
+    update also carries the history the signed silo ``side`` requires (``fedfunc.pipeline.check_history``)."""
+    names, allowed = set(artifacts), ALLOWED[mode]
+    if names != allowed:
+        odd = sorted(names - allowed) or sorted(allowed - names)
         raise Refused("egress.artifact_name", ", ".join(odd),
-                      f"a silo job publishes exactly {sorted(ALLOWED)}, got {sorted(names)}")
+                      f"a {mode} job publishes exactly {sorted(allowed)}, got {sorted(names)}")
+    try:
+        check_evaluation(artifacts[layout.EVALUATION], num_classes=num_classes, expected=expected)
+    except UpdateRejected as e:
+        raise Refused(f"egress.evaluation.{e.rule}", layout.EVALUATION, e.detail) from None
+    if mode == "evaluate":
+        return
     metrics = check_metrics(artifacts[layout.METRICS])
     try:
         validate_update(artifacts[layout.UPDATE], manifest, expected=expected, max_bytes=max_bytes)
@@ -60,6 +73,10 @@ def check_egress(artifacts: Mapping[str, bytes], *, manifest: ModelManifest, exp
         raise Refused(f"egress.update.{e.rule}", layout.UPDATE + (f" tensor {e.tensor!r}" if e.tensor else ""),
                       e.detail) from None
     _, meta = read_header(artifacts[layout.UPDATE])
+    try:
+        check_history(*from_metadata(meta), side or SiloSide())
+    except UpdateRejected as e:
+        raise Refused(f"egress.update.{e.rule}", layout.UPDATE, e.detail) from None
     if meta["num_samples"] != str(metrics["num_samples"]):
         raise Refused("egress.num_samples", layout.METRICS,
                       f"metrics count {metrics['num_samples']} samples, the update {meta['num_samples']}")

@@ -97,44 +97,86 @@ def policy(
     creds = read_credentials(silo_home(local_home, name))
     if set_ is not None:
         write_policy(creds.connection_string, SiloPolicy.model_validate_json(set_.read_text()), replace=True)
-    current = parse_policy(BlobSiloIO(creds.connection_string, creds.models_sas).read_policy())
+    current = parse_policy(BlobSiloIO.of(creds).read_policy())
     typer.echo(json.dumps(current.model_dump(mode="json"), indent=2))
+
+
+def _files_of(path: Path) -> dict[str, bytes]:
+    """A file, or every regular, non-hidden file under a folder, by path relative to it."""
+    if path.is_file():
+        return {path.name: path.read_bytes()}
+    return {p.relative_to(path).as_posix(): p.read_bytes() for p in sorted(path.rglob("*"))
+            if p.is_file() and not p.is_symlink()
+            and not any(part.startswith(".") for part in p.relative_to(path).parts)}
+
+
+def _part_files(task: str, part: str, paths: list[Path]) -> dict[str, bytes]:
+    from fedfunc import layout
+    from fedfunc.tasks.data import DataError, describe_file
+
+    files = {}
+    for path in paths:
+        for rel, data in _files_of(path).items():
+            where = str(path / rel) if path.is_dir() else str(path)
+            try:
+                detail = describe_file(rel, data, where)
+            except DataError as e:
+                raise typer.BadParameter(f"--{part}: {e}") from None
+            files[layout.silo_data(task, part) + rel] = data
+            console.print(f"  {part}: {where} ({detail})")
+    return files
 
 
 @silo_app.command("upload")
 def upload(
     name: str = typer.Argument(...),
-    task: str = typer.Option(..., "--task", help="the task this data trains, e.g. digits"),
-    file: Optional[Path] = typer.Option(None, "--file", exists=True, dir_okay=False,
-                                        help="a safetensors file with arrays x (float32) and y (int64)"),
+    task: str = typer.Option(..., "--task", help="the task this data is for (its name in task.toml)"),
+    train: list[Path] = typer.Option([], "--train", exists=True,
+                                     help="a file or folder for the training part (safetensors, CSV, Parquet, images)"),
+    test: list[Path] = typer.Option([], "--test", exists=True, help="a file or folder for the test part"),
     builtin_part: Optional[str] = typer.Option(None, "--builtin-part", metavar="I/N",
-                                               help="instead: part I of N of the task's built-in training set"),
+                                               help="instead: part I of N of a built-in task's data (train and test)"),
+    heldout: bool = typer.Option(False, "--heldout", help="instead: a built-in task's held-out set, as the test part "
+                                                          "of an evaluator silo"),
     alpha: Optional[float] = typer.Option(None, "--alpha", help="with --builtin-part: Dirichlet label skew"),
     seed: int = typer.Option(0, "--seed"),
     local_home: Path = typer.Option(Path(".fedfunc"), "--local-home", envvar="FEDFUNC_LOCAL_HOME"),
 ) -> None:
-    """Upload a local silo's training data, as its owner: with the silo's own key, into its own ``data``."""
+    """Upload a local silo's data, as its owner: with the silo's own key, into its own ``data`` container,
+    under ``{task}/train/`` and ``{task}/test/`` (the test part never leaves the silo; only aggregate
+    evaluation figures do). Every file of a known format is parsed first; nothing is uploaded if one fails."""
+    import re
+
+    from fedfunc.contracts import TASK_NAME
     from fedfunc.silo.home import silo_home
     from fedfunc.silo.local import upload_silo_data
-    from fedfunc.tasks import xy_from_bytes
-    from fedfunc.tasks.partition import partition
-    from fedfunc.tasks.registry import get_task
 
-    if (file is None) == (builtin_part is None):
-        raise typer.BadParameter("give exactly one of --file or --builtin-part")
-    if file is not None:
-        try:
-            x, y = xy_from_bytes(file.read_bytes())
-        except ValueError as e:
-            raise typer.BadParameter(f"--file {file}: {e}") from None
+    if not re.match(TASK_NAME, task):
+        raise typer.BadParameter(f"--task {task!r}: lowercase letters, digits, '_' or '-', starting with a letter")
+    chosen = [bool(train or test), builtin_part is not None, heldout]
+    if sum(chosen) != 1:
+        raise typer.BadParameter("give --train/--test, or --builtin-part, or --heldout")
+    if builtin_part is not None or heldout:
+        files = _builtin_files(task, builtin_part, alpha, seed)
     else:
+        files = {**_part_files(task, "train", train), **_part_files(task, "test", test)}
+    paths = upload_silo_data(silo_home(local_home, name), files)
+    console.print(f"uploaded {len(paths)} file(s) to silo {name}: data/{task}/")
+
+
+def _builtin_files(task: str, part: str | None, alpha: float | None, seed: int) -> dict[str, bytes]:
+    from fedfunc import layout
+    from fedfunc.tasks.builtin import UnknownTask
+    from fedfunc.tasks.builtin.datasets import DATA_FILE, load, silo_parts
+
+    try:
+        if part is None:
+            return {layout.silo_data(task, "test") + DATA_FILE: load(task)[1].to_bytes()}
         try:
-            i, n = (int(v) for v in builtin_part.split("/"))
+            i, n = (int(v) for v in part.split("/"))
             assert 1 <= i <= n
         except (ValueError, AssertionError):
-            raise typer.BadParameter(f"--builtin-part {builtin_part!r}: expected I/N with 1 ≤ I ≤ N") from None
-        data = get_task(task).load_dataset()
-        idx = partition(data.y_train, n, alpha=alpha, seed=seed)[i - 1]
-        x, y = data.x_train[idx], data.y_train[idx]
-    path = upload_silo_data(silo_home(local_home, name), task, x, y)
-    console.print(f"uploaded {len(y)} samples to silo {name}: data/{path}")
+            raise typer.BadParameter(f"--builtin-part {part!r}: expected I/N with 1 ≤ I ≤ N") from None
+        return silo_parts(task, n, alpha=alpha, seed=seed)[i - 1].files(task)
+    except UnknownTask as e:
+        raise typer.BadParameter(f"--task: {e}") from None

@@ -19,18 +19,19 @@ from fedfunc import layout
 from fedfunc.contracts import SiloJobRequest
 
 
-def _io(aml: bool, data: Path | None, model: Path | None, outbox: Path | None, policy: Path | None):
+def _io(aml: bool, data: Path | None, model: Path | None, outbox: Path | None, policy: Path | None,
+        bundle: Path | None = None):
     from fedfunc.silo.io import BlobSiloIO, MountedSiloIO
 
     if aml:
         missing = [n for n, v in (("--data", data), ("--model", model), ("--outbox", outbox)) if v is None]
         if missing:
             raise typer.BadParameter(f"--aml needs {', '.join(missing)}")
-        return MountedSiloIO(data, model, outbox, policy)
+        return MountedSiloIO(data, model, outbox, policy, bundle)
     from fedfunc.silo.home import home_from_env, read_credentials
 
     creds = read_credentials(home_from_env())
-    return BlobSiloIO(creds.connection_string, creds.models_sas)
+    return BlobSiloIO.of(creds)
 
 
 REPORTED = 3  # the worker ended the job itself (published failed.json, or refused an unauthenticated job)
@@ -50,35 +51,37 @@ def silo_job(
     model: Optional[Path] = typer.Option(None, "--model", help="AML: the global model file"),
     outbox: Optional[Path] = typer.Option(None, "--outbox", help="AML: the silo's outbox container, mounted rw"),
     policy: Optional[Path] = typer.Option(None, "--policy", help="AML: the silo's policy/policy.json"),
+    bundle: Optional[Path] = typer.Option(None, "--bundle", help="AML: the signed task bundle the job names"),
     worker: bool = typer.Option(False, "--worker", hidden=True),
 ) -> None:
-    """Run one silo training job from a job request."""
+    """Run one silo job (train, or evaluate only) from a job request."""
     from fedfunc.security import Refused
     from fedfunc.silo.runner import JobFailed, authenticate, report_failure, run_job
 
     req = SiloJobRequest.model_validate_json(request.read_text())
     if worker:
         try:
-            run_job(req, _io(aml, data, model, outbox, policy))
+            run_job(req, _io(aml, data, model, outbox, policy, bundle))
         except JobFailed as e:
             typer.echo(f"silo job {req.job_key} failed: {e.reason}", err=True)
             raise typer.Exit(REPORTED) from None
-        typer.echo(f"silo job {req.job_key}: update published")
+        typer.echo(f"silo job {req.job_key}: {'update' if req.mode == 'train' else 'evaluation'} published")
         return
     args = ["--request", str(request)] + (["--aml"] if aml else []) + [
-        a for flag, v in (("--data", data), ("--model", model), ("--outbox", outbox), ("--policy", policy))
+        a for flag, v in (("--data", data), ("--model", model), ("--outbox", outbox), ("--policy", policy),
+                          ("--bundle", bundle))
         if v is not None for a in (flag, str(v))]
     child = subprocess.run([sys.executable, "-m", "fedfunc", "silo-job", *args, "--worker"])
     if child.returncode == REPORTED:
         raise typer.Exit(1)
     if child.returncode != 0:
-        io = _io(aml, data, model, outbox, policy)
+        io = _io(aml, data, model, outbox, policy, bundle)
         try:  # only a job the orchestrator ticketed may speak for its round
             authenticate(req, io)
         except Refused:
             raise typer.Exit(1) from None
         report_failure(io.outbox, layout.outbox_prefix(req.run_id, req.round, req.silo),
-                       _crash_reason(child.returncode), None)
+                       _crash_reason(child.returncode), None, req.mode)
         raise typer.Exit(1)
 
 

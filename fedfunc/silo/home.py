@@ -1,7 +1,7 @@
 """A local silo's home folder: the only secrets a local silo job gets.
 
-``credentials.json`` holds the silo's own storage connection string and a read-only SAS on the
-orchestrator's ``models`` container, nothing of any other silo. It is written mode 0600.
+``credentials.json`` holds the silo's own storage connection string and read-only SAS URLs of the
+orchestrator's ``models`` and ``bundles`` containers, nothing of any other silo. It is written mode 0600.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ class SiloCredentials(BaseModel):
     account: str
     connection_string: str  # the silo's own account only
     models_url: str         # the orchestrator's models container URL with a read-only SAS
+    bundles_url: str        # the orchestrator's bundles container URL with a read-only SAS
 
     @property
     def models_sas(self) -> str:

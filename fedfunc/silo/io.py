@@ -1,6 +1,7 @@
 """Where a silo job reads and writes: the silo's own storage account (local) or AML-mounted folders.
 
-Both give the runner the same four things: its data, the global model, its policy, and its outbox.
+Both give the runner the same five things: its data (a ``DataSource`` the task's reader reads), the global
+model, the signed task bundle, its policy, and its outbox.
 The outbox is create-only: a blob is written once; writing the same bytes again (a re-run of the same
 job) is a no-op, writing different bytes is refused, so nothing already published is ever replaced.
 """
@@ -16,6 +17,8 @@ from azure.storage.blob import BlobClient, BlobServiceClient, ContainerClient
 from fedfunc import layout
 from fedfunc.contracts import SiloJobRequest
 from fedfunc.security.policy import POLICY_BLOB, POLICY_CONTAINER
+from fedfunc.silo.sources import BlobDataSource, DirDataSource
+from fedfunc.tasks.data import DataSource
 
 
 class OutboxConflict(RuntimeError):
@@ -35,9 +38,16 @@ class Outbox(Protocol):
 
 class SiloIO(Protocol):
     outbox: Outbox
-    def read_data(self, task: str) -> bytes: ...
+    data: DataSource
     def read_model(self, request: SiloJobRequest) -> bytes: ...
+    def read_bundle(self, code_hash: str, max_bytes: int) -> bytes: ...
     def read_policy(self) -> bytes | None: ...
+
+
+def _bounded(data: bytes, max_bytes: int, what: str) -> bytes:
+    if len(data) > max_bytes:
+        raise ValueError(f"{what} is over the {max_bytes}-byte bound")
+    return data
 
 
 class BlobOutbox:
@@ -67,24 +77,35 @@ class BlobOutbox:
 
 
 class BlobSiloIO:
-    """A local silo job: the silo's own account via its connection string; the model via a read SAS."""
+    """A local silo job: the silo's own account via its connection string; the model and the bundles via
+    read-only SAS URLs of the orchestrator's containers (``bundles_url`` names the container, so the
+    orchestrator cannot point a job at a bundle anywhere else)."""
 
-    def __init__(self, connection_string: str, models_sas: str):
+    def __init__(self, connection_string: str, models_sas: str, bundles_url: str | None = None):
         self.service = BlobServiceClient.from_connection_string(connection_string)
-        self.models_sas = models_sas
+        self.models_sas, self.bundles_url = models_sas, bundles_url
         self.outbox = BlobOutbox(self.service.get_container_client(layout.OUTBOX))
+        self.data = BlobDataSource(self.service.get_container_client(layout.DATA))
 
-    def read_data(self, task: str) -> bytes:
-        blob = self.service.get_blob_client(layout.DATA, layout.silo_data(task))
-        try:
-            return blob.download_blob().readall()
-        except ResourceNotFoundError:
-            raise FileNotFoundError(f"this silo has no training data for task {task!r} "
-                                    f"(data/{layout.silo_data(task)})") from None
+    @classmethod
+    def of(cls, creds) -> BlobSiloIO:
+        """From a local silo's ``SiloCredentials``."""
+        return cls(creds.connection_string, creds.models_sas, creds.bundles_url)
 
     def read_model(self, request: SiloJobRequest) -> bytes:
         url = request.model_url if "?" in request.model_url else f"{request.model_url}?{self.models_sas}"
         return BlobClient.from_blob_url(url).download_blob().readall()
+
+    def read_bundle(self, code_hash: str, max_bytes: int) -> bytes:
+        if not self.bundles_url:
+            raise FileNotFoundError("this silo's credentials name no bundles container; re-onboard the silo")
+        base, _, sas = self.bundles_url.partition("?")
+        blob = BlobClient.from_blob_url(f"{base}/{layout.bundle(code_hash)}?{sas}")
+        try:
+            data = blob.download_blob(offset=0, length=max_bytes + 1).readall()
+        except ResourceNotFoundError:
+            raise FileNotFoundError(f"bundle {code_hash[:16]} is not in the orchestrator's bundles") from None
+        return _bounded(data, max_bytes, f"bundle {code_hash[:16]}")
 
     def read_policy(self) -> bytes | None:
         try:
@@ -120,17 +141,18 @@ class DirOutbox:
 
 
 class MountedSiloIO:
-    """An AML silo job: data container, model file, policy file and outbox container mounted by AML."""
+    """An AML silo job: data container, model file, bundle file, policy file and outbox mounted by AML."""
 
-    def __init__(self, data: Path, model: Path, outbox: Path, policy: Path | None):
-        self.data, self.model, self.policy = Path(data), Path(model), policy
+    def __init__(self, data: Path, model: Path, outbox: Path, policy: Path | None, bundle: Path | None = None):
+        self.data_dir, self.model, self.policy, self.bundle = Path(data), Path(model), policy, bundle
+        self.data = DirDataSource(self.data_dir)
         self.outbox = DirOutbox(outbox)
 
-    def read_data(self, task: str) -> bytes:
-        path = self.data / layout.silo_data(task)
-        if not path.is_file():
-            raise FileNotFoundError(f"this silo has no training data for task {task!r} ({path})")
-        return path.read_bytes()
+    def read_bundle(self, code_hash: str, max_bytes: int) -> bytes:
+        if self.bundle is None or not Path(self.bundle).is_file():
+            raise FileNotFoundError(f"bundle {code_hash[:16]} was not mounted (--bundle)")
+        with open(self.bundle, "rb") as f:
+            return _bounded(f.read(max_bytes + 1), max_bytes, f"bundle {code_hash[:16]}")
 
     def read_model(self, request: SiloJobRequest) -> bytes:
         return self.model.read_bytes()

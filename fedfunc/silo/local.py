@@ -2,12 +2,13 @@
 
 A local silo is one account of Azurite's pool (its own random key). Provisioning claims an account,
 creates the silo's containers with the silo's own key, gives the silo job a home holding only that
-key plus a read-only SAS on the orchestrator's ``models``, and gives the orchestrator a read+list SAS on
+key plus read-only SAS URLs of the orchestrator's ``models`` and ``bundles``, and gives the orchestrator a read+list SAS on
 the silo's ``outbox`` only — tied to a stored access policy, so ``release_local_silo`` revokes it.
 """
 from __future__ import annotations
 
 import shutil
+from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -51,15 +52,15 @@ def claim_account(name: str, *, azurite_home: Path, orchestrator_conn: str) -> s
     raise NoFreeAccount(f"cannot provision silo {name!r}: all {len(pool)} Azurite pool accounts are claimed")
 
 
-def _models_read_url(orchestrator_conn: str) -> str:
-    """The orchestrator's ``models`` container URL with a read-only SAS."""
-    models = BlobServiceClient.from_connection_string(orchestrator_conn).get_container_client(layout.MODELS)
+def _read_url(orchestrator_conn: str, container: str) -> str:
+    """One of the orchestrator's containers (``models``, ``bundles``): its URL with a read-only SAS."""
+    client = BlobServiceClient.from_connection_string(orchestrator_conn).get_container_client(container)
     parts = _conn_parts(orchestrator_conn)
     now = datetime.now(timezone.utc)
-    sas = generate_container_sas(parts["AccountName"], layout.MODELS, account_key=parts["AccountKey"],
+    sas = generate_container_sas(parts["AccountName"], container, account_key=parts["AccountKey"],
                                  permission=ContainerSasPermissions(read=True),
                                  start=now - timedelta(minutes=5), expiry=now + SAS_LIFETIME)
-    return f"{models.url}?{sas}"
+    return f"{client.url}?{sas}"
 
 
 def _outbox_read_sas(service: BlobServiceClient, account: Account) -> str:
@@ -90,7 +91,8 @@ def provision_local_silo(name: str, *, azurite_home: Path, orchestrator_conn: st
             pass
     write_credentials(silo_home(home_root, name), SiloCredentials(
         silo=name, account=account.name, connection_string=account.connection_string,
-        models_url=_models_read_url(orchestrator_conn)))
+        models_url=_read_url(orchestrator_conn, layout.MODELS),
+        bundles_url=_read_url(orchestrator_conn, layout.BUNDLES)))
     policy = write_policy(account.connection_string, initial_policy, replace=False)
     return SiloRecord(name=name, account=account.name, blob_url=account.blob_url, compute=compute,
                       trusted_signers=policy.signer_ids,
@@ -113,12 +115,11 @@ def release_local_silo(name: str, *, azurite_home: Path, orchestrator_conn: str,
     shutil.rmtree(silo_home(home_root, name), ignore_errors=True)
 
 
-def upload_silo_data(home: Path, task: str, x, y) -> str:
-    """The silo owner uploads its partition (x float32, y int64) with its own key; returns the path in ``data``."""
-    from fedfunc.tasks.storage_format import xy_to_bytes
-
-    creds = read_credentials(home)
-    path = layout.silo_data(task)
-    blob = BlobServiceClient.from_connection_string(creds.connection_string).get_blob_client(layout.DATA, path)
-    blob.upload_blob(xy_to_bytes(x, y), overwrite=True)
-    return path
+def upload_silo_data(home: Path, files: Mapping[str, bytes]) -> list[str]:
+    """The silo owner uploads files into its own ``data`` container with its own key (``{task}/{part}/...``
+    paths); returns the paths written."""
+    container = BlobServiceClient.from_connection_string(read_credentials(home).connection_string) \
+        .get_container_client(layout.DATA)
+    for path, data in files.items():
+        container.upload_blob(path, data, overwrite=True)
+    return sorted(files)

@@ -1,40 +1,48 @@
 """The silo job: the one pipeline every silo job runs, locally and on AML.
 
-authenticate (the orchestrator's ticket, against the silo's own policy) → admit (policy rules → signed
-code bundle → installed code; all before any data is read)
-→ read data → fetch the global model (sha256 pinned) → train → package update + metrics → egress check
-→ publish to the outbox (metrics first, then the update, whose BlobCreated event tells the orchestrator).
-Any failure or refusal of an authenticated job publishes ``failed.json`` (with the rule) instead and
-nothing else; an unauthenticated job is refused without writing into the round at all. The silo's
-own audit trail records the start, the refusal or each artifact that left. The job never calls the
-orchestrator.
+authenticate (the orchestrator's ticket, against the silo's own policy) → admit (policy rules → the signed
+bundle: trusted signer, signature, every file hash → requirements → the silo side: the silo's own update
+transforms, then the bundle's, must chain; all before any task code is imported or data read) → load the
+task from the bundle's verified bytes, in this process → fetch the global model (sha256 pinned, names and
+shapes as the bundle's initial weights) → evaluate it on the silo's test part → (train mode) train on the
+training part, with the signed training hooks (FedProx's proximal term) → the update transforms (the
+silo's own first, then the signed ones: delta, clip, …), each recorded in the update's metadata →
+package → egress check → publish to the outbox (metrics and
+evaluation first, the update last: its BlobCreated event tells the orchestrator; an evaluate-only job
+ends with its evaluation). Any failure or refusal of an authenticated job publishes ``failed.json`` (with
+the rule) instead and nothing else; an unauthenticated job is refused without writing into the round at
+all. The silo's own audit trail records the start, the refusal or each artifact that left. The job never
+calls the orchestrator.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-import math
 from datetime import datetime
 
 import numpy as np
 
 from fedfunc import layout
 from fedfunc.contracts import SiloJobRequest
+from fedfunc.evaluation import EvalFigures
+from fedfunc.pipeline import TransformError, Update, to_metadata
+from fedfunc.pipeline.silo import SiloPipeline
 from fedfunc.security import Refused
 from fedfunc.security.audit import SiloAuditTrail
-from fedfunc.security.bundle import check_installed_code, check_request, verify_bundle
+from fedfunc.security.bundle import MAX_BUNDLE_BYTES, VerifiedBundle, verify_bundle
 from fedfunc.security.egress import check_egress
 from fedfunc.security.policy import SiloPolicy, enforce, parse_policy, recent_usage
+from fedfunc.security.requirements import check_requirements
 from fedfunc.security.tickets import verify_ticket
 from fedfunc.silo.io import Outbox, OutboxConflict, SiloIO
-from fedfunc.weights import ModelManifest, decode, encode, load_arrays_into, model_to_arrays, sha256
+from fedfunc.weights import ModelManifest, decode, encode, model_to_arrays, sha256
 
 log = logging.getLogger(__name__)
 
 
 class JobFailed(RuntimeError):
-    """A silo job could not produce an update; ``rule`` names the check that stopped it, if any."""
+    """A silo job could not produce its artifacts; ``rule`` names the check that stopped it, if any."""
 
     def __init__(self, reason: str, rule: str | None = None):
         super().__init__(reason)
@@ -43,96 +51,156 @@ class JobFailed(RuntimeError):
 
 def authenticate(request: SiloJobRequest, io: SiloIO, now: datetime | None = None) -> SiloPolicy:
     """The silo's policy, if the request carries a ticket from an orchestrator key that policy trusts,
-    for exactly this silo, run, round, nonce and code hash; else ``Refused``.
+    for exactly this silo, run, round, nonce and bundle; else ``Refused``.
 
     Only an authenticated job may speak for a round (publish ``failed.json`` in its slot): a forged
     job is refused without touching the round, so it cannot knock the silo out of it.
     """
     policy = parse_policy(io.read_policy())
     verify_ticket(request.ticket, policy.orchestrator_keys, silo=policy.silo, run=request.run_id,
-                  round=request.round, code_hash=(request.bundle or {}).get("code_hash", ""), nonce=request.nonce,
-                  now=now)
+                  round=request.round, code_hash=request.bundle or "", nonce=request.nonce, now=now)
     return policy
 
 
-def admit(request: SiloJobRequest, policy: SiloPolicy, trail: SiloAuditTrail | None = None,
-          now: datetime | None = None) -> None:
-    """Refuse (``Refused``) unless the silo's policy allows the job and a trusted signer signed its code.
+def admit(request: SiloJobRequest, policy: SiloPolicy, io: SiloIO, trail: SiloAuditTrail | None = None,
+          now: datetime | None = None) -> tuple[VerifiedBundle, SiloPipeline]:
+    """The job's bundle and silo pipeline, if the silo's policy allows the job, a trusted signer signed the
+    bundle, every byte of it matches what was signed, this environment meets its requirements and the
+    silo's own update transforms chain with the signed ones; else ``Refused``.
 
     ``trail`` (the silo's audit trail) supplies the jobs already run today for the daily limit.
     """
     usage = recent_usage(trail.recent(now), request.job_key, now) if trail else 0
     enforce(policy, request, usage)
-    bundle = verify_bundle(request.bundle, policy.trusted_signers)
-    check_request(bundle, request)
-    check_installed_code(bundle)
+    if request.bundle is None:
+        raise Refused("bundle.unsigned", "job", "the job names no signed task bundle")
+    try:
+        data = io.read_bundle(request.bundle, MAX_BUNDLE_BYTES)
+    except (FileNotFoundError, ValueError) as e:
+        raise Refused("bundle.unavailable", f"bundle {request.bundle[:16]}", str(e)) from None
+    bundle = verify_bundle(data, policy.trusted_signers, expected_hash=request.bundle)
+    if bundle.manifest.task != request.task:
+        raise Refused("bundle.task", f"task {request.task!r}", f"the signed bundle is for task {bundle.manifest.task!r}")
+    check_requirements(bundle.manifest.requirements)
+    try:
+        pipeline = SiloPipeline(bundle.config, own=policy.update_transforms)
+    except TransformError as e:
+        raise Refused("policy.update_transforms", f"bundle {bundle.code_hash[:16]} transforms",
+                      f"this silo's own transforms, then the signed ones, cannot run: {e}") from None
+    return bundle, pipeline
 
 
-def read_training_data(io: SiloIO, task: str) -> tuple[np.ndarray, np.ndarray]:
-    """The silo's partition: ``x`` float32 (n, ...) and ``y`` int64 (n,)."""
-    from fedfunc.tasks import xy_from_bytes
+def load_task(bundle: VerifiedBundle):
+    """The bundle's task (imported here, in the job process) and its initial weights."""
+    from fedfunc.tasks.loader import TaskError, from_bundle
 
     try:
-        x, y = xy_from_bytes(io.read_data(task))
-    except ValueError as e:
-        raise JobFailed(f"data/{layout.silo_data(task)}: {e}", "data.schema") from None
-    if len(y) == 0 or y.ndim != 1:
-        raise JobFailed(f"data/{layout.silo_data(task)}: need y of shape (n,), n ≥ 1; got {y.shape}", "data.schema")
-    return x, y
+        return from_bundle(bundle)
+    except TaskError as e:
+        raise JobFailed(e.message, e.rule) from None
 
 
-def fetch_global_model(io: SiloIO, request: SiloJobRequest) -> dict[str, np.ndarray]:
-    """The global model's arrays, refused unless its sha256 is the one the round pinned."""
+def fetch_global_model(io: SiloIO, request: SiloJobRequest, initial: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The global model's arrays, refused unless its sha256 is the one the round pinned and its tensors
+    are the bundle's (names, shapes, dtypes)."""
     data = io.read_model(request)
     digest = sha256(data)
     if digest != request.model_sha256:
         raise JobFailed(f"global model {request.model_url.split('?')[0]} has sha256 {digest}, "
                         f"the round pinned {request.model_sha256}", "model.sha256")
-    return decode(data)[0]
+    arrays = decode(data)[0]
+    want, have = ModelManifest.from_arrays(initial), ModelManifest.from_arrays(arrays)
+    if want != have:
+        odd = sorted(n for n in set(want.tensors) | set(have.tensors) if want.tensors.get(n) != have.tensors.get(n))
+        raise JobFailed(f"the global model's tensor {odd[0]!r} differs from the bundle's initial weights",
+                        "model.manifest")
+    return arrays
 
 
-def _train_seed(request: SiloJobRequest) -> int:
+def train_seed(request: SiloJobRequest, seed: int) -> int:
     """Different shuffles per round and silo, identical for a re-run of the same job."""
-    key = f"{request.hyperparams.seed}:{request.run_id}:{request.round}:{request.silo}".encode()
+    key = f"{seed}:{request.run_id}:{request.round}:{request.silo}".encode()
     return int.from_bytes(hashlib.sha256(key).digest()[:4], "big")
 
 
-def train(request: SiloJobRequest, global_arrays: dict[str, np.ndarray], x: np.ndarray,
-          y: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, float | int]]:
-    """Local training from the global weights; deterministic (one thread, derived seed)."""
+def run_task(request: SiloJobRequest, bundle: VerifiedBundle, io: SiloIO,
+             pipeline: SiloPipeline) -> tuple[EvalFigures, Update | None, dict | None]:
+    """Evaluate the incoming global model on the test part; in train mode also train from it (with the
+    pipeline's hooks) and put the trained model through the pipeline's transforms.
+
+    Returns (evaluation figures, the update, training metrics); the last two are None when evaluating only.
+    """
     import torch
 
-    from fedfunc.tasks import get_task
+    from fedfunc.tasks import loop
+    from fedfunc.tasks.data import DataError, DataReader
+    from fedfunc.tasks.loader import TaskError, build_model, check_manifest, load_weights
 
     torch.set_num_threads(1)
-    task = get_task(request.task)
-    hp = request.hyperparams
-    model = task.build_model(seed=hp.seed)
-    load_arrays_into(model, global_arrays)
-    stats = task.train(model, x, y, epochs=hp.epochs, lr=hp.lr, batch_size=hp.batch_size, seed=_train_seed(request))
-    if not math.isfinite(stats["loss"]):
-        raise JobFailed(f"training diverged: loss {stats['loss']}", "train.non_finite")
-    return model_to_arrays(model), {"loss": float(stats["loss"]), "num_samples": int(stats["num_samples"]),
-                                    "epochs": hp.epochs}
+    task, initial = load_task(bundle)
+    global_arrays = fetch_global_model(io, request, initial)
+
+    def read(part: str):
+        reader = DataReader(io.data, layout.silo_data(request.task, part))
+        try:
+            dataset = task.read_data(reader)
+            if len(dataset) == 0:
+                raise DataError(reader.label, f"no {part} examples")
+            return dataset
+        except DataError as e:
+            raise JobFailed(str(e), "data.schema") from None
+
+    try:
+        model = build_model(task)
+        load_weights(model, global_arrays)
+        figures = loop.evaluate(task, model, read("test"))
+        if request.mode == "evaluate":
+            return figures, None, None
+        stats = loop.train(task, model, read("train"), seed=train_seed(request, task.hp.seed), hooks=pipeline.hooks())
+        arrays = model_to_arrays(model)
+        check_manifest(ModelManifest.from_arrays(arrays), ModelManifest.from_arrays(initial), "the trained model")
+        update = pipeline.finish(arrays, global_arrays)
+    except TaskError as e:
+        raise JobFailed(e.message, e.rule) from None
+    except loop.NeedsPlatformLoop as e:
+        raise JobFailed(str(e), "task.own_training") from None
+    except loop.TaskOutputError as e:
+        raise JobFailed(str(e), "task.output") from None
+    return figures, update, {"loss": stats.loss, "num_samples": stats.num_samples, "epochs": stats.epochs}
 
 
-def package(request: SiloJobRequest, arrays: dict[str, np.ndarray],
-            metrics: dict[str, float | int]) -> dict[str, bytes]:
-    """The artifacts to publish, byte-for-byte reproducible: canonical JSON, fixed metadata."""
-    meta = {"run": request.run_id, "round": str(request.round), "silo": request.silo, "nonce": request.nonce,
-            "num_samples": str(metrics["num_samples"])}
-    return {layout.METRICS: json.dumps(metrics, sort_keys=True).encode(), layout.UPDATE: encode(arrays, meta)}
+def package(request: SiloJobRequest, figures: EvalFigures, update: Update | None,
+            metrics: dict[str, float | int] | None) -> dict[str, bytes]:
+    """The artifacts to publish, byte-for-byte reproducible: canonical JSON, fixed metadata (the update's
+    payload kind and history included)."""
+    meta = {"run": request.run_id, "round": str(request.round), "silo": request.silo, "nonce": request.nonce}
+    artifacts = {layout.EVALUATION: figures.encode(meta)}
+    if update is not None:
+        artifacts[layout.METRICS] = json.dumps(metrics, sort_keys=True).encode()
+        artifacts[layout.UPDATE] = encode(update.arrays, {**meta, "num_samples": str(metrics["num_samples"]),
+                                                          **to_metadata(update)})
+    return artifacts
+
+
+PUBLISH_ORDER = (layout.METRICS, layout.EVALUATION, layout.UPDATE)
 
 
 def publish(outbox: Outbox, prefix: str, artifacts: dict[str, bytes]) -> None:
-    """Metrics first, the update last: the update's BlobCreated event means the job is complete."""
-    for name in (layout.METRICS, layout.UPDATE):
-        outbox.create(prefix + name, artifacts[name])
+    """The update last (its BlobCreated event means the job is complete); an evaluate-only job's last
+    blob is its evaluation."""
+    for name in PUBLISH_ORDER:
+        if name in artifacts:
+            outbox.create(prefix + name, artifacts[name])
 
 
-def report_failure(outbox: Outbox, prefix: str, reason: str, rule: str | None) -> None:
-    """Publish ``failed.json`` unless the job already published its update or an earlier failure."""
-    if outbox.read(prefix + layout.UPDATE) is not None:
+def final_artifact(mode: str) -> str:
+    """The blob whose arrival means a job of ``mode`` completed."""
+    return layout.UPDATE if mode == "train" else layout.EVALUATION
+
+
+def report_failure(outbox: Outbox, prefix: str, reason: str, rule: str | None, mode: str = "train") -> None:
+    """Publish ``failed.json`` unless the job already published its final artifact or an earlier failure."""
+    if outbox.read(prefix + final_artifact(mode)) is not None:
         return
     body = json.dumps({"reason": reason, "rule": rule}, sort_keys=True).encode()
     try:
@@ -141,15 +209,22 @@ def report_failure(outbox: Outbox, prefix: str, reason: str, rule: str | None) -
         log.info("an earlier failed.json stays at %s", prefix)
 
 
+def _published(io: SiloIO, request: SiloJobRequest, prefix: str) -> dict[str, bytes] | None:
+    """What an earlier run of this job published, if it finished (its last artifact is there)."""
+    if io.outbox.read(prefix + final_artifact(request.mode)) is None:
+        return None
+    return {n: d for n in PUBLISH_ORDER if (d := io.outbox.read(prefix + n)) is not None}
+
+
 def run_job(request: SiloJobRequest, io: SiloIO, now: datetime | None = None) -> dict[str, bytes]:
     """Run the pipeline; on failure publish ``failed.json`` and raise ``JobFailed``.
 
-    A re-run of a job whose update is already published does nothing and returns the published artifacts
-    (safetensors does not promise byte-identical output, so retraining could not rewrite the same bytes).
+    A re-run of a job whose artifacts are already published does nothing and returns them (safetensors
+    does not promise byte-identical output, so retraining could not rewrite the same bytes).
     """
     prefix = layout.outbox_prefix(request.run_id, request.round, request.silo)
-    published = {name: io.outbox.read(prefix + name) for name in (layout.METRICS, layout.UPDATE)}
-    if published[layout.UPDATE] is not None:
+    published = _published(io, request, prefix)
+    if published is not None:
         return published
     trail = SiloAuditTrail(io.outbox, request.silo)
     where = dict(run=request.run_id, round=request.round, job=request.job_key)
@@ -159,15 +234,14 @@ def run_job(request: SiloJobRequest, io: SiloIO, now: datetime | None = None) ->
             raise Refused("request.outbox_prefix", request.outbox_prefix, f"this job's outbox prefix is {prefix!r}")
         policy = authenticate(request, io, now)
         authentic = True
-        admit(request, policy, trail, now)
-        trail.append("job_started", **where)
-        x, y = read_training_data(io, request.task)
-        global_arrays = fetch_global_model(io, request)
-        arrays, metrics = train(request, global_arrays, x, y)
-        artifacts = package(request, arrays, metrics)
-        check_egress(artifacts, manifest=ModelManifest.from_arrays(global_arrays),
+        bundle, pipeline = admit(request, policy, io, trail, now)
+        trail.append("job_started", **where, mode=request.mode, bundle=bundle.code_hash, signer=bundle.signer)
+        figures, update, metrics = run_task(request, bundle, io, pipeline)
+        artifacts = package(request, figures, update, metrics)
+        check_egress(artifacts, mode=request.mode, manifest=ModelManifest.from_arrays(decode(bundle.weights)[0]),
+                     num_classes=bundle.manifest.num_classes,
                      expected={"run": request.run_id, "round": request.round, "silo": request.silo,
-                               "nonce": request.nonce})
+                               "nonce": request.nonce}, side=bundle.config)
         publish(io.outbox, prefix, artifacts)
         for name, data in artifacts.items():
             trail.append("artifact_egress", **where, name=prefix + name, sha256=sha256(data), size=len(data))
@@ -179,5 +253,5 @@ def run_job(request: SiloJobRequest, io: SiloIO, now: datetime | None = None) ->
         else:
             failure = e if isinstance(e, JobFailed) else JobFailed(f"{type(e).__name__}: {e}")
         if authentic:
-            report_failure(io.outbox, prefix, failure.reason, failure.rule)
+            report_failure(io.outbox, prefix, failure.reason, failure.rule, request.mode)
         raise failure from e

@@ -43,7 +43,7 @@ def _policy_problem(io: BlobSiloIO | MountedSiloIO, silo: str) -> str | None:
 
 def run_smoke(creds: SiloCredentials, smoke_id: str) -> dict:
     """Run the checks with the silo's own key (local); returns ``{"ok", "checks", "reason"}``."""
-    io = BlobSiloIO(creds.connection_string, creds.models_sas)
+    io = BlobSiloIO.of(creds)
     models = ContainerClient.from_container_url(creds.models_url)
     return _checked(io, creds.silo, smoke_id, models, io.service.credential,
                     lambda: list(io.service.get_container_client(layout.DATA).list_blobs()))
@@ -55,7 +55,7 @@ def run_mounted_smoke(io: MountedSiloIO, silo: str, smoke_id: str, models_url: s
     from fedfunc.storage import credential
 
     models = ContainerClient.from_container_url(models_url, credential=credential())
-    return _checked(io, silo, smoke_id, models, credential(), lambda: os.listdir(io.data))
+    return _checked(io, silo, smoke_id, models, credential(), lambda: os.listdir(io.data_dir))
 
 
 def _checked(io, silo: str, smoke_id: str, models: ContainerClient, own_credential, list_data) -> dict:

@@ -1,10 +1,7 @@
-"""Tasks: what is trained (model builder, fixed dataset split, train / evaluate), and partitioning.
+"""Tasks: the API a scientist's task is written against (``api``), the platform's loops (``loop``), the
+data reader (``data``), loading a task from its files (``loader``, ``folder``), signing (``signing``),
+in-process simulation (``simulation``), the built-in tasks (``builtin``) and partitioning (``partition``).
 
-``get_task(name)`` is the entry point; ``dataset_to_bytes`` / ``dataset_from_bytes`` are how
-(x, y) arrays travel to and from storage.
+Importing this package imports nothing else: the orchestrator's process may use ``partition`` without
+pulling in torch, and never imports task code at all.
 """
-from fedfunc.tasks.base import Dataset, Task
-from fedfunc.tasks.registry import TASKS, UnknownTask, get_task
-from fedfunc.tasks.storage_format import xy_from_bytes, xy_to_bytes
-
-__all__ = ["Dataset", "TASKS", "Task", "UnknownTask", "get_task", "xy_from_bytes", "xy_to_bytes"]

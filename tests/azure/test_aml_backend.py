@@ -8,7 +8,7 @@ import yaml
 
 from fedfunc.azure import naming
 from fedfunc.azure.gateway import AzureCallError, JobExists
-from fedfunc.contracts import Hyperparams, SiloJobRequest
+from fedfunc.contracts import SiloJobRequest
 from fedfunc.backends.aml import COMMAND, REQUEST_ENV, AmlSiloJobBackend, backend_from_settings, model_path
 from fedfunc.settings import load_settings
 
@@ -44,10 +44,10 @@ def settings(tmp_path):
 
 def request(silo="north-eu", round_=3) -> SiloJobRequest:
     return SiloJobRequest(
-        run_id="run-7", round=round_, silo=silo, nonce="n0nce", task="digits", hyperparams=Hyperparams(epochs=2),
+        run_id="run-7", round=round_, silo=silo, nonce="n0nce", task="digits",
         model_url="https://orchsa.blob.core.windows.net/models/run-7/round-0003/global.safetensors",
         model_sha256="ab" * 32, outbox_prefix=f"runs/run-7/rounds/{round_:04d}/silos/{silo}/",
-        ticket="signed.ticket", bundle={"digest": "cd" * 32, "signer": "k1"})
+        ticket="signed.ticket", bundle="cd" * 32)
 
 
 def as_spec(job) -> dict:
@@ -72,6 +72,8 @@ def test_job_spec(settings):
         "data": {"type": "uri_folder", "mode": "ro_mount", "path": "azureml://datastores/north_eu_data/paths/"},
         "model": {"type": "uri_file", "mode": "download",
                   "path": "azureml://datastores/fedfunc_models/paths/run-7/round-0003/global.safetensors"},
+        "bundle": {"type": "uri_file", "mode": "download",
+                   "path": f"azureml://datastores/fedfunc_bundles/paths/{'cd' * 32}.fedbundle"},
         "policy": {"type": "uri_file", "mode": "download",
                    "path": "azureml://datastores/north_eu_policy/paths/policy.json"},
     }
@@ -84,7 +86,7 @@ def test_job_spec(settings):
 def test_command_is_the_runner_contract():
     assert COMMAND == (
         'printf %s "$FEDFUNC_SILO_JOB_REQUEST" > request.json && python -m fedfunc silo-job --aml '
-        "--request request.json --data ${{inputs.data}} --model ${{inputs.model}} "
+        "--request request.json --data ${{inputs.data}} --model ${{inputs.model}} --bundle ${{inputs.bundle}} "
         "--policy ${{inputs.policy}} --outbox ${{outputs.outbox}}")
 
 

@@ -1,6 +1,8 @@
-"""The aggregate activity's logic against real storage: every bad update is rejected with its reason,
-the quorum is checked before anything is written, a re-run returns the first result, the strategy's
-state goes from round to round through its blob, and large updates are read by pinned range reads."""
+"""The aggregate and pool_evaluations activities' logic against real storage: every bad update or
+evaluation is rejected with its reason, the quorum is checked before anything is written, a re-run
+returns the first result, round 0's model is the bundle's signed initial weights, the strategy's state
+goes from round to round through its blob, updates are checked against the bundle's silo side, and
+large updates are read by pinned range reads."""
 from __future__ import annotations
 
 import json
@@ -13,12 +15,27 @@ import pytest
 from fedfunc import layout, weights
 from fedfunc.contracts import ModelRef
 from fedfunc.coordinator import rounds
+from fedfunc.coordinator.bundles import UnknownBundle, store_bundle
 from fedfunc.coordinator.store import RunStore
-from fedfunc.protocol import AggregateOrder, RoundJob, RunState, UpdateNotice
+from fedfunc.evaluation import EvalFigures
+from fedfunc.protocol import AggregateOrder, EvaluationOrder, RoundJob, RunState, UpdateNotice
+from fedfunc.security import keys
+from fedfunc.security.bundle import open_bundle
 from fedfunc.spec import RunSpec
 from fedfunc.storage import blob_service
+from fedfunc.tasks.builtin import task_dir
+from fedfunc.tasks.signing import build_bundle
 
 SILOS = ["a-silo", "b-silo", "c-silo"]
+
+
+KEY = keys.generate()
+
+
+@pytest.fixture(scope="session")
+def digits_bundle() -> bytes:
+    """Signed without a clip, so these tests' hand-made updates need no history."""
+    return build_bundle(task_dir("digits"), KEY, clip_norm="off")
 
 
 @pytest.fixture
@@ -27,17 +44,20 @@ def store(azurite, request):
     yield RunStore(svc)
 
 
-def make_job(store, run, silos=SILOS, **spec_fields):
-    spec = RunSpec(task="digits", silos=list(silos), **{"quorum": 0.6, **spec_fields})
+def make_job(store, run, silos=SILOS, bundle: bytes | None = None, **spec_fields):
+    stored, _ = store_bundle(store, bundle or build_bundle(task_dir("digits"), KEY, clip_norm="off"), 1 << 26)
+    spec = RunSpec(task="digits", bundle=stored.code_hash, silos=list(silos), evaluators=["held-out"],
+                   **{"quorum": 0.6, **spec_fields})
     model = rounds.init_run(store, RunState(run_id=run, spec=spec))
     job = RoundJob(run_id=run, round=0, nonce="n0", model=model, spec=spec, deadline="2030-01-01T00:00:00+00:00")
-    plan = rounds.prepare_round(store, list(silos), job)
+    plan = rounds.prepare_round(store, [*silos, "held-out"], job)
+    assert plan.silos == list(silos) and plan.evaluators == ["held-out"]
     return job.model_copy(update={"manifest": plan.manifest})
 
 
 @pytest.fixture
-def job(store, request):
-    return make_job(store, f"agg-{request.node.name[-40:].replace('_', '-')}")
+def job(store, request, digits_bundle):
+    return make_job(store, f"agg-{request.node.name[-40:].replace('_', '-')}", bundle=digits_bundle)
 
 
 def next_round(store, job, result):
@@ -148,6 +168,41 @@ def test_received_updates_are_recorded_with_their_hash(store, job):
     assert {s: r["sha256"] for s, r in result["received"].items()} == {s: weights.sha256(b) for s, b in blobs.items()}
 
 
+
+def test_round_0_is_the_bundles_signed_initial_weights(store, job, digits_bundle):
+    signed, _ = weights.decode(open_bundle(digits_bundle).weights())
+    for k, v in rounds.load_global(store, job.model).items():
+        np.testing.assert_array_equal(v, signed[k])
+    assert rounds.run_manifest(store, job.run_id).num_classes == 10
+    with pytest.raises(UnknownBundle, match="no bundle"):
+        rounds.init_run(store, RunState(run_id="agg-nobundle", spec=RunSpec(bundle="0" * 64, silos=SILOS)))
+
+
+def evaluation_bytes(job, silo, figures: EvalFigures, **meta_over) -> bytes:
+    return figures.encode({"run": job.run_id, "round": "0", "silo": silo, "nonce": job.nonce, **meta_over})
+
+
+def confusion(correct: int, wrong: int) -> np.ndarray:
+    c = np.zeros((10, 10), np.int64)
+    c[0, 0], c[1, 2] = correct, wrong
+    return c
+
+
+def test_evaluations_pool_exactly_with_the_held_out_evaluator_apart(store, job):
+    blobs = {"a-silo": evaluation_bytes(job, "a-silo", EvalFigures(10, 5.0, confusion(9, 1))),
+             "b-silo": evaluation_bytes(job, "b-silo", EvalFigures(30, 3.0, confusion(15, 15))),
+             "c-silo": evaluation_bytes(job, "c-silo", EvalFigures(5, 1.0, confusion(5, 0)), nonce="stale"),
+             "held-out": evaluation_bytes(job, "held-out", EvalFigures(4, 2.0, confusion(4, 0)))}
+    order = EvaluationOrder(job=job, silos=SILOS, evaluators=["held-out"])
+    result = rounds.pool_evaluations(store, lambda silo, path, n: blobs[silo], order)
+    assert result.metrics == {"accuracy": 24 / 40, "loss": 8.0 / 40, "num_examples": 40,
+                              "heldout_accuracy": 1.0, "heldout_loss": 0.5, "heldout_num_examples": 4}
+    assert [(r.silo, "nonce" in r.reason) for r in result.rejected] == [("c-silo", True)]
+    record = json.loads(store.get_bytes(layout.RUNS, layout.round_evaluation(job.run_id, 0)))
+    assert np.array(record["confusion"]).sum() == 40 and np.array(record["heldout_confusion"]).sum() == 4
+    again = rounds.pool_evaluations(store, lambda *a: pytest.fail("a re-run must not read again"), order)
+    assert again == result
+
 def test_strategy_state_goes_from_round_to_round_through_its_blob(store):
     """FedAdam over two rounds: each round reads the state its model reference pins and writes the next,
     and the chain is bit-identical to the same rounds aggregated in process."""
@@ -256,8 +311,8 @@ def test_large_updates_are_read_by_range_reads_pinned_to_the_blob_version(store)
 
 
 def signed_side(**side):
-    """A spec's bundle as far as the coordinator reads it (the edge verified its signature)."""
-    return {"bundle": {"config": {"hyperparams": {}, **side}}}
+    """A digits bundle signed with this silo side (and no clip unless it says so)."""
+    return build_bundle(task_dir("digits"), KEY, **{"clip_norm": "off", **side})
 
 
 def piped(job, store, silo, *specs, scale=1.0, n=100):

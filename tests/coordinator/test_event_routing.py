@@ -1,5 +1,5 @@
-"""on_update's routing: only BlobCreated of an update (or failure note) in a registered silo's own outbox
-becomes a round event; everything else is ignored, and repeats map to the same event."""
+"""on_update's routing: only BlobCreated of an update, an evaluation (or failure note) in a registered silo's
+own outbox becomes a round event; everything else is ignored, and repeats map to the same event."""
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -39,6 +39,12 @@ def test_update_from_the_silos_own_outbox_is_routed_to_its_round():
     assert instance == "run-1:r3" and name == "update:site-1"
     assert payload == {"path": "runs/run-1/rounds/0003/silos/site-1/update.safetensors", "etag": "0x1", "size": 42}
     assert silo_events.route_outbox_event(event()) == (instance, name, payload)  # a redelivery is the same event
+
+
+def test_an_evaluation_is_routed_as_its_own_event():
+    instance, name, payload = silo_events.route_outbox_event(event(name="evaluation.safetensors"))
+    assert instance == "run-1:r3" and name == "evaluated:site-1"
+    assert payload["path"].endswith("/site-1/evaluation.safetensors")
 
 
 @pytest.mark.parametrize("ignored", [

@@ -1,136 +1,196 @@
-"""Tasks: registry, datasets, training, evaluation, determinism, and federated accuracy targets."""
+"""Tasks: the built-in tasks as ordinary task folders, their data, the platform's loops and hooks, and
+federated accuracy targets in simulation."""
 from __future__ import annotations
-
-import time
 
 import numpy as np
 import pytest
 import torch
 
-from fedfunc.tasks import TASKS, UnknownTask, get_task, xy_from_bytes, xy_to_bytes
-from fedfunc.tasks.centralized import train_centralized
-from fedfunc.tasks.partition import partition
-from fedfunc.tasks.simulation import simulate
-from fedfunc.weights import ModelManifest, encode, model_to_arrays
-
-NAMES = sorted(TASKS)
-
-
-def test_unknown_task_lists_known_names():
-    with pytest.raises(UnknownTask, match=r"unknown task 'mnist'; known tasks: \['breast_cancer', 'digits'\]"):
-        get_task("mnist")
+from fedfunc.evaluation import EvalFigures
+from fedfunc.tasks import loop
+from fedfunc.tasks.builtin import NAMES, UnknownTask, task_dir
+from fedfunc.tasks.builtin.datasets import load, silo_parts
+from fedfunc.tasks.data import MemoryDataSource
+from fedfunc.tasks.loader import build_model, load_weights
+from fedfunc.tasks.signing import prepare
+from fedfunc.tasks.simulation import LocalSilo, centralized_curve, simulate
+from fedfunc.weights import encode, model_to_arrays
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_dataset_is_fixed_and_typed(name):
-    a, b = get_task(name).load_dataset(), get_task(name).load_dataset()
-    assert a.x_train.dtype == np.float32 and a.y_train.dtype == np.int64
-    assert a.x_test.dtype == np.float32 and a.y_test.dtype == np.int64
-    assert len(a.x_test) > 0 and len(a.x_train) > 3 * len(a.x_test) - 10
-    np.testing.assert_array_equal(a.x_test, b.x_test)
-    assert set(np.unique(a.y_test)) == set(np.unique(a.y_train))
+@pytest.fixture(scope="module")
+def prepared():
+    return {name: prepare(task_dir(name)) for name in NAMES}
 
 
-def test_digits_features_are_scaled_by_the_constant_only():
-    d = get_task("digits").load_dataset()
-    assert d.x_train.min() == 0.0 and d.x_train.max() == 1.0
-    assert np.allclose(d.x_train * 16, np.round(d.x_train * 16))  # still integer pixel levels / 16
+def local_silos(name: str, n: int, alpha: float | None, seed: int) -> list[LocalSilo]:
+    return [LocalSilo.of(f"s{i}", MemoryDataSource(p.files(name)), f"{name}/")
+            for i, p in enumerate(silo_parts(name, n, alpha=alpha, seed=seed))]
+
+
+def test_unknown_builtin_task_lists_the_builtins():
+    with pytest.raises(UnknownTask, match=r"unknown built-in task 'mnist'; built-in tasks: \['digits', 'breast_cancer'\]"):
+        task_dir("mnist")
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_build_model_is_deterministic_given_seed(name):
-    task = get_task(name)
-    a, b, c = (model_to_arrays(task.build_model(s)) for s in (1, 1, 2))
-    assert encode(a) == encode(b) and encode(a) != encode(c)
+def test_builtin_data_is_fixed_typed_and_split_three_ways(name):
+    (pool, held), (pool2, _) = load(name), load(name)
+    assert pool.x.dtype == np.float32 and pool.y.dtype == np.int64 and held.y.dtype == np.int64
+    np.testing.assert_array_equal(pool.x, pool2.x)
+    assert len(pool) > 2.5 * len(held) and set(np.unique(held.y)) == set(np.unique(pool.y))
+    parts = silo_parts(name, 3, alpha=None, seed=0)
+    assert sum(len(p.train) + len(p.test) for p in parts) == len(pool)
+    for p in parts:  # each silo's own split, about 80/20
+        assert 0.15 < len(p.test) / (len(p.train) + len(p.test)) < 0.25
+    again = silo_parts(name, 3, alpha=None, seed=0)
+    assert all(np.array_equal(a.test.x, b.test.x) for a, b in zip(parts, again))
+
+
+def test_digits_silo_data_stays_raw_and_the_task_scales_it(prepared):
+    task = prepared["digits"].task
+    silo = local_silos("digits", 3, None, 0)[0]
+    x, _ = task.read_data(silo.train).tensors
+    raw = silo.train.arrays("data.safetensors")["x"]
+    assert raw.max() == 16.0 and float(x.max()) == 1.0
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_train_is_deterministic_and_reports_samples(name):
-    task = get_task(name)
-    d = task.load_dataset()
-    hp = task.default_hyperparams
+def test_initial_weights_are_a_function_of_the_seed(name):
+    a, b = prepare(task_dir(name)), prepare(task_dir(name))
+    c = prepare(task_dir(name), {"seed": 1})
+    assert encode(a.initial) == encode(b.initial) and encode(a.initial) != encode(c.initial)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_train_is_deterministic_and_improves_pooled_test_figures(name, prepared):
+    p = prepared[name]
+    silos = local_silos(name, 1, None, 0)  # one silo holding the whole pool
+    train, test = p.task.read_data(silos[0].train), p.task.read_data(silos[0].test)
     results = []
     for _ in range(2):
-        model = task.build_model(0)
-        fit = task.train(model, d.x_train[:200], d.y_train[:200], epochs=hp.epochs, lr=hp.lr,
-                         batch_size=hp.batch_size, seed=7)
-        results.append((fit, encode(model_to_arrays(model))))
+        model = build_model(p.task)
+        load_weights(model, p.initial)
+        before = loop.evaluate(p.task, model, test)
+        stats = loop.train(p.task, model, train, seed=7, epochs=3)
+        results.append((stats, encode(model_to_arrays(model))))
     assert results[0] == results[1]
-    assert results[0][0]["num_samples"] == 200 and np.isfinite(results[0][0]["loss"])
+    assert results[0][0].num_samples == len(train) and np.isfinite(results[0][0].loss)
+    after = loop.evaluate(p.task, model, test)
+    assert after.loss < before.loss and after.accuracy > before.accuracy
+    assert after.num_examples == len(test) == int(after.confusion.sum())
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_training_improves_held_out_metrics(name):
-    task = get_task(name)
-    d = task.load_dataset()
-    model = task.build_model(0)
-    before = task.evaluate(model, d.x_test, d.y_test)
-    task.train(model, d.x_train, d.y_train, epochs=3, lr=task.default_hyperparams.lr,
-               batch_size=task.default_hyperparams.batch_size, seed=0)
-    after = task.evaluate(model, d.x_test, d.y_test)
-    assert after["loss"] < before["loss"] and after["accuracy"] > before["accuracy"]
-    assert after["num_samples"] == len(d.y_test) and 0.0 <= after["accuracy"] <= 1.0
+def test_train_refuses_empty_data(prepared):
+    p = prepared["digits"]
+    empty = torch.utils.data.TensorDataset(torch.zeros(0, 64), torch.zeros(0, dtype=torch.long))
+    with pytest.raises(loop.TaskOutputError, match="no training examples"):
+        loop.train(p.task, build_model(p.task), empty, seed=0)
 
 
-def test_digits_local_round_is_fast():
-    task = get_task("digits")
-    d = task.load_dataset()
-    idx = partition(d.y_train, 3, alpha=None, seed=0)[0]
-    hp = task.default_hyperparams
-    model = task.build_model(0)
-    torch.set_num_threads(1)
-    start = time.perf_counter()
-    task.train(model, d.x_train[idx], d.y_train[idx], epochs=hp.epochs, lr=hp.lr, batch_size=hp.batch_size, seed=0)
-    assert time.perf_counter() - start < 1.0
+class ProximalTerm:
+    """A loss hook as FedProx uses it: μ/2 ‖w − w₀‖² against the weights the round started from."""
+
+    name = "proximal term"
+
+    def __init__(self, mu: float, model):
+        self.mu, self.start = mu, [q.detach().clone() for q in model.parameters()]
+        self.wrapped = []
+
+    def wrap(self, model, optimizer, loader):
+        self.wrapped.append((model, optimizer, loader))
+        return model, optimizer, loader
+
+    def loss(self, loss, model):
+        return loss + self.mu / 2 * sum(((q - q0) ** 2).sum() for q, q0 in zip(model.parameters(), self.start))
 
 
-def test_train_refuses_empty_data():
-    task = get_task("digits")
-    with pytest.raises(ValueError, match="0 samples"):
-        task.train(task.build_model(0), np.zeros((0, 64), np.float32), np.zeros(0, np.int64),
-                   epochs=1, lr=0.1, batch_size=8, seed=0)
+def test_training_hooks_act_inside_the_platform_loop(prepared):
+    p = prepared["digits"]
+    train = p.task.read_data(local_silos("digits", 3, None, 0)[0].train)
+
+    def drift(hooks) -> float:
+        model = build_model(p.task)
+        load_weights(model, p.initial)
+        loop.train(p.task, model, train, seed=1, hooks=hooks(model))
+        return sum(float(((q.detach() - torch.as_tensor(p.initial[n])) ** 2).sum())
+                   for n, q in model.named_parameters())
+
+    seen = []
+    free = drift(lambda m: [])
+    held = drift(lambda m: seen.append(ProximalTerm(10.0, m)) or seen)
+    assert held < free / 2, "the proximal term did not pull the weights towards the round's start"
+    model, optimizer, loader = seen[0].wrapped[0]
+    assert isinstance(optimizer, torch.optim.Optimizer) and loader.batch_size == p.task.hp.batch_size
 
 
-def test_xy_storage_roundtrip_and_errors():
-    x, y = np.ones((4, 3), np.float64), np.arange(4)
-    x2, y2 = xy_from_bytes(xy_to_bytes(x, y))
-    assert x2.dtype == np.float32 and y2.dtype == np.int64
-    np.testing.assert_array_equal(x2, x)
-    np.testing.assert_array_equal(y2, y)
-    with pytest.raises(ValueError, match="rows"):
-        xy_to_bytes(x, y[:3])
-    with pytest.raises(ValueError, match="lacks array 'y'"):
-        xy_from_bytes(encode({"x": x2}))
-    with pytest.raises(ValueError, match="'y' is float32"):
-        xy_from_bytes(encode({"x": x2, "y": x2[:, 0]}))
+def test_a_task_with_its_own_train_step_is_refused_for_platform_loop_features(prepared):
+    from fedfunc.tasks.api import Task
+
+    base = type(prepared["digits"].task)
+
+    class OwnStep(base):
+        def train(self, model, dataset, *, seed):
+            return {"loss": 0.5}
+
+    task = OwnStep(prepared["digits"].task.hp)
+    assert OwnStep.own_training and not base.own_training and not Task.own_training
+    model = build_model(task)
+    data = task.read_data(local_silos("digits", 3, None, 0)[0].train)
+    assert loop.train(task, model, data, seed=0).loss == 0.5
+    with pytest.raises(loop.NeedsPlatformLoop, match="own train step.*proximal term"):
+        loop.train(task, model, data, seed=0, hooks=[ProximalTerm(0.1, model)])
 
 
-def test_model_manifest_of_a_task_model():
-    m = ModelManifest.from_arrays(model_to_arrays(get_task("digits").build_model(0)))
-    assert m.tensors["0.weight"].shape == (64, 64) and m.tensors["0.weight"].dtype == "float32"
+def test_evaluation_hands_per_example_scores_to_sinks_and_checks_labels(prepared):
+    p = prepared["digits"]
+    test = p.task.read_data(local_silos("digits", 3, None, 0)[0].test)
+    model = build_model(p.task)
+
+    class Collect:
+        rows = []
+
+        def add(self, targets, predictions, scores):
+            self.rows += list(zip(targets.tolist(), predictions.tolist(), scores.sum(1).tolist()))
+
+    sink = Collect()
+    figures = loop.evaluate(p.task, model, test, sinks=[sink])
+    assert len(sink.rows) == figures.num_examples
+    assert sum(t == q for t, q, _ in sink.rows) == int(np.trace(figures.confusion))
+    assert all(abs(s - 1) < 1e-5 for _, _, s in sink.rows)
+    bad = torch.utils.data.TensorDataset(torch.zeros(2, 64), torch.tensor([3, 12]))
+    with pytest.raises(loop.TaskOutputError, match="label 12 is outside 0..9"):
+        loop.evaluate(p.task, model, bad)
+
+
+def test_figures_pool_exactly():
+    a = EvalFigures(3, 1.5, np.array([[2, 0], [1, 0]]))
+    b = EvalFigures(1, 0.5, np.array([[0, 0], [0, 1]]))
+    pooled = a + b
+    assert pooled.num_examples == 4 and pooled.accuracy == 0.75 and pooled.loss == 0.5
+    assert pooled.summary("heldout_") == {"heldout_accuracy": 0.75, "heldout_loss": 0.5, "heldout_num_examples": 4}
+
+
+def test_simulation_is_deterministic(prepared):
+    p = prepared["breast_cancer"]
+    silos = local_silos("breast_cancer", 3, 0.5, 3)
+    a = simulate(p.task, p.initial, silos, rounds=2, seed=3)
+    b = simulate(p.task, p.initial, silos, rounds=2, seed=3)
+    assert a == b and [h["round"] for h in a] == [0, 1, 2]
 
 
 @pytest.mark.slow
-def test_fedavg_digits_3_iid_silos_reaches_090():
-    task = get_task("digits")
-    history = simulate(task, n_silos=3, alpha=None, rounds=task.default_rounds, seed=0)
+def test_fedavg_digits_3_iid_silos_reaches_090(prepared):
+    p = prepared["digits"]
+    history = simulate(p.task, p.initial, local_silos("digits", 3, None, 0), rounds=10)
     assert history[-1]["accuracy"] >= 0.90, history
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1])
-def test_fedavg_digits_5_dirichlet_silos_approaches_centralized(seed):
-    task = get_task("digits")
-    hp = task.default_hyperparams
-    history = simulate(task, n_silos=5, alpha=0.5, rounds=task.default_rounds, seed=seed)
-    central = train_centralized(task, epochs=hp.epochs * task.default_rounds, lr=hp.lr, batch_size=hp.batch_size,
-                                seed=seed)
+def test_fedavg_digits_5_dirichlet_silos_approaches_centralized(prepared, seed):
+    p = prepared["digits"]
+    silos = local_silos("digits", 5, 0.5, seed)
+    history = simulate(p.task, p.initial, silos, rounds=10, seed=seed)
+    central = centralized_curve(p.task, p.initial, silos, rounds=10, seed=seed)[-1]
     assert history[-1]["accuracy"] >= 0.90
     assert history[-1]["accuracy"] >= central["accuracy"] - 0.05, (history[-1], central)
-
-
-def test_simulation_is_deterministic():
-    task = get_task("breast_cancer")
-    a = simulate(task, n_silos=3, alpha=0.5, rounds=2, seed=3)
-    b = simulate(task, n_silos=3, alpha=0.5, rounds=2, seed=3)
-    assert a == b

@@ -1,4 +1,4 @@
-"""Bad run requests get a 400 naming the field; the API's roles answer 401/403."""
+"""Bad run requests and bundle uploads get a 400 naming the field, rule or file; the API's roles answer 401/403."""
 from __future__ import annotations
 
 import pytest
@@ -19,6 +19,10 @@ import requests
     ({"quorum": 1.5}, "quorum"),
     ({"surprise": 1}, "surprise"),
     ({"bundle": None}, "bundle"),
+    ({"bundle": "0" * 64}, "no bundle " + "0" * 64),
+    ({"bundle": "digits"}, "bundle"),
+    ({"evaluators": ["site-1"]}, "evaluators"),
+    ({"evaluators": ["nowhere"]}, "nowhere"),
     ({"hyperparams": {"epochs": 3, "lr": 0.05, "batch_size": 16, "seed": 0}}, "hyperparams"),
 ])
 def test_invalid_spec_is_400_naming_the_problem(stack, spec, change, named):
@@ -46,3 +50,34 @@ def test_roles(stack, spec):
     assert scientist_on_admin_route["rule"] == "auth.role" and "admin" in scientist_on_admin_route["message"]
     wrong_key = requests.get(stack.host.url("/api/runs"), headers={"x-api-key": "not-a-key"})
     assert wrong_key.status_code == 401
+
+
+def upload(stack, data: bytes) -> requests.Response:
+    return requests.post(stack.host.url("/api/bundles"), data=data, timeout=60,
+                         headers={"x-api-key": stack.scientist_key, "content-type": "application/octet-stream"})
+
+
+def test_a_bundle_over_the_configured_bound_is_refused_at_the_api(stack):
+    bound = int(float(stack.host.env["FEDFUNC_MAX_BUNDLE_MB"]) * 2**20)
+    r = upload(stack, b"\0" * (bound + 1))
+    assert r.status_code == 400 and r.json()["rule"] == "bundle.size" and "FEDFUNC_MAX_BUNDLE_MB" in r.json()["error"]
+
+
+def test_a_bundle_that_does_not_match_its_signature_is_refused_at_the_api(stack):
+    import io
+    import zipfile
+
+    good = stack.sign("digits")
+    src, out = zipfile.ZipFile(io.BytesIO(good)), io.BytesIO()
+    with zipfile.ZipFile(out, "w") as z:
+        for info in src.infolist():
+            data = src.read(info)
+            z.writestr(info, data + b"# edited\n" if info.filename == "files/task.py" else data)
+    r = upload(stack, out.getvalue())
+    assert r.status_code == 400 and r.json()["rule"] == "bundle.file_hash" and r.json()["object"] == "task.py"
+    assert upload(stack, b"PK not really").json()["rule"] == "bundle.format"
+    stored = upload(stack, good)
+    assert stored.status_code in (200, 201)
+    shown = stack.api("GET", f"/api/bundles/{stored.json()['bundle']}")
+    assert shown["task"] == "digits" and "task.py" in shown["files"]
+    assert "no bundle" in stack.api("GET", "/api/bundles/" + "0" * 64, expect=(404,))["error"]

@@ -7,13 +7,15 @@ import numpy as np
 import pytest
 
 from fedfunc import layout
+from fedfunc.weights import encode
 
 
 @pytest.fixture(scope="module")
 def broken_silo(stack):
     """A silo whose data is not a valid partition: its job fails and says why."""
     stack.add_silo("site-broken")
-    stack.upload_data("site-broken", "digits", np.zeros((5, 3), np.float32), np.zeros(5, np.int64))
+    bad = encode({"x": np.zeros((5, 3), np.float32), "y": np.zeros(5, np.int64)})
+    stack.upload_data("site-broken", {"digits/train/data.safetensors": bad, "digits/test/data.safetensors": bad})
     return "site-broken"
 
 
@@ -60,7 +62,7 @@ def test_disabled_silo_leaves_and_new_silo_joins_from_next_round(stack, spec, di
     assert set(first["current_round"]["missing"]) | set(first["current_round"]["received"]) >= {"site-1", "site-2", "site-3"}
     stack.api("POST", "/api/silos/site-3/disable", role="admin")
     stack.add_silo("site-4")
-    stack.upload_data("site-4", "digits", digits.x_train[:300], digits.y_train[:300])
+    stack.upload_data("site-4", digits[0].files("digits"))
     status = stack.wait_run(run, timeout=300)
     try:
         assert status["runtime_status"] == "Completed", status
@@ -86,7 +88,7 @@ def test_malformed_update_is_rejected_with_reason_and_round_goes_on(stack, spec,
     from fedfunc.storage import blob_service
 
     stack.add_silo("site-evil")
-    stack.upload_data("site-evil", "digits", digits.x_train[:200], digits.y_train[:200])
+    stack.upload_data("site-evil", digits[1].files("digits"))
     try:
         run = stack.start_run(spec(silos=["site-1", "site-2", "site-evil"], quorum=0.6, run_id="e2e-malformed"))
         collecting = stack.wait_round(run, 0)

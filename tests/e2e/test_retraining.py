@@ -8,7 +8,8 @@ import time
 import pytest
 
 from fedfunc.devstack import DevStack
-from fedfunc.tasks.partition import partition
+from fedfunc.security.bundle import open_bundle
+from fedfunc.tasks.builtin.datasets import silo_parts
 
 SILOS = ("up-1", "up-2")
 
@@ -16,10 +17,11 @@ SILOS = ("up-1", "up-2")
 @pytest.fixture(scope="module")
 def retrain_stack(tmp_path_factory):
     stack = DevStack(tmp_path_factory.mktemp("retrain"))
-    spec = {"task": "digits", "silos": "all", "rounds": 1, "round_deadline_s": 120,
-            "bundle": stack.signed_bundle("digits", {"epochs": 1, "lr": 0.05, "batch_size": 16, "seed": 0})}
+    bundle = stack.sign("digits", {"epochs": 1, "lr": 0.05, "batch_size": 16, "seed": 0})
+    spec = {"silos": "all", "rounds": 1, "round_deadline_s": 120, "bundle": open_bundle(bundle).code_hash}
     stack.host.env.update(FEDFUNC_RETRAIN_SPEC=json.dumps(spec), FEDFUNC_RETRAIN_QUIET_S="3")
     with stack:
+        stack.upload_bundle(bundle)
         for silo in SILOS:
             stack.add_silo(silo)
         yield stack
@@ -39,13 +41,13 @@ def _wait_new_run(stack, known: set[str], timeout: float = 60) -> str:
     raise AssertionError(f"no new retraining run within {timeout}s")
 
 
-def test_a_burst_of_uploads_starts_one_retraining_run(retrain_stack, digits):
+def test_a_burst_of_uploads_starts_one_retraining_run(retrain_stack):
     stack = retrain_stack
     assert retraining_runs(stack) == []  # the schedule is off by default; onboarding uploads no data
-    parts = partition(digits.y_train, 2, alpha=None, seed=1)
-    for silo, idx in zip(SILOS, parts):  # three uploads within the quiet period
-        stack.upload_data(silo, "digits", digits.x_train[idx], digits.y_train[idx])
-    stack.upload_data(SILOS[0], "digits", digits.x_train[parts[0]], digits.y_train[parts[0]])
+    parts = silo_parts("digits", 2, alpha=None, seed=1)
+    for silo, part in zip(SILOS, parts):  # three uploads (of two files each) within the quiet period
+        stack.upload_data(silo, part.files("digits"))
+    stack.upload_data(SILOS[0], parts[0].files("digits"))
     run = _wait_new_run(stack, set())
     status = stack.wait_run(run, timeout=300)
     assert status["runtime_status"] == "Completed", status
@@ -53,13 +55,13 @@ def test_a_burst_of_uploads_starts_one_retraining_run(retrain_stack, digits):
     assert len(retraining_runs(stack)) == 1
 
 
-def test_an_upload_during_retraining_starts_the_next_run(retrain_stack, digits):
+def test_an_upload_during_retraining_starts_the_next_run(retrain_stack):
     stack = retrain_stack
     known = {r["run"] for r in retraining_runs(stack)}
-    x, y = digits.x_train[:200], digits.y_train[:200]
-    stack.upload_data(SILOS[1], "digits", x, y)
+    files = silo_parts("digits", 2, alpha=None, seed=2)[0].files("digits")
+    stack.upload_data(SILOS[1], files)
     first = _wait_new_run(stack, known)
-    stack.upload_data(SILOS[0], "digits", x, y)  # lands while `first` trains
+    stack.upload_data(SILOS[0], files)  # lands while `first` trains
     assert stack.run_status(first)["runtime_status"] in ("Running", "Pending")
     assert stack.wait_run(first, timeout=300)["runtime_status"] == "Completed"
     second = _wait_new_run(stack, known | {first})

@@ -14,7 +14,7 @@ from fedfunc.settings import load_settings
     ({"name": "X"}, "name"),
     ({"name": "ok-name", "compute": "gpu-cluster"}, "compute"),
     ({"name": "ok-name", "policy": {"trusted_signers": ["not-a-key"]}}, "trusted_signers"),
-    ({"name": "ok-name", "policy": {"allowed_tasks": ["imagenet"]}}, "imagenet"),
+    ({"name": "ok-name", "policy": {"allowed_tasks": ["Image Net"]}}, "Image Net"),
     ({"name": "ok-name", "policy": {"max_rounds_per_day": -1}}, "max_rounds_per_day"),
     ({"name": "ok-name", "surprise": True}, "surprise"),
     (["not", "an", "object"], "JSON object"),
@@ -47,30 +47,32 @@ def test_silo_listing_hides_credentials_and_disable_is_admin_only(stack):
     assert stack.api("POST", "/api/silos/nowhere/disable", role="admin", expect=(404,))["error"]
 
 
-def test_silo_owner_uploads_data_with_the_cli(stack, tmp_path, digits):
-    """The owner's upload lands in the silo's own data with the silo's own key; bad files are refused."""
+def test_silo_owner_uploads_data_with_the_cli(stack, tmp_path, digits, fedfunc):
+    """The owner's upload lands in the silo's own data, train and test parts, with the silo's own key;
+    files that do not parse are refused naming the file (and row), and nothing is uploaded."""
     import pickle
 
-    from typer.testing import CliRunner
-
-    from fedfunc.cli import _register, app
     from fedfunc.silo.home import read_credentials, silo_home
     from fedfunc.storage import blob_service
-    from fedfunc.tasks import xy_from_bytes
+    from fedfunc.weights import decode
 
-    _register()
     home = ["--local-home", str(stack.home)]
-    ok = CliRunner().invoke(app, ["silo", "upload", "site-2", "--task", "digits", "--builtin-part", "2/3", *home])
+    ok = fedfunc("silo", "upload", "site-2", "--task", "digits", "--builtin-part", "2/3", *home)
     assert ok.exit_code == 0, ok.output
-    creds = read_credentials(silo_home(stack.home, "site-2"))
-    x, y = xy_from_bytes(blob_service(creds.connection_string).get_blob_client(
-        "data", "digits/train.safetensors").download_blob().readall())
-    assert len(y) == int(ok.output.split()[1]) and x.dtype.name == "float32"
+    data = blob_service(read_credentials(silo_home(stack.home, "site-2")).connection_string).get_container_client("data")
+    for part, split in (("train", digits[1].train), ("test", digits[1].test)):
+        x = decode(data.get_blob_client(f"digits/{part}/data.safetensors").download_blob().readall())[0]["x"]
+        assert x.dtype.name == "float32" and len(x) == len(split)
 
     pickled = tmp_path / "data.safetensors"
     pickled.write_bytes(pickle.dumps({"x": [1.0], "y": [0]}))
-    bad = CliRunner().invoke(app, ["silo", "upload", "site-2", "--task", "digits", "--file", str(pickled), *home])
-    assert bad.exit_code == 2 and "--file" in bad.output
-    both = CliRunner().invoke(app, ["silo", "upload", "site-2", "--task", "digits", "--file", str(pickled),
-                                    "--builtin-part", "1/3", *home])
-    assert both.exit_code == 2 and "exactly one" in both.output
+    bad = fedfunc("silo", "upload", "site-2", "--task", "digits", "--train", pickled, *home)
+    assert bad.exit_code == 2 and "--train" in bad.output and "not a safetensors file" in bad.output
+    (tmp_path / "tables").mkdir()
+    (tmp_path / "tables" / "a.csv").write_text("x,label\n1,0\n")
+    (tmp_path / "tables" / "b.csv").write_text("x,label\n1,0\n2\n")
+    bad = fedfunc("silo", "upload", "site-2", "--task", "tabular", "--train", tmp_path / "tables", *home)
+    assert bad.exit_code == 2 and "b.csv, row 2" in bad.output.replace("\n", "")
+    assert not list(data.list_blobs(name_starts_with="tabular/"))  # nothing half-uploaded
+    both = fedfunc("silo", "upload", "site-2", "--task", "digits", "--train", pickled, "--builtin-part", "1/3", *home)
+    assert both.exit_code == 2 and "give --train/--test, or --builtin-part" in both.output

@@ -9,7 +9,7 @@ from fedfunc import layout
 SILOS = ("site-1", "site-2", "site-3")
 
 
-def test_run_trains_every_silo_and_writes_report(stack, spec):
+def test_run_trains_every_silo_and_writes_report(stack, spec, digits):
     run = stack.start_run(spec(rounds=2, run_id="e2e-basic"))
     status = stack.wait_run(run, timeout=300)
     assert status["runtime_status"] == "Completed", status
@@ -18,16 +18,34 @@ def test_run_trains_every_silo_and_writes_report(stack, spec):
     for r in history:
         assert {s: o["state"] for s, o in r["silos"].items()} == {s: "received" for s in SILOS}
         assert r["num_samples"] == sum(o["num_samples"] for o in r["silos"].values())
-    assert history[1]["metrics"]["accuracy"] > 0.85
-    assert history[1]["metrics"]["loss"] < history[0]["metrics"]["loss"]
+    # Accuracy is pooled over the silos' test parts: every test example of every silo, counted once.
+    test_examples = sum(len(p.test) for p in digits)
+    assert status["output"]["metrics"] == history[1]["metrics"]
+    assert history[1]["metrics"]["accuracy"] > 0.85 and history[1]["metrics"]["num_examples"] == test_examples
+    assert history[1]["metrics"]["loss"] < history[0]["metrics"]["loss"] < status["initial_metrics"]["loss"]
 
     report = json.loads(stack.download(layout.RUNS, layout.report(run, "json")))
     assert report["status"] == "completed" and report["rounds_completed"] == 2
+    assert report["final_metrics"] == history[1]["metrics"]
+    assert sum(map(sum, report["final_evaluation"]["confusion"])) == test_examples
     assert stack.download(layout.RUNS, layout.report(run, "png"))[:8] == b"\x89PNG\r\n\x1a\n"
     for r in (0, 1):
         record = json.loads(stack.download(layout.RUNS, layout.aggregate_record(run, r)))
         assert record["accepted"] == sorted(SILOS) and record["rejected"] == []
     assert stack.download(layout.MODELS, layout.global_model(run, 2))
+    final = json.loads(stack.download(layout.RUNS, layout.round_manifest(run, 2)))  # the evaluate-only round
+    assert final["evaluate_only"] and final["needed"] == 0
+
+
+def test_target_accuracy_stops_at_the_first_model_that_reaches_it(stack, spec):
+    run = stack.start_run(spec(rounds=5, target_accuracy=0.5, run_id="e2e-target"))
+    status = stack.wait_run(run, timeout=300)
+    assert status["runtime_status"] == "Completed", status
+    history = status["history"]
+    assert history and history[-1]["metrics"]["accuracy"] >= 0.5
+    assert all(r["metrics"]["accuracy"] < 0.5 for r in history[:-1])
+    assert status["output"]["model"] == history[-1]["model"]  # the model that reached it is the run's model
+    assert "target accuracy 0.5 reached" in status["output"]["stop_reason"]
 
 
 def test_history_holds_references_not_weights(stack, spec):
@@ -69,15 +87,9 @@ def test_cancel_terminates_run_and_round(stack, spec):
     assert "Terminated" in again["error"]
 
 
-def test_cli_shows_a_run(stack):
-    from typer.testing import CliRunner
-
-    from fedfunc.cli import _register, app
-
-    _register()
-    result = CliRunner().invoke(app, ["run", "status", "e2e-basic", "--host", stack.host.origin,
-                                      "--api-key", stack.scientist_key], terminal_width=200)
+def test_cli_shows_a_run(stack, fedfunc):
+    result = fedfunc("run", "status", "e2e-basic", "--host", stack.host.origin, "--api-key", stack.scientist_key)
     assert result.exit_code == 0, result.output
     assert "Completed" in result.output and "site-1:received" in result.output
-    denied = CliRunner().invoke(app, ["run", "list", "--host", stack.host.origin, "--api-key", "wrong"])
+    denied = fedfunc("run", "list", "--host", stack.host.origin, "--api-key", "wrong")
     assert denied.exit_code == 1 and "401" in denied.output

@@ -5,7 +5,7 @@ import time
 import pytest
 from fedfunc.security import keys
 from fedfunc.security.audit import AuditLog
-from fedfunc.security.bundle import SignedBundle, verify_bundle
+from fedfunc.security.bundle import verify_bundle
 from fedfunc.storage import table_service
 
 def test_keygen_and_sign(tmp_path, fedfunc):
@@ -13,14 +13,20 @@ def test_keygen_and_sign(tmp_path, fedfunc):
     assert r.exit_code == 0, r.output
     assert (tmp_path / "ada.pem").exists() and (tmp_path / "ada.pub").exists()
     assert fedfunc("keygen", tmp_path / "ada").exit_code != 0  # never overwrites a private key
-    r = fedfunc("sign", "--task", "digits", "--key", tmp_path / "ada.pem", "--out", tmp_path / "bundle.json")
+    r = fedfunc("sign", "--task", "digits", "--key", tmp_path / "ada.pem", "--out", tmp_path / "d.fedbundle",
+                "--set", "epochs=3", "--set", "hidden=32")
     assert r.exit_code == 0, r.output
-    signed = SignedBundle.model_validate_json((tmp_path / "bundle.json").read_text())
     pub = keys.load_public(tmp_path / "ada.pub")
-    assert verify_bundle(signed, [keys.public_b64(pub)]).task == "digits"
-    assert signed.bundle.config["hyperparams"]["epochs"] >= 1
-    r = fedfunc("sign", "--task", "nope", "--key", tmp_path / "ada.pem", "--out", tmp_path / "b2.json")
-    assert r.exit_code != 0 and "unknown task" in r.output
+    bundle = verify_bundle((tmp_path / "d.fedbundle").read_bytes(), [keys.public_b64(pub)])
+    assert bundle.manifest.task == "digits" and bundle.code_hash in r.output.replace("\n", "")
+    assert bundle.config.hyperparams == {"epochs": 3, "lr": 0.05, "batch_size": 16, "seed": 0, "hidden": 32}
+    shown = fedfunc("bundle", "show", tmp_path / "d.fedbundle")
+    assert shown.exit_code == 0 and json.loads(shown.output)["bundle"] == bundle.code_hash
+    r = fedfunc("sign", "--task", "nope", "--key", tmp_path / "ada.pem", "--out", tmp_path / "b2.fedbundle")
+    assert r.exit_code != 0 and "unknown built-in task" in r.output
+    r = fedfunc("sign", "--task", "digits", "--key", tmp_path / "ada.pem", "--out", tmp_path / "b3.fedbundle",
+                "--set", "epoch=3")
+    assert r.exit_code != 0 and "epoch" in r.output and not (tmp_path / "b3.fedbundle").exists()
 
 
 def test_audit_lists_and_filters(azurite, fedfunc):

@@ -12,15 +12,14 @@ from azure.core.exceptions import HttpResponseError
 from azure.storage.blob import BlobServiceClient
 
 from fedfunc import layout
-from fedfunc.contracts import Hyperparams, SiloJobRequest
+from fedfunc.contracts import SiloJobRequest
 from fedfunc.backends.local import LocalProcessBackend
 from fedfunc.security import keys
 from fedfunc.security.tickets import issue_ticket
 from fedfunc.security.audit import SiloAuditTrail
 from fedfunc.silo.home import read_credentials, silo_home
 from fedfunc.silo.io import BlobOutbox
-from fedfunc.tasks import get_task
-from fedfunc.tasks.partition import partition
+from fedfunc.tasks.builtin.datasets import silo_parts
 from fedfunc.weights import sha256
 
 HP = {"epochs": 1, "lr": 0.05, "batch_size": 16, "seed": 0}
@@ -34,19 +33,18 @@ pytestmark = pytest.mark.slow
 def stack(tmp_path_factory):
     from fedfunc.devstack import DevStack
 
-    ds = get_task("digits").load_dataset()
-    parts = partition(ds.y_train, len(FIRST) + 1, alpha=None, seed=0)
+    parts = silo_parts("digits", len(FIRST) + 1, alpha=None, seed=0)
     with DevStack(tmp_path_factory.mktemp("lockdown")) as s:
-        for silo, idx in zip(FIRST, parts):
+        for silo, part in zip(FIRST, parts):
             s.add_silo(silo, policy=s.silo_policy(("digits",)))
-            s.upload_data(silo, "digits", ds.x_train[idx], ds.y_train[idx])
-        s.fourth_partition = (ds.x_train[parts[-1]], ds.y_train[parts[-1]])
+            s.upload_data(silo, part.files("digits"))
+        s.fourth_partition = parts[-1].files("digits")
         yield s
 
 
-def _attack_request(stack, silo: str, run: str, bundle: dict, ticket: str | None) -> SiloJobRequest:
+def _attack_request(stack, silo: str, run: str, bundle: str | None, ticket: str | None) -> SiloJobRequest:
     model = stack.download(layout.MODELS, layout.global_model("lockdown-run", 0))
-    return SiloJobRequest(run_id=run, round=0, silo=silo, nonce="n", task="digits", hyperparams=Hyperparams(**HP),
+    return SiloJobRequest(run_id=run, round=0, silo=silo, nonce="n", task="digits",
                           model_url=f"http://127.0.0.1:9/{layout.MODELS}/x", model_sha256=sha256(model),
                           outbox_prefix=layout.outbox_prefix(run, 0, silo), ticket=ticket, bundle=bundle)
 
@@ -67,8 +65,8 @@ def _refusal(stack, silo: str, request: SiloJobRequest, timeout: float = 120) ->
 
 
 def test_lockdown_while_a_run_goes_on(stack, fedfunc):
-    bundle = stack.signed_bundle("digits", HP)
-    run = stack.start_run({"task": "digits", "silos": "all", "rounds": 3, "round_deadline_s": 240, "bundle": bundle,
+    bundle = stack.bundle("digits", HP)
+    run = stack.start_run({"silos": "all", "rounds": 3, "round_deadline_s": 240, "bundle": bundle,
                            "run_id": "lockdown-run"})
     stack.wait_round(run, 0)
 
@@ -77,13 +75,13 @@ def test_lockdown_while_a_run_goes_on(stack, fedfunc):
     r = fedfunc("silo", "add", FOURTH, "--trust-signer", pub, "--allow-task", "digits",
                 "--host", stack.host.origin, "--api-key", stack.admin_key)
     assert r.exit_code == 0, r.output
-    stack.upload_data(FOURTH, "digits", *stack.fourth_partition)
+    stack.upload_data(FOURTH, stack.fourth_partition)
 
     backend = LocalProcessBackend(stack.home)
     # Forged ticket: someone who can start processes on silo lock-1's compute, without the orchestrator's key.
     forged = _attack_request(stack, "lock-1", "attack-forged", bundle, None)
     forged = forged.model_copy(update={"ticket": issue_ticket(keys.generate(), run="attack-forged", round=0,
-                                                             silo="lock-1", code_hash=bundle["code_hash"], nonce="n")})
+                                                             silo="lock-1", code_hash=bundle, nonce="n")})
     backend.submit(forged)
     # Unsigned bundle: even a job the orchestrator's key ticketed runs no code without a trusted signature.
     unsigned = _attack_request(stack, "lock-2", "attack-unsigned", None, None)
@@ -93,7 +91,7 @@ def test_lockdown_while_a_run_goes_on(stack, fedfunc):
     backend.submit(unsigned)
     assert _refusal(stack, "lock-1", forged)["rule"] == "ticket.untrusted_issuer"
     refused = _refusal(stack, "lock-2", unsigned)
-    assert refused["rule"] == "bundle.unsigned" and "carries no signed code bundle" in refused["message"]
+    assert refused["rule"] == "bundle.unsigned" and "names no signed task bundle" in refused["message"]
     own_2 = BlobServiceClient.from_connection_string(read_credentials(silo_home(stack.home, "lock-2")).connection_string)
     failed = json.loads(own_2.get_blob_client(layout.OUTBOX, unsigned.outbox_prefix + layout.FAILED)
                         .download_blob().readall())

@@ -3,12 +3,12 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from fedfunc.contracts import Hyperparams, SiloJobRequest
+from fedfunc.contracts import SiloJobRequest
 from fedfunc.security import Refused, keys
 from fedfunc.security.policy import SiloPolicy, enforce, parse_policy, recent_usage
 
 ORCH = keys.public_b64(keys.generate().public_key())
-REQ = SiloJobRequest(run_id="r1", round=2, silo="alpha", nonce="n", task="digits", hyperparams=Hyperparams(),
+REQ = SiloJobRequest(run_id="r1", round=2, silo="alpha", nonce="n", task="digits",
                      model_url="http://x/m", model_sha256="0" * 64, outbox_prefix="runs/r1/rounds/0002/silos/alpha/")
 
 

@@ -6,24 +6,27 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from azure.core.exceptions import ResourceExistsError
 from azure.storage.blob import BlobServiceClient
 
 from fedfunc import layout
-from fedfunc.contracts import Hyperparams, SiloJobRequest
+from fedfunc.contracts import SiloJobRequest
 from fedfunc.registry import SiloRegistry
 from fedfunc.security import keys
-from fedfunc.security.bundle import build_bundle, sign_bundle
+from fedfunc.security.bundle import open_bundle
 from fedfunc.security.policy import SiloPolicy
 from fedfunc.security.tickets import issue_ticket
 from fedfunc.silo.home import read_credentials, silo_home
 from fedfunc.silo.local import provision_local_silo, release_local_silo, upload_silo_data
 from fedfunc.storage import read_url_for, table_service
-from fedfunc.tasks import get_task
-from fedfunc.weights import encode, model_to_arrays, sha256
+from fedfunc.tasks.builtin import task_dir
+from fedfunc.tasks.builtin.datasets import load, split_train_test
+from fedfunc.tasks.signing import build_bundle
+from fedfunc.weights import decode, encode, sha256
 
-HYPERPARAMS = Hyperparams(epochs=1, lr=0.05, batch_size=32)
+HYPERPARAMS = {"epochs": 1, "lr": 0.05, "batch_size": 32}
 
 
 @pytest.fixture(scope="session")
@@ -69,18 +72,18 @@ def silos(azurite, orch_conn, tmp_path, policy_for):
         release_local_silo(name, azurite_home=azurite.location, orchestrator_conn=orch_conn, home_root=tmp_path)
 
 
-def digits_partition(n: int = 120, offset: int = 0):
-    ds = get_task("digits").load_dataset()
-    return ds.x_train[offset:offset + n], ds.y_train[offset:offset + n]
+def digits_files(n: int = 120) -> dict[str, bytes]:
+    """A silo's share of digits: the first ``n`` pool samples, split into its train (96) and test (24) parts."""
+    pool, _ = load("digits")
+    return split_train_test(pool.take(np.arange(n)), seed=0).files("digits")
 
 
 @pytest.fixture
 def silo_with_data(silos):
-    """``silo_with_data(name, **policy)`` provisions a silo and uploads a digits partition with its own key."""
+    """``silo_with_data(name, **policy)`` provisions a silo and uploads a digits share with its own key."""
     def make(name: str, **policy):
         record = silos(name, **policy)
-        x, y = digits_partition()
-        upload_silo_data(silo_home(silos.home_root, name), "digits", x, y)
+        upload_silo_data(silo_home(silos.home_root, name), digits_files())
         return record
     return make
 
@@ -95,29 +98,44 @@ def own_service(silos):
 
 
 @pytest.fixture(scope="session")
-def signed_bundle(trust):
-    return sign_bundle(build_bundle("digits", {"hyperparams": HYPERPARAMS.model_dump()}), trust.scientist)
+def signed_bundle(trust) -> bytes:
+    """The built-in digits task, signed by ``trust``'s scientist."""
+    return build_bundle(task_dir("digits"), trust.scientist, HYPERPARAMS)
 
 
 @pytest.fixture
-def job_factory(orch_conn, silos, trust, signed_bundle):
-    """``job_factory(silo, run, **overrides)`` → a signed, ticketed request for round 0 with a real global model."""
+def put_bundle(orch_conn):
+    """``put_bundle(data)`` stores a bundle in the orchestrator's ``bundles`` (as the API does); its hash."""
     service = BlobServiceClient.from_connection_string(orch_conn)
-    try:
-        service.create_container(layout.MODELS)
-    except ResourceExistsError:
-        pass
+    for container in (layout.MODELS, layout.BUNDLES):
+        try:
+            service.create_container(container)
+        except ResourceExistsError:
+            pass
 
-    def make(silo: str, run: str, **overrides) -> SiloJobRequest:
-        data = encode(model_to_arrays(get_task("digits").build_model(seed=0)))
+    def put(data: bytes, code_hash: str | None = None) -> str:
+        code_hash = code_hash or open_bundle(data).code_hash
+        service.get_blob_client(layout.BUNDLES, layout.bundle(code_hash)).upload_blob(data, overwrite=True)
+        return code_hash
+    return put
+
+
+@pytest.fixture
+def job_factory(orch_conn, silos, trust, signed_bundle, put_bundle):
+    """``job_factory(silo, run, bundle=None, **overrides)`` → a ticketed request for round 0 of ``bundle``
+    (default: the signed digits bundle), its global model the bundle's initial weights."""
+    service = BlobServiceClient.from_connection_string(orch_conn)
+
+    def make(silo: str, run: str, bundle: bytes | None = None, **overrides) -> SiloJobRequest:
+        bundle = bundle or signed_bundle
+        code_hash = put_bundle(bundle)
+        data = encode(decode(open_bundle(bundle).weights())[0])
         blob = service.get_blob_client(layout.MODELS, layout.global_model(run, 0))
         blob.upload_blob(data, overwrite=True)
-        ticket = issue_ticket(trust.orchestrator, run=run, round=0, silo=silo, code_hash=signed_bundle.code_hash,
-                              nonce="n0nce")
-        fields = dict(run_id=run, round=0, silo=silo, nonce="n0nce", task="digits", hyperparams=HYPERPARAMS,
+        ticket = issue_ticket(trust.orchestrator, run=run, round=0, silo=silo, code_hash=code_hash, nonce="n0nce")
+        fields = dict(run_id=run, round=0, silo=silo, nonce="n0nce", task="digits",
                       model_url=read_url_for(blob), model_sha256=sha256(data),
-                      outbox_prefix=layout.outbox_prefix(run, 0, silo), ticket=ticket,
-                      bundle=signed_bundle.model_dump(mode="json"))
+                      outbox_prefix=layout.outbox_prefix(run, 0, silo), ticket=ticket, bundle=code_hash)
         fields.update(overrides)
         return SiloJobRequest(**fields)
 

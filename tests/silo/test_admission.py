@@ -1,36 +1,51 @@
 """Every admission refusal, run as a real job against the silo's storage: the failure names the rule and
-the object, the silo's data is never read, and nothing but failed.json lands in the outbox."""
+the object, the silo's data is never read, and nothing but failed.json lands in the outbox. Then the task
+failures a silo reports after admission: an import error, a missing method, weights of the wrong shape."""
 import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
+import io as _io
+import shutil
+import zipfile
+
 from fedfunc import layout
-from fedfunc.contracts import Hyperparams
 from fedfunc.backends.local import LocalProcessBackend
 from fedfunc.security import keys
 from fedfunc.security.audit import SiloAuditTrail
-from fedfunc.security.bundle import build_bundle, sign_bundle
 from fedfunc.security.tickets import issue_ticket
 from fedfunc.silo.home import read_credentials, silo_home
 from fedfunc.silo.io import BlobSiloIO
 from fedfunc.silo.runner import JobFailed, run_job
+from fedfunc.tasks.builtin import task_dir
+from fedfunc.tasks.signing import build_bundle
 
 
 class SpyIO(BlobSiloIO):
-    """The silo's real storage, counting reads of its training data."""
-    data_reads = 0
+    """The silo's real storage, counting reads of its data container."""
 
-    def read_data(self, task):
-        self.data_reads += 1
-        return super().read_data(task)
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.data_reads, source = 0, self.data
+        spy = self
+
+        class Counting:
+            def list(self, prefix):
+                return source.list(prefix)
+
+            def read(self, path):
+                spy.data_reads += 1
+                return source.read(path)
+
+        self.data = Counting()
 
 
 @pytest.fixture
 def silo_io(silos):
     def make(name: str) -> SpyIO:
         creds = read_credentials(silo_home(silos.home_root, name))
-        return SpyIO(creds.connection_string, creds.models_sas)
+        return SpyIO(creds.connection_string, creds.models_sas, creds.bundles_url)
     return make
 
 
@@ -62,7 +77,7 @@ def _refused(io, request, rule: str, object_part: str) -> dict:
 
 def _ticket(trust_key, request, **over):
     fields = dict(run=request.run_id, round=request.round, silo=request.silo,
-                  code_hash=request.bundle["code_hash"], nonce=request.nonce)
+                  code_hash=request.bundle, nonce=request.nonce)
     return issue_ticket(trust_key, **{**fields, **over})
 
 
@@ -70,7 +85,8 @@ def test_valid_job_is_admitted_and_recorded_in_the_silos_trail(silo_with_data, s
     silo_with_data("adm-ok")
     io, request = silo_io("adm-ok"), job_factory("adm-ok", "run-adm-ok")
     run_job(request, io)
-    assert _outbox_names(io, request) == [layout.METRICS, layout.UPDATE] and io.data_reads == 1
+    assert _outbox_names(io, request) == [layout.EVALUATION, layout.METRICS, layout.UPDATE]
+    assert io.data_reads == 2  # its test part, then its training part
     trail = SiloAuditTrail(io.outbox, "adm-ok").recent()
     egress = {e["detail"]["name"].rsplit("/", 1)[1]: e["detail"]["sha256"] for e in trail if e["kind"] == "artifact_egress"}
     from fedfunc.weights import sha256
@@ -135,41 +151,95 @@ def test_expired_and_missing_tickets_are_refused(silo_with_data, silo_io, job_fa
     _refused(silo_io("adm-c"), request.model_copy(update={"ticket": None}), "ticket.missing", "run-noticket")
 
 
-def test_unsigned_and_untrusted_bundles_are_refused(silo_with_data, silo_io, job_factory, signed_bundle, trust):
+def test_unsigned_and_untrusted_bundles_are_refused(silo_with_data, silo_io, job_factory, trust):
     silo_with_data("adm-d")
     request = job_factory("adm-d", "run-unsigned")
     unsigned = request.model_copy(update={"bundle": None})  # ticketed as the orchestrator would: no code hash
     unsigned = unsigned.model_copy(update={"ticket": _ticket(trust.orchestrator, request, code_hash="")})
-    _refused(silo_io("adm-d"), unsigned, "bundle.unsigned", "code bundle")
-    request = job_factory("adm-d", "run-untrusted")
-    rogue = sign_bundle(signed_bundle.bundle, keys.generate()).model_dump(mode="json")
-    _refused(silo_io("adm-d"), request.model_copy(update={"bundle": rogue}), "bundle.untrusted_signer",
-             signed_bundle.code_hash[:16])
+    _refused(silo_io("adm-d"), unsigned, "bundle.unsigned", "names no signed task bundle")
+    rogue = build_bundle(task_dir("digits"), keys.generate())
+    request = job_factory("adm-d", "run-untrusted", bundle=rogue)
+    _refused(silo_io("adm-d"), request, "bundle.untrusted_signer", "is not trusted by this silo's policy")
 
 
-def test_bundle_whose_manifest_was_edited_after_signing_is_refused(silo_with_data, silo_io, job_factory,
-                                                                  signed_bundle):
+def _tampered(bundle: bytes, path: str, change) -> bytes:
+    """The bundle with one of its files changed after signing (same manifest, same signature)."""
+    src, out = zipfile.ZipFile(_io.BytesIO(bundle)), _io.BytesIO()
+    with zipfile.ZipFile(out, "w") as z:
+        for info in src.infolist():
+            data = src.read(info)
+            z.writestr(info, change(data) if info.filename == "files/" + path else data)
+    return out.getvalue()
+
+
+def test_a_file_changed_in_the_stored_bundle_after_signing_is_refused(silo_with_data, silo_io, job_factory,
+                                                                      signed_bundle, put_bundle):
+    """Someone with write access to the orchestrator's storage swaps one byte of the task's code: the bundle
+    keeps its name (its hash is the signed manifest's), and the silo refuses, naming the file."""
     silo_with_data("adm-e")
     request = job_factory("adm-e", "run-tamper")
-    tampered = signed_bundle.model_dump(mode="json")
-    tampered["bundle"]["files"]["fedfunc/tasks/digits.py"] = "0" * 64
-    _refused(silo_io("adm-e"), request.model_copy(update={"bundle": tampered}), "bundle.manifest", "task digits")
+    put_bundle(_tampered(signed_bundle, "task.py", lambda d: d.replace(b"PIXEL_MAX = 16.0", b"PIXEL_MAX = 17.0")),
+               code_hash=request.bundle)
+    failed = _refused(silo_io("adm-e"), request, "bundle.file_hash", "task.py")
+    assert "changed after signing" in failed["reason"]
 
 
-def test_bundle_signed_for_other_code_than_installed_is_refused(silo_with_data, silo_io, job_factory, trust):
+def test_an_unmet_requirement_is_refused_naming_it(silo_with_data, silo_io, job_factory, trust, tmp_path):
     silo_with_data("adm-f")
-    bundle = build_bundle("digits", {"hyperparams": Hyperparams(epochs=1, lr=0.05, batch_size=32).model_dump()})
-    other = bundle.model_copy(update={"files": {**bundle.files, "fedfunc/tasks/digits.py": "1" * 64}})
-    signed = sign_bundle(other, trust.scientist)
-    request = job_factory("adm-f", "run-othercode", bundle=signed.model_dump(mode="json"))
-    request = request.model_copy(update={"ticket": _ticket(trust.orchestrator, request)})
-    _refused(silo_io("adm-f"), request, "bundle.code", "fedfunc/tasks/digits.py")
+    folder = tmp_path / "digits"
+    shutil.copytree(task_dir("digits"), folder)
+    toml = folder / "task.toml"
+    toml.write_text(toml.read_text().replace('"numpy>=1.24"', '"numpy>=1.24", "torch==0.0.1"'))
+    request = job_factory("adm-f", "run-req", bundle=build_bundle(folder, trust.scientist))
+    failed = _refused(silo_io("adm-f"), request, "bundle.requirements", "torch==0.0.1")
+    assert "no package is installed at job time" in failed["reason"]
 
 
-def test_hyperparams_other_than_signed_are_refused(silo_with_data, silo_io, job_factory):
-    silo_with_data("adm-g")
-    request = job_factory("adm-g", "run-hp", hyperparams=Hyperparams(epochs=50, lr=0.05, batch_size=32))
-    _refused(silo_io("adm-g"), request, "bundle.config", "hyperparams")
+def test_a_bundle_for_another_task_is_refused(silo_with_data, silo_io, job_factory, trust):
+    silo_with_data("adm-g", allowed_tasks=["digits", "breast_cancer"])
+    request = job_factory("adm-g", "run-other", bundle=build_bundle(task_dir("breast_cancer"), trust.scientist))
+    _refused(silo_io("adm-g"), request, "bundle.task", "task 'digits'")
+
+
+@pytest.mark.parametrize("edit, rule, named", [
+    (lambda code: code + "\nraise RuntimeError('no GPU here')\n", "task.import", "RuntimeError: no GPU here"),
+    (lambda code: code.replace("def read_data", "def read_dataset"), "task.interface", "read_data"),
+    (lambda code: code.replace("    def optimizer", "    def train(self, model, dataset, *, seed):\n"
+                                                    "        model.append(nn.Linear(10, 3))\n"
+                                                    "        return {'loss': 0.1}\n\n    def optimizer"),
+     "task.weights", "'3.bias'"),
+])
+def test_task_code_failures_fail_the_job_with_the_reason(silo_with_data, silo_io, job_factory, trust, tmp_path,
+                                                         edit, rule, named):
+    """A task that fails to import, lacks a required method, or returns weights other than its initial
+    ones: the silo publishes failed.json with the rule and the reason (the round goes on without it)."""
+    name = f"adm-{rule.split('.')[1][:6]}"
+    silo_with_data(name)
+    folder = tmp_path / "digits"
+    shutil.copytree(task_dir("digits"), folder)
+    (folder / "task.py").write_text(edit((folder / "task.py").read_text()))
+    # A task whose own train step grows its model signs fine; code that cannot load is packed directly
+    # (`fedfunc sign` would refuse it), as a scientist's stale bundle or another tool might have.
+    bundle = build_bundle(folder, trust.scientist) if rule == "task.weights" else _sign_without_loading(folder, trust)
+    io = silo_io(name)
+    request = job_factory(name, f"run-{name}", bundle=bundle)
+    with pytest.raises(JobFailed) as err:
+        run_job(request, io)
+    assert err.value.rule == rule and named in err.value.reason, err.value.reason
+    failed = json.loads(io.outbox.read(request.outbox_prefix + layout.FAILED))
+    assert failed["rule"] == rule and named in failed["reason"]
+    assert _outbox_names(io, request) == [layout.FAILED]
+
+
+def _sign_without_loading(folder, trust) -> bytes:
+    """A bundle of ``folder``'s files whose code does not load (signing refuses to build it, so pack directly)."""
+    from fedfunc.security.bundle import open_bundle, pack
+    from fedfunc.tasks.folder import read_task_folder
+
+    good = open_bundle(build_bundle(task_dir("digits"), trust.scientist)).verify(None)
+    toml, files = read_task_folder(folder)
+    return pack(task=toml.name, entry=toml.entry, num_classes=10, requirements=toml.requirements,
+                config=good.config.model_dump(), files=files, weights=good.weights, key=trust.scientist)
 
 
 def test_policy_refusals_name_the_rule(silo_with_data, silo_io, job_factory):
@@ -218,3 +288,32 @@ def test_forged_ticket_through_the_local_backend(silo_with_data, silo_io, job_fa
     refusals = [e for e in SiloAuditTrail(io.outbox, "adm-n").recent() if e["job"] == request.job_key]
     assert [e["detail"]["rule"] for e in refusals if e["kind"] == "job_refused"] == ["ticket.untrusted_issuer"]
     assert _outbox_names(io, request) == []
+
+
+def test_the_silo_side_runs_in_the_job_and_is_recorded_in_the_update(silo_with_data, silo_io, job_factory, trust):
+    """A bundle signed with FedProx's μ, delta and a clip: the job trains with the proximal term, sends a
+    clipped delta, and the update's metadata says so — in the order the steps ran, the silo's own first."""
+    from fedfunc.pipeline import Step, from_metadata
+    from fedfunc.weights import decode
+
+    bundle = build_bundle(task_dir("digits"), trust.scientist, {"epochs": 1, "lr": 0.05, "batch_size": 32},
+                          proximal_mu=0.05, transforms=[{"name": "delta"}], clip_norm=0.02)
+    silo_with_data("pipe-a", update_transforms=[{"name": "clip", "options": {"max_norm": 0.01}}])
+    io, request = silo_io("pipe-a"), job_factory("pipe-a", "run-pipe-a", bundle=bundle)
+    run_job(request, io)
+    arrays, meta = decode(io.outbox.read(request.outbox_prefix + layout.UPDATE))
+    kind, history = from_metadata(meta)
+    assert kind == "delta"
+    assert [(s.name, dict(s.options)) for s in history] == [
+        ("proximal", {"mu": 0.05}), ("clip", {"max_norm": 0.01}), ("delta", {}), ("clip", {"max_norm": 0.02})]
+    assert history[1].observed == {"clipped": True} and history[3].observed == {"clipped": False}
+    assert 0.0099 < sum(float((a.astype("float64") ** 2).sum()) for a in arrays.values()) ** 0.5 <= 0.01
+
+
+def test_a_silo_whose_own_transforms_cannot_chain_with_the_signed_ones_refuses_the_job(silo_with_data, silo_io,
+                                                                                       job_factory, trust):
+    bundle = build_bundle(task_dir("digits"), trust.scientist, transforms=[{"name": "delta"}])
+    silo_with_data("pipe-b", update_transforms=[{"name": "delta"}])
+    failed = _refused(silo_io("pipe-b"), job_factory("pipe-b", "run-pipe-b", bundle=bundle),
+                      "policy.update_transforms", "transforms")
+    assert "transform delta takes a weights payload, not delta" in failed["reason"]

@@ -1,4 +1,5 @@
-"""Silo jobs end to end: a local process trains and publishes; failures and crashes publish failed.json."""
+"""Silo jobs end to end: a local process evaluates, trains and publishes; an evaluate-only job publishes
+its evaluation alone; failures and crashes publish failed.json."""
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ from azure.storage.blob import BlobServiceClient
 
 from fedfunc import layout
 from fedfunc.backends.local import LocalProcessBackend
+from fedfunc.evaluation import check_evaluation
 from fedfunc.weights import ModelManifest, decode, validate_update
 
 
@@ -29,10 +31,25 @@ def test_job_trains_and_publishes_metrics_and_a_valid_update(silo_with_data, own
     metrics = json.loads(_read(service, request.outbox_prefix + layout.METRICS))
     global_arrays, _ = decode(BlobServiceClient.from_connection_string(job_factory.orch_conn)
                               .get_blob_client(layout.MODELS, layout.global_model("run-ok", 0)).download_blob().readall())
-    checked = validate_update(update, ModelManifest.from_arrays(global_arrays),
-                              expected={"run": "run-ok", "round": 0, "silo": "job-a", "nonce": "n0nce"})
-    assert checked.num_samples == metrics["num_samples"] == 120
+    expected = {"run": "run-ok", "round": 0, "silo": "job-a", "nonce": "n0nce"}
+    checked = validate_update(update, ModelManifest.from_arrays(global_arrays), expected=expected)
+    assert checked.num_samples == metrics["num_samples"] == 96
     assert any((checked.arrays[k] != global_arrays[k]).any() for k in global_arrays), "training changed nothing"
+    figures = check_evaluation(_read(service, request.outbox_prefix + layout.EVALUATION), num_classes=10,
+                               expected=expected)
+    assert figures.num_examples == 24 and figures.accuracy < 0.5  # the untrained initial model, on the test part
+
+
+def test_evaluate_only_job_publishes_its_evaluation_alone(silo_with_data, own_service, job_factory, silos,
+                                                         wait_outbox):
+    silo_with_data("job-e")
+    request = job_factory("job-e", "run-eval", mode="evaluate")
+    LocalProcessBackend(silos.home_root).submit(request)
+    service = own_service("job-e")
+    assert wait_outbox(service, request.outbox_prefix, (layout.EVALUATION, layout.FAILED)) == layout.EVALUATION
+    names = [b.name.rsplit("/", 1)[1] for b in service.get_container_client(layout.OUTBOX)
+             .list_blobs(name_starts_with=request.outbox_prefix)]
+    assert names == [layout.EVALUATION]
 
 
 def test_submit_is_idempotent_per_job_key(silo_with_data, own_service, job_factory, silos, wait_outbox,

@@ -51,7 +51,7 @@ def test_a_silo_key_cannot_read_another_silos_data(silos, silo_with_data):
     a_conn = read_credentials(silo_home(silos.home_root, "prov-e")).connection_string
     forged = BlobServiceClient(b.blob_url, credential=BlobServiceClient.from_connection_string(a_conn).credential)
     with pytest.raises(DENIED):
-        forged.get_blob_client(layout.DATA, layout.silo_data("digits")).download_blob().readall()
+        forged.get_blob_client(layout.DATA, layout.silo_data("digits", "train") + "data.safetensors").download_blob().readall()
     with pytest.raises(DENIED):
         forged.get_blob_client(layout.OUTBOX, "runs/x/rounds/0000/silos/prov-f/update.safetensors").upload_blob(b"x")
 
@@ -66,7 +66,7 @@ def test_orchestrator_sas_reads_the_outbox_only(silo_with_data, own_service):
         outbox.get_blob_client("runs/r/rounds/0000/silos/prov-g/update.safetensors").upload_blob(b"forged")
     data = ContainerClient.from_container_url(f"{record.blob_url}/{layout.DATA}?{record.outbox_read_sas}")
     with pytest.raises(DENIED):
-        data.get_blob_client(layout.silo_data("digits")).download_blob().readall()
+        data.get_blob_client(layout.silo_data("digits", "train") + "data.safetensors").download_blob().readall()
 
 
 def test_release_revokes_the_orchestrator_sas_and_frees_the_account(silos, azurite, orch_conn):

@@ -1,5 +1,8 @@
 """Wisconsin breast cancer (scikit-learn's bundled set): 30 tabular features, benign vs malignant.
 
+Silo data: safetensors files under ``train/`` and ``test/`` with ``x`` (float32, n × 30, raw
+measurements) and ``y`` (int64, 0 malignant / 1 benign).
+
 Feature scaling, FL-honestly: the usual StandardScaler needs the mean and std over all the data,
 i.e. a statistic of every silo's data, which would have to leave the silos. Instead the model
 starts with a fixed ``log(x + LOG_FLOOR)``: the features are non-negative sizes, areas and ratios
@@ -7,16 +10,12 @@ spanning ~0.001..4000, and the log brings each to a range a few units wide using
 (``log1p`` would flatten the small ratios, e.g. concavity 0..0.4, to near-constants). A learned
 per-feature affine layer follows — a normalisation layer whose scale and shift are ordinary
 parameters, averaged by FedAvg like any other — and Adam, whose per-parameter step sizes absorb the
-remaining differences of scale. Silo data stays raw; the transform travels with the model, so silos
-and the evaluator preprocess identically.
+remaining differences of scale. Silo data stays raw; the transform travels with the model.
 """
-from __future__ import annotations
-
 import torch
 from torch import nn
 
-from fedfunc.contracts import Hyperparams
-from fedfunc.tasks.base import Dataset, Task, split
+from fedfunc.tasks.api import Hyperparams, Task, array_dataset
 
 N_FEATURES = 30
 # Keeps exact zeros (e.g. concavity 0) finite; below the smallest non-zero measurements' scale.
@@ -40,19 +39,23 @@ class FeatureAffine(nn.Module):
         return x * self.scale + self.shift
 
 
-class BreastCancer(Task):
-    name = "breast_cancer"
-    default_hyperparams = Hyperparams(epochs=2, lr=0.01, batch_size=16)
-    optimizer = "adam"
-    default_rounds = 10
+class BreastCancerHyperparams(Hyperparams):
+    epochs: int = 2
+    lr: float = 0.01
+    batch_size: int = 16
 
-    def build_model(self, seed: int) -> nn.Module:
-        torch.manual_seed(seed)
+
+class BreastCancer(Task):
+    Hyperparams = BreastCancerHyperparams
+    num_classes = 2
+
+    def build_model(self) -> nn.Module:
         return nn.Sequential(LogTransform(), FeatureAffine(N_FEATURES), nn.Linear(N_FEATURES, 16), nn.ReLU(),
                              nn.Linear(16, 2))
 
-    def load_dataset(self) -> Dataset:
-        from sklearn.datasets import load_breast_cancer  # here, not at import: silo jobs never load it
+    def read_data(self, reader):
+        arrays = reader.concat_arrays("*.safetensors", ("x", "y"))
+        return array_dataset(arrays["x"], arrays["y"])
 
-        d = load_breast_cancer()
-        return split(d.data, d.target, test_fraction=0.25, seed=0)
+    def optimizer(self, parameters):
+        return torch.optim.Adam(parameters, lr=self.hp.lr)
