@@ -1,7 +1,6 @@
 """``fedfunc run start|status|list|cancel``: drive runs on a running host over its HTTP API."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -10,23 +9,14 @@ from rich.console import Console
 from rich.table import Table
 
 from fedfunc.api_client import API_KEY, HOST, call
+from fedfunc.cli_args import json_object, key_values
 
 run_app = typer.Typer(no_args_is_help=True, help="Start and watch federated runs on a running Function App.")
 console = Console()
 
 
 def strategy_options(pairs: list[str] | None) -> dict:
-    """``KEY=VALUE`` pairs as options; a VALUE that reads as JSON (0.01, true, 3) is that value, else a string."""
-    options = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise typer.BadParameter(f"--strategy-option {pair!r}: use KEY=VALUE, e.g. eta=0.01")
-        try:
-            options[key] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key] = value
-    return options
+    return key_values(pairs or [], "--strategy-option", "eta=0.01")
 
 
 STRATEGY = typer.Option(None, "--strategy", help="server strategy: fedavg, fedavgm, fedadam, fedyogi, fedadagrad, "
@@ -41,12 +31,7 @@ def start(spec: Path = typer.Argument(..., exists=True, dir_okay=False, help="th
     """Start a run from SPEC.json; its "bundle" is the hash `fedfunc bundle upload` printed. ``--strategy`` and
     ``--strategy-option`` set the server side only: what runs in the silos (FedProx's μ, clipping) is in
     the signed bundle, and the run cannot change it."""
-    try:
-        body = json.loads(spec.read_text())
-    except json.JSONDecodeError as e:
-        raise typer.BadParameter(f"{spec} is not valid JSON: {e}") from None
-    if not isinstance(body, dict):
-        raise typer.BadParameter(f"{spec}: a run spec is a JSON object")
+    body = json_object(spec, "SPEC", "a run spec")
     if strategy or strategy_option:
         current = body.get("strategy") or "fedavg"
         current = {"name": current} if isinstance(current, str) else dict(current)

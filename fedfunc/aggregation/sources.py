@@ -88,31 +88,11 @@ class RangeUpdate:
 
 
 @dataclass(frozen=True)
-class CheckedUpdate:
-    """An update whose values already passed the rules (in an earlier pass), read through as is."""
+class Wrapped:
+    """An update seen through another: key, sample count and checks are the inner update's; subclasses
+    change what ``read`` returns."""
 
     inner: BlockUpdate
-    values_checked: ClassVar[bool] = True
-
-    @property
-    def key(self) -> str:
-        return self.inner.key
-
-    @property
-    def num_samples(self) -> int:
-        return self.inner.num_samples
-
-    def read(self, tensor: str, start: int, stop: int) -> np.ndarray:
-        return self.inner.read(tensor, start, stop)
-
-
-@dataclass(frozen=True)
-class DeltaUpdate:
-    """An update whose payload is a delta (trained − global, ``fedfunc.pipeline.delta``), read as
-    global + delta in the model's dtype, so every strategy and value rule sees model weights."""
-
-    inner: BlockUpdate
-    global_arrays: Mapping[str, np.ndarray]
 
     @property
     def key(self) -> str:
@@ -125,6 +105,24 @@ class DeltaUpdate:
     @property
     def values_checked(self) -> bool:
         return self.inner.values_checked
+
+    def read(self, tensor: str, start: int, stop: int) -> np.ndarray:
+        return self.inner.read(tensor, start, stop)
+
+
+@dataclass(frozen=True)
+class CheckedUpdate(Wrapped):
+    """An update whose values already passed the rules (in an earlier pass), read through as is."""
+
+    values_checked: ClassVar[bool] = True
+
+
+@dataclass(frozen=True)
+class DeltaUpdate(Wrapped):
+    """An update whose payload is a delta (trained − global, ``fedfunc.pipeline.delta``), read as
+    global + delta in the model's dtype, so every strategy and value rule sees model weights."""
+
+    global_arrays: Mapping[str, np.ndarray]
 
     def read(self, tensor: str, start: int, stop: int) -> np.ndarray:
         d = self.inner.read(tensor, start, stop)

@@ -8,9 +8,10 @@ own policy, whose ``update_transforms`` run first (a site's own filters before t
 The default bound. A bundle always fixes a clip norm unless its signer turns clipping off: when the
 scientist sets none, ``fedfunc sign`` derives it from the initial model (``default_clip_norm``):
 ``DEFAULT_MULTIPLE`` × ‖initial model‖₂ over its floating tensors, and at least ``FLOOR_RMS`` × √(number
-of floating parameters) so that a model initialised near zero still gets a usable bound. One honest
-round of local training moves a model by a fraction of its own size (``bench/update_norms.py`` prints
-the norms next to this default), while a silo that adds a large constant to every weight or scales its
+of floating parameters) so that a model initialised near zero still gets a usable bound. An honest
+round of local training moves a model by about its own size or less (digits MLP, ‖initial‖₂ = 5.0:
+first-round updates of 2.1–5.9 at the task's defaults, 7.0–11.5 at 5 epochs and lr 0.1, so the default
+of 49.7 leaves a 4× margin), while a silo that adds a large constant to every weight or scales its
 update tenfold moves it by more; the orchestrator rejects any visible update above the same norm.
 """
 from __future__ import annotations

@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from fedfunc.api_client import API_KEY, HOST
+from fedfunc.cli_args import json_object, key_values
 
 console = Console()
 
@@ -32,23 +33,8 @@ def keygen(stem: Path = typer.Argument(..., help="writes STEM.pem (private, 0600
 
 
 def _hyperparams(config: Path | None, sets: list[str]) -> dict:
-    values: dict = {}
-    if config is not None:
-        try:
-            values = json.loads(config.read_text())
-        except json.JSONDecodeError as e:
-            raise typer.BadParameter(f"--hyperparams {config}: not JSON ({e})") from None
-        if not isinstance(values, dict):
-            raise typer.BadParameter(f"--hyperparams {config}: expected a JSON object of hyper-parameters")
-    for item in sets:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise typer.BadParameter(f"--set {item!r}: expected NAME=VALUE")
-        try:
-            values[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            values[key] = raw
-    return values
+    values = json_object(config, "--hyperparams", "hyper-parameters") if config is not None else {}
+    return {**values, **key_values(sets, "--set", "epochs=5")}
 
 
 PROXIMAL_MU = typer.Option(0.0, "--proximal-mu", min=0,
@@ -69,16 +55,7 @@ def parse_clip_norm(value: str | None) -> float | str | None:
 def parse_transform(value: str) -> dict:
     """``NAME`` or ``NAME:KEY=VALUE,...`` (values read as JSON where they can be) as a transform spec."""
     name, _, rest = value.partition(":")
-    options = {}
-    for pair in filter(None, rest.split(",")):
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise typer.BadParameter(f"--transform {value!r}: use NAME or NAME:KEY=VALUE,...")
-        try:
-            options[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            options[key] = raw
-    return {"name": name, "options": options}
+    return {"name": name, "options": key_values([rest] if rest else [], "--transform", "clip:max_norm=5", sep=",")}
 
 
 def sign(

@@ -51,4 +51,4 @@ def test_run_start_sets_only_the_server_strategy_of_the_spec(tmp_path, monkeypat
     assert other.exit_code == 0, other.output
     assert sent[-1]["strategy"] == {"name": "krum", "options": {"f": 1}, "wrappers": []}
     bad = runner.invoke(app, ["run", "start", str(spec), "--strategy-option", "eta"])
-    assert bad.exit_code != 0 and "use KEY=VALUE" in bad.output
+    assert bad.exit_code != 0 and "expected KEY=VALUE" in bad.output
