@@ -1,5 +1,6 @@
-"""Server strategies through the real round: state carried across rounds, ``continue_as_new`` and a
-``kill -9`` of the host, bit for bit; a state blob that is missing or altered fails the run clearly."""
+"""Strategies through the real round: state carried across rounds, ``continue_as_new`` and a ``kill -9`` of
+the host, bit for bit; a state blob that is missing or altered fails the run clearly; the signed silo side
+(FedProx's μ, delta, clip) runs in every silo and shows in the report."""
 from __future__ import annotations
 
 import json
@@ -63,3 +64,27 @@ def test_an_altered_strategy_state_fails_the_run_clearly_and_keeps_the_last_good
     assert "strategy state: " in status["error"] and "does not match its recorded sha256" in status["error"]
     report = json.loads(stack.download(layout.RUNS, layout.report(run, "json")))
     assert report["status"] == "failed" and report["model"]["path"] == layout.global_model(run, 1)
+
+
+def test_the_signed_silo_side_runs_in_every_silo_and_the_report_says_who_was_clipped(stack, spec):
+    """FedProx with a bundle signed with μ, delta and a clip small enough to bite: every silo trains with the
+    proximal term and sends a clipped delta; the round aggregates it; the report names the clipped silos."""
+    silos = spec()["silos"]
+    bundle = stack.bundle("digits", {"epochs": 1, "lr": 0.05, "batch_size": 16}, proximal_mu=0.01,
+                          transforms=[{"name": "delta"}], clip_norm=0.5)
+    run = stack.start_run(spec(bundle=bundle, strategy="fedprox", run_id="e2e-silo-side"))
+    status = stack.wait_run(run, timeout=300)
+    assert status["runtime_status"] == "Completed", status
+    record = json.loads(stack.download(layout.RUNS, layout.aggregate_record(run, 0)))
+    assert record["accepted"] == sorted(silos)
+    for got in record["received"].values():
+        assert got["payload"] == "delta" and got["clipped"] is True
+        assert [(s["name"], s["options"]) for s in got["transforms"]] == [
+            ("proximal", {"mu": 0.01}), ("delta", {}), ("clip", {"max_norm": 0.5})]
+    g0 = weights.decode(stack.download(layout.MODELS, layout.global_model(run, 0)))[0]
+    g1 = weights.decode(stack.download(layout.MODELS, ModelRef.model_validate(record["model"]).path))[0]
+    moved = sum(float(((g1[k].astype("float64") - g0[k]) ** 2).sum()) for k in g0) ** 0.5
+    assert 0.3 < moved <= 0.5  # the mean of three clipped deltas of norm 0.5
+    report = json.loads(stack.download(layout.RUNS, layout.report(run, "json")))
+    assert report["rounds"][0]["clipped"] == sorted(silos) and report["strategy"]["name"] == "fedprox"
+
