@@ -150,7 +150,8 @@ def demo(
                                  help="also onboard an evaluator silo holding the task's held-out set"),
     strategy: str = typer.Option("fedavg", "--strategy", help=STRATEGY.help),
     strategy_option: Optional[list[str]] = STRATEGY_OPTION,
-    proximal_mu: float = typer.Option(0.0, "--proximal-mu", min=0, help=PROXIMAL_MU.help),
+    proximal_mu: Optional[float] = typer.Option(None, "--proximal-mu", min=0,
+                                                help=PROXIMAL_MU.help + "; default 0.01 with --strategy fedprox, else 0"),
     clip_norm: Optional[str] = typer.Option(None, "--clip-norm", help=CLIP_NORM.help),
 ) -> None:
     """Run a federated training across local silos on fedfunc host + Azurite and print the report.
@@ -161,7 +162,8 @@ def demo(
     run_demo(task_name=task, n_silos=silos, rounds=rounds, alpha=alpha, local_epochs=local_epochs, lr=lr,
              seed=seed, workdir=workdir, deadline=deadline, heldout=heldout,
              strategy={"name": strategy, "options": strategy_options(strategy_option)},
-             silo_side={"proximal_mu": proximal_mu, "clip_norm": parse_clip_norm(clip_norm)})
+             silo_side={"proximal_mu": (0.01 if strategy == "fedprox" else 0.0) if proximal_mu is None else proximal_mu,
+                        "clip_norm": parse_clip_norm(clip_norm)})
 
 
 
