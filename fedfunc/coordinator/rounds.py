@@ -19,6 +19,7 @@ from fedfunc.protocol import (AggregateOrder, AggregateResult, EvaluationOrder, 
 from fedfunc.security import Refused
 from fedfunc.security.bundle import BundleManifest
 from fedfunc.security.egress import MAX_METRICS_BYTES, check_metrics
+from fedfunc.spec import RunSpec
 
 
 # A round's updates are downloaded whole (one request each, then read from memory) while they fit in this
@@ -130,6 +131,13 @@ def silo_side(store: RunStore, run_id: str) -> SiloSide:
     return pipeline.silo_side(run_manifest(store, run_id).config)
 
 
+def update_bound(spec: RunSpec, side: SiloSide) -> float | None:
+    """The bound on ‖update − global‖₂ a visible update is held to: the tighter of the signed clip norm
+    (what every silo clipped to) and the spec's ``max_update_norm``."""
+    bounds = [b for b in (side.clip_norm, spec.max_update_norm) if b is not None]
+    return min(bounds) if bounds else None
+
+
 @dataclass(frozen=True)
 class Opened:
     """An update opened for aggregation: a re-readable block source of model weights (a delta payload is
@@ -225,7 +233,7 @@ def aggregate_round(store: RunStore, read_outbox: OutboxReader, open_outbox: Out
         if len(sources) < manifest_doc["needed"]:
             return result(accepted=sorted(u.key for u in sources))
         try:
-            agg = strategy.aggregate_round(global_arrays, sources, state, max_norm=spec.max_update_norm,
+            agg = strategy.aggregate_round(global_arrays, sources, state, max_norm=update_bound(spec, side),
                                            readers=RANGE_READERS if any(received[u.key].version
                                                                         for u in sources) else 0)
             break

@@ -357,3 +357,20 @@ def test_fedprox_updates_must_show_the_signed_proximal_term(store):
     assert result["accepted"] == ["b-silo", "c-silo"]
     assert result["rejected"][0]["reason"] == ("transforms.missing: the signed bundle requires proximal(mu=0.01) in "
                                                "training; the update's history is []")
+
+
+def test_a_visible_update_above_the_signed_clip_norm_is_rejected(store):
+    """The bound the silos clip to is also the orchestrator's: an update claiming the clip but above it is
+    rejected by the norm rule (and a spec's tighter bound wins)."""
+    clip = {"name": "clip", "options": {"max_norm": 1.0}}
+    job = make_job(store, "agg-bound", bundle=signed_side(transforms=[clip]))
+    g = rounds.load_global(store, job.model)
+    arrays, meta = weights.decode(piped(job, store, "c-silo", clip, scale=1.0))
+    forged = weights.encode({k: (v + 0.1).astype(v.dtype) for k, v in g.items()}, meta)  # says clip, is not
+    result = aggregate(store, job, {"a-silo": piped(job, store, "a-silo", clip, scale=3.0),
+                                    "b-silo": piped(job, store, "b-silo", clip, scale=1.01), "c-silo": forged})
+    assert result["accepted"] == ["a-silo", "b-silo"]
+    assert result["rejected"][0]["reason"].startswith("norm: ‖update − global‖₂ = ") and "bound 1" in \
+        result["rejected"][0]["reason"]
+    assert rounds.update_bound(job.spec.model_copy(update={"max_update_norm": 0.5}), rounds.silo_side(
+        store, job.run_id)) == 0.5
