@@ -58,11 +58,12 @@ def start_silo_job(order: dict) -> dict:
 def aggregate(order: dict) -> dict:
     svc = services()
     order = p.AggregateOrder.model_validate(order)
-    result = rounds.aggregate_round(svc.store, svc.outbox_reader(), order)
+    result = rounds.aggregate_round(svc.store, svc.outbox_reader(), svc.outbox_opener(), order)
     run, round_ = order.job.run_id, order.job.round
     for silo, got in result.received.items():
         svc.audit.record("artifact_received", run=run, round=round_, silo=silo,
-                         event_id=f"received:{run}:{round_}:{silo}", sha256=got.sha256, path=got.path)
+                         event_id=f"received:{run}:{round_}:{silo}", sha256=got.sha256, version=got.version,
+                         path=got.path)
     for r in result.rejected:
         svc.audit.record("update_rejected", run=run, round=round_, silo=r.silo,
                          event_id=f"rejected:{run}:{round_}:{r.silo}", reason=r.reason)

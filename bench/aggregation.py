@@ -13,7 +13,6 @@ Rows:
 - fedavg, "files": the same over ``RangeUpdate``s reading files with ``os.pread`` (the page cache
   plays the blob store): the process holds blocks, never whole updates. 100 × 40 MB is run this way;
   "1 read-ahead" reads the next block on a second thread while the current one is combined.
-- streaming: today's round path (read a file → ``validate_update`` → ``FedAvg.aggregate``, one at a time).
 Memory: tracemalloc's peak of the aggregation's own allocations (numpy's and Python's, including the
 bytes each ``pread`` returns), also as a multiple of one 40 MB model. The blobs of the "memory"
 source exist before the call and are not counted; the file source has none in the process.
@@ -35,7 +34,7 @@ import numpy as np
 from fedfunc import kernels
 from fedfunc.aggregation import RangeUpdate, get_strategy
 from fedfunc.aggregation.base import BLOCK_ELEMS
-from fedfunc.weights import ModelManifest, encode, validate_update
+from fedfunc.weights import ModelManifest, encode
 
 # 10M parameters in three tensors of uneven sizes.
 SHAPES = {"layer0.weight": (2500, 2000), "layer1.weight": (2000, 2000), "layer2.weight": (1000, 1000)}
@@ -149,14 +148,6 @@ def main() -> None:
                 finally:
                     for fd in fds:
                         os.close(fd)
-
-            def streaming():
-                silos = [p.stem for p in paths]
-                updates = (validate_update(p.read_bytes(), manifest, expected={**RUN, "silo": p.stem, "silos": silos},
-                                           global_arrays=global_arrays, max_norm=MAX_NORM) for p in paths)
-                get_strategy("fedavg").aggregate(global_arrays, updates)
-
-            row("streaming: read file, validate, FedAvg", n, model_bytes, *measure(streaming, 1 if n > 10 else args.repeats))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Our streaming FedAvg vs Flower's ``FedAvg.aggregate_fit`` on the same federated run, plus the
+"""Our FedAvg vs Flower's ``FedAvg.aggregate_fit`` on the same federated run, plus the
 centralized baseline: digits, 5 silos, Dirichlet(α=0.5) label skew, the task's default local
 training, identical seeds. Prints per-round accuracy pooled over the silos' test parts, rounds to 0.80 / 0.90, the final
 accuracy, and how far apart the two aggregators' models are when fed the same updates.
@@ -13,16 +13,16 @@ Without Flower the bench still prints ours vs centralized and says Flower was sk
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import torch
 
-from fedfunc.aggregation import ClientUpdate, get_strategy
+from fedfunc.aggregation import BlockUpdate, FedAvg
 from fedfunc.tasks.builtin import task_dir
 from fedfunc.tasks.builtin.datasets import local_silos
 from fedfunc.tasks.signing import prepare
-from fedfunc.tasks.simulation import Aggregate, centralized_curve, simulate
+from fedfunc.tasks.simulation import Aggregate, centralized_curve, rounds_of, simulate
 
 THRESHOLDS = (0.80, 0.90)
 
@@ -37,9 +37,10 @@ def flower_fedavg() -> Aggregate | None:
         return None
     strategy, rounds = FedAvg(), iter(range(1, 1 << 30))
 
-    def aggregate(global_arrays: Mapping[str, np.ndarray], updates: Iterable[ClientUpdate]) -> dict[str, np.ndarray]:
+    def aggregate(global_arrays: Mapping[str, np.ndarray], updates: list[BlockUpdate]) -> dict[str, np.ndarray]:
         names = list(global_arrays)
-        results = [(None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters([np.asarray(u.arrays[k]) for k in names]),
+        results = [(None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters([
+            np.asarray(u.read(k, 0, global_arrays[k].size)).reshape(global_arrays[k].shape) for k in names]),
                                  u.num_samples, {})) for u in updates]
         params, _ = strategy.aggregate_fit(next(rounds), results, [])
         return dict(zip(names, parameters_to_ndarrays(params), strict=True))
@@ -51,8 +52,7 @@ def flower_fedavg() -> Aggregate | None:
 def paired(ours: Aggregate, theirs: Aggregate, diffs: list[float]) -> Aggregate:
     """Aggregate each round's identical updates with both; record max |Δ|; carry on with ours."""
     def aggregate(global_arrays, updates):
-        batch = list(updates)
-        a, b = ours(global_arrays, batch), theirs(global_arrays, batch)
+        a, b = ours(global_arrays, updates), theirs(global_arrays, updates)
         diffs.append(max(float(np.max(np.abs(a[k].astype(np.float64) - b[k]))) for k in a))
         return a
     return aggregate
@@ -81,7 +81,7 @@ def main() -> None:
     print(f"digits, {args.silos} silos, Dirichlet α={args.alpha}, {args.rounds} rounds, local {hp}")
     print("Flower: " + (f"flwr {flower.version} FedAvg.aggregate_fit" if flower else
                         "NOT INSTALLED — skipped (see this file's docstring)"))
-    runs = {"fedfunc FedAvg": lambda s: run(s, get_strategy("fedavg").aggregate)}
+    runs = {"fedfunc FedAvg": lambda s: run(s, rounds_of(FedAvg()))}
     if flower:
         runs["Flower FedAvg"] = lambda s: run(s, flower)
     runs["centralized"] = lambda s: centralized_curve(
@@ -100,7 +100,7 @@ def main() -> None:
         gap = max(abs(a - b) for a, b in zip(finals["fedfunc FedAvg"], finals["Flower FedAvg"]))
         print(f"largest final-accuracy difference fedfunc vs Flower over seeds: {gap:.4f}")
         diffs: list[float] = []
-        run(args.seeds[0], paired(get_strategy("fedavg").aggregate, flower, diffs))
+        run(args.seeds[0], paired(rounds_of(FedAvg()), flower, diffs))
         print(f"same updates, both aggregators, every round (seed {args.seeds[0]}): "
               f"max |fedfunc − Flower| over all parameters = {max(diffs):.3g}")
 

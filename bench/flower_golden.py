@@ -32,13 +32,14 @@ SHAPES = {"dense.weight": (6, 5), "dense.bias": (5,), "out.weight": (5, 3)}
 CASES = {
     "fedadam": ("serverapp.FedAdam", {}, {"name": "fedadam"}),
     "fedadam_legacy": ("server.FedAdam", {}, {"name": "fedadam", "options": {"tau": 1e-9}}),
-    "fedyogi": ("serverapp.FedYogi", {}, {"name": "fedyogi"}),
+    "fedyogi": ("serverapp.FedYogi", {"eta": 0.1}, {"name": "fedyogi"}),
+    "fedyogi_flower_default": ("serverapp.FedYogi", {}, {"name": "fedyogi", "options": {"eta": 0.01}}),
     "fedadagrad": ("serverapp.FedAdagrad", {}, {"name": "fedadagrad"}),
     "fedavgm": ("serverapp.FedAvgM", {"server_learning_rate": 0.5, "server_momentum": 0.9},
                 {"name": "fedavgm", "options": {"server_learning_rate": 0.5, "server_momentum": 0.9}}),
     "trimmed_mean": ("serverapp.FedTrimmedAvg", {"beta": 0.2}, {"name": "trimmed_mean", "options": {"beta": 0.2}}),
     "median": ("serverapp.FedMedian", {}, {"name": "median"}),
-    "krum": ("serverapp.Krum", {"num_malicious_nodes": 1}, {"name": "krum", "options": {"f": 1}}),
+    "krum": ("serverapp.Krum", {"num_malicious_nodes": 1}, {"name": "krum", "options": {"f": 1, "m": 1}}),
     "multikrum": ("serverapp.MultiKrum", {"num_malicious_nodes": 1, "num_nodes_to_select": 3},
                   {"name": "krum", "options": {"f": 1, "m": 3}}),
 }

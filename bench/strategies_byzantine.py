@@ -2,7 +2,8 @@
 5 silos, Dirichlet(α) label skew, the task's default local training; every round silo 0 sends
 ``global + scale · (its honest update − global)`` — finite, so only the rule can stop it (the
 default update-norm bound is off, as in ``simulate``). Prints final accuracy and accuracy per round
-for FedAvg, trimmed mean, median and Krum (f = 1), and the same without the attacker.
+for FedAvg, trimmed mean, median, multi-Krum (the default: f = 1, m = n − f) and Krum proper (m = 1),
+and the same without the attacker. The same comparison through the real system: ``bench/byzantine.py``.
 
 Run: flock /tmp/fedfunc-heavy.lock env PYTHONPATH=. .venv/bin/python bench/strategies_byzantine.py
 """
@@ -20,7 +21,7 @@ from fedfunc.tasks.signing import prepare
 from fedfunc.tasks.simulation import simulate
 
 RULES = {"fedavg": "fedavg", "trimmed_mean": {"name": "trimmed_mean", "options": {"beta": 0.2}},
-         "median": "median", "krum": {"name": "krum", "options": {"f": 1}}}
+         "median": "median", "krum": "krum", "krum_m1": {"name": "krum", "options": {"f": 1, "m": 1}}}
 
 
 def byzantine(spec, scale: float | None):

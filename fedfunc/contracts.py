@@ -44,10 +44,14 @@ class Message(BaseModel):
 
 
 class ModelRef(Message):
-    """A global model in the orchestrator's ``models`` container, pinned by its sha256."""
+    """A global model in the orchestrator's ``models`` container, pinned by its sha256, and the server
+    strategy's state that goes with it (optimizer moments; ``fedfunc.aggregation.state``) in ``runs``,
+    pinned the same way: the next round reads both, so a resumed run continues from exactly this pair."""
 
     path: str
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    state_path: str | None = None
+    state_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
 
 
 JobMode = Literal["train", "evaluate"]
@@ -81,6 +85,20 @@ class SiloJobRequest(BaseModel):
 
 # Reads one blob from a silo's outbox: (silo, path, max_bytes) -> bytes; over the bound is an error.
 OutboxReader = Callable[[str, str, int], bytes]
+
+
+class BlobRange(Protocol):
+    """One blob read by byte ranges, pinned to the version seen when it was opened: a range read of a
+    blob that changed since is an error, so every block of an update comes from the same bytes."""
+
+    size: int
+    version: str   # the blob's ETag (or another identifier of its bytes)
+
+    def read(self, offset: int, length: int) -> bytes: ...
+
+
+# Opens one blob of a silo's outbox for range reads: (silo, path) -> BlobRange.
+OutboxOpener = Callable[[str, str], BlobRange]
 
 
 class SiloJobBackend(Protocol):

@@ -17,6 +17,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from fedfunc.run_cli import STRATEGY, STRATEGY_OPTION, strategy_options
+from fedfunc.security.cli import CLIP_NORM, PROXIMAL_MU, parse_clip_norm
+
 console = Console()
 
 
@@ -32,7 +35,8 @@ def _local_silos(task_name: str, parts) -> list:
 
 
 def run_demo(*, task_name: str, n_silos: int, rounds: int, alpha: float | None, local_epochs: int | None,
-             lr: float | None, seed: int, workdir: Path, deadline: float, heldout: bool = True) -> dict:
+             lr: float | None, seed: int, workdir: Path, deadline: float, heldout: bool = True,
+             strategy: dict | str = "fedavg", silo_side: dict | None = None) -> dict:
     from fedfunc.devstack import DevStack
     from fedfunc.report import render_png
     from fedfunc.tasks.builtin import task_dir
@@ -60,14 +64,14 @@ def run_demo(*, task_name: str, n_silos: int, rounds: int, alpha: float | None, 
             console.print(f"  onboarded evaluator [cyan]{HELDOUT_SILO}[/] (the held-out set, {len(held)} samples; "
                           "it evaluates, never trains)")
         t0 = time.monotonic()
-        bundle = stack.upload_bundle(stack.sign(task_name, hyperparams))
+        bundle = stack.upload_bundle(stack.sign(task_name, hyperparams, **(silo_side or {})))
         console.print(f"signed and uploaded bundle {bundle['bundle'][:16]} ({len(bundle['files'])} files) in "
-                      f"{time.monotonic() - t0:.1f}s; local {bundle['hyperparams']}")
+                      f"{time.monotonic() - t0:.1f}s; local {bundle['hyperparams']}, silo side {bundle['silo_side']}")
         spec = {"bundle": bundle["bundle"], "silos": silos, "rounds": rounds, "round_deadline_s": deadline,
-                "evaluators": [HELDOUT_SILO] if heldout else []}
+                "evaluators": [HELDOUT_SILO] if heldout else [], "strategy": strategy}
         run_id = stack.start_run(spec)
         console.print(f"run [bold]{run_id}[/]: {task_name}, {n_silos} silos, {rounds} rounds, "
-                      f"{'IID' if alpha is None else f'Dirichlet α={alpha}'}")
+                      f"{'IID' if alpha is None else f'Dirichlet α={alpha}'}, strategy {strategy}")
         status = _follow(stack, run_id, rounds)
         if status["runtime_status"] != "Completed":
             raise typer.Exit(_fail(status))
@@ -120,6 +124,7 @@ def _summary(run_id: str, report: dict, out: Path) -> None:
     table = Table(title=f"run {run_id}", show_header=False)
     final = report["final_metrics"] or {}
     table.add_row("rounds", str(report["rounds_completed"]))
+    table.add_row("strategy", f"{report['strategy']['name']} {json.dumps(report['strategy']['options'])}")
     table.add_row("final accuracy, pooled over the silos' test parts",
                   f"{final.get('accuracy', float('nan')):.4f} (loss {final.get('loss', float('nan')):.4f}, "
                   f"{final.get('num_examples')} examples)")
@@ -143,10 +148,22 @@ def demo(
     deadline: float = typer.Option(300, "--round-deadline", help="seconds a round waits for silos"),
     heldout: bool = typer.Option(True, "--heldout/--no-heldout",
                                  help="also onboard an evaluator silo holding the task's held-out set"),
+    strategy: str = typer.Option("fedavg", "--strategy", help=STRATEGY.help),
+    strategy_option: Optional[list[str]] = STRATEGY_OPTION,
+    proximal_mu: Optional[float] = typer.Option(None, "--proximal-mu", min=0,
+                                                help=PROXIMAL_MU.help + "; default 0.01 with --strategy fedprox, else 0"),
+    clip_norm: Optional[str] = typer.Option(None, "--clip-norm", help=CLIP_NORM.help),
 ) -> None:
-    """Run a federated training across local silos on fedfunc host + Azurite and print the report."""
+    """Run a federated training across local silos on fedfunc host + Azurite and print the report.
+
+    The demo signs its own bundle, so it takes the silo side (--proximal-mu, --clip-norm) as well as the
+    server side (--strategy, --strategy-option); with a real bundle they are set apart: `fedfunc sign`
+    and `fedfunc run start`."""
     run_demo(task_name=task, n_silos=silos, rounds=rounds, alpha=alpha, local_epochs=local_epochs, lr=lr,
-             seed=seed, workdir=workdir, deadline=deadline, heldout=heldout)
+             seed=seed, workdir=workdir, deadline=deadline, heldout=heldout,
+             strategy={"name": strategy, "options": strategy_options(strategy_option)},
+             silo_side={"proximal_mu": (0.01 if strategy == "fedprox" else 0.0) if proximal_mu is None else proximal_mu,
+                        "clip_norm": parse_clip_norm(clip_norm)})
 
 
 

@@ -151,13 +151,14 @@ class DevStack:
             container, path).download_blob().readall()
 
     # --- runs ------------------------------------------------------------------------------------
-    def sign(self, task: str | Path, hyperparams: Mapping | None = None) -> bytes:
-        """What the scientist does: sign a task folder (or a built-in task by name) with this stack's key."""
+    def sign(self, task: str | Path, hyperparams: Mapping | None = None, **silo_side) -> bytes:
+        """What the scientist does: sign a task folder (or a built-in task by name) with this stack's key;
+        ``silo_side``: ``proximal_mu``, ``transforms``, ``clip_norm`` (``fedfunc.tasks.signing.build_bundle``)."""
         from fedfunc.tasks.builtin import task_dir
         from fedfunc.tasks.signing import build_bundle
 
         folder = Path(task) if isinstance(task, Path) else task_dir(task)
-        return build_bundle(folder, self.scientist_signing_key, hyperparams)
+        return build_bundle(folder, self.scientist_signing_key, hyperparams, **silo_side)
 
     def upload_bundle(self, data: bytes, expect: tuple[int, ...] = (200, 201)) -> dict:
         r = requests.post(self.host.url("/api/bundles"), data=data, timeout=60,
@@ -166,9 +167,9 @@ class DevStack:
             raise ApiError(r.status_code, r.text)
         return r.json()
 
-    def bundle(self, task: str | Path, hyperparams: Mapping | None = None) -> str:
+    def bundle(self, task: str | Path, hyperparams: Mapping | None = None, **silo_side) -> str:
         """Sign and upload; the bundle hash a run spec names."""
-        return self.upload_bundle(self.sign(task, hyperparams))["bundle"]
+        return self.upload_bundle(self.sign(task, hyperparams, **silo_side))["bundle"]
 
     def start_run(self, spec: dict) -> str:
         return self.api("POST", "/api/runs", spec)["run"]

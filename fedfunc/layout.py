@@ -33,6 +33,12 @@ def round_manifest(run: str, round_: int) -> str:
     return f"{round_dir(run, round_)}/manifest.json"
 
 
+def strategy_state(run: str, round_: int) -> str:
+    """The server strategy's state entering ``round_``, in ``runs`` (the orchestrator's own: silos, which
+    may read ``models``, never see optimizer moments)."""
+    return f"{round_dir(run, round_)}/state.safetensors"
+
+
 def aggregate_record(run: str, round_: int) -> str:
     return f"{round_dir(run, round_)}/aggregate.json"
 

@@ -136,11 +136,18 @@ class Rejection(Message):
 
 
 class Received(Message):
-    """An accepted update as it was read: its hash, norm and the silo's metrics, for the audit trail and the report."""
+    """An accepted update as it was read, for the audit trail and the report: its sha256 when it was read
+    whole, else the blob version (ETag) every range read was pinned to; the silo's metrics; its payload
+    kind and the history of silo-side steps it went through (``fedfunc.pipeline``), and whether a clip
+    step scaled it."""
 
     path: str
-    sha256: str
+    sha256: str | None = None
+    version: str | None = None
     metrics: dict[str, float | int]
+    payload: Literal["weights", "delta", "masked"] = "weights"
+    transforms: list[dict] = Field(default_factory=list)
+    clipped: bool = False
     norm: float | None = None   # ‖update − global‖₂
 
 
@@ -153,16 +160,21 @@ class SampleCap(Message):
 
 
 class AggregateResult(Message):
-    """``aggregate``'s answer, recorded once per round (``aggregate.json``); ``model`` is None below quorum."""
+    """``aggregate``'s answer, recorded once per round (``aggregate.json``). ``model`` (the next global model
+    and the strategy's state) is None below quorum, or when the round cannot aggregate at all: ``error``
+    then says why (a robust rule with too few updates, an unusable strategy state). ``selected``: the
+    accepted updates whose values entered the model (Krum keeps some; every other rule all)."""
 
     accepted: list[str] = Field(default_factory=list)
     rejected: list[Rejection] = Field(default_factory=list)
+    selected: list[str] = Field(default_factory=list)
     samples: dict[str, int] = Field(default_factory=dict)
     received: dict[str, Received] = Field(default_factory=dict)
     num_samples: int = 0
     capped: dict[str, SampleCap] = Field(default_factory=dict)
     update_bound: UpdateBound | None = None
     model: ModelRef | None = None
+    error: str | None = None
 
 
 class EvaluationOrder(Message):
@@ -191,6 +203,7 @@ class SiloOutcome(Message):
     reason: str | None = None
     num_samples: int | None = None     # the weight aggregation used
     capped: SampleCap | None = None    # when that is less than the silo reported
+    clipped: bool | None = None        # the silo's clip step scaled its update (from the update's history)
 
 
 class RoundResult(Message):

@@ -22,12 +22,15 @@ def build_report(state: dict, *, status: str, error: str | None = None, stop_rea
     best = max(((r["metrics"] or {}).get("accuracy", 0.0) for r in rounds), default=None)
     return {
         "run": state["run_id"], "status": status, "error": error, "stop_reason": stop_reason,
-        "spec": state["spec"], "model": state.get("model"), "update_bound": state.get("update_bound"),
+        "spec": state["spec"], "strategy": state["spec"]["strategy"], "model": state.get("model"),
+        "update_bound": state.get("update_bound"),
         "rounds_completed": len(rounds),
         "initial_metrics": state.get("initial_metrics"), "final_metrics": final, "best_accuracy": best,
         "final_evaluation": final_evaluation, "baseline": baseline,
-        "rounds": [{"round": r["round"], **(r["metrics"] or {}), "num_samples": r["num_samples"], "silos": r["silos"]}
-                   for r in rounds],
+        "rounds": [{"round": r["round"], **(r["metrics"] or {}), "num_samples": r["num_samples"],
+                    "clipped": sorted(s for s, o in r["silos"].items() if o.get("clipped")),
+                    "rejected": {s: o["reason"] for s, o in sorted(r["silos"].items()) if o["state"] == "rejected"},
+                    "silos": r["silos"]} for r in rounds],
     }
 
 
@@ -50,7 +53,7 @@ def render_png(report: dict) -> bytes:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(f"run {report['run']} ({report['status']})")
+    fig.suptitle(f"run {report['run']} ({report['status']}), strategy {report['strategy']['name']}")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)

@@ -1,8 +1,8 @@
 """``fedfunc run start|status|list|cancel``: drive runs on a running host over its HTTP API."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.console import Console
@@ -10,19 +10,36 @@ from rich.table import Table
 
 from fedfunc.api_client import API_KEY, HOST, call
 from fedfunc.cli import safe
+from fedfunc.cli_args import json_object, key_values
 
 run_app = typer.Typer(no_args_is_help=True, help="Start and watch federated runs on a running Function App.")
 console = Console()
 
 
+def strategy_options(pairs: list[str] | None) -> dict:
+    return key_values(pairs or [], "--strategy-option", "eta=0.01")
+
+
+STRATEGY = typer.Option(None, "--strategy", help="server strategy: fedavg, fedavgm, fedadam, fedyogi, fedadagrad, "
+                                                 "fedprox, trimmed_mean, median, krum (default: the spec's, else fedavg)")
+STRATEGY_OPTION = typer.Option(None, "--strategy-option", help="KEY=VALUE, repeatable (e.g. eta=0.01)")
+
+
 @run_app.command("start")
 def start(spec: Path = typer.Argument(..., exists=True, dir_okay=False, help="the run spec (JSON)"),
+          strategy: Optional[str] = STRATEGY, strategy_option: Optional[list[str]] = STRATEGY_OPTION,
           host: str = HOST, api_key: str = API_KEY) -> None:
-    """Start a run from SPEC.json; its "bundle" is the hash `fedfunc bundle upload` printed."""
-    try:
-        body = json.loads(spec.read_text())
-    except json.JSONDecodeError as e:
-        raise typer.BadParameter(f"{spec} is not valid JSON: {e}") from None
+    """Start a run from SPEC.json; its "bundle" is the hash `fedfunc bundle upload` printed. ``--strategy`` and
+    ``--strategy-option`` set the server side only: what runs in the silos (FedProx's μ, clipping) is in
+    the signed bundle, and the run cannot change it."""
+    body = json_object(spec, "SPEC", "a run spec")
+    if strategy or strategy_option:
+        current = body.get("strategy") or "fedavg"
+        current = {"name": current} if isinstance(current, str) else dict(current)
+        if strategy and strategy.lower() != str(current.get("name", "")).lower():
+            current = {"name": strategy, "wrappers": current.get("wrappers", [])}
+        current["options"] = {**current.get("options", {}), **strategy_options(strategy_option)}
+        body["strategy"] = current
     started = call("POST", host, api_key, "runs", body)
     run = safe(started["run"])
     console.print(f"started run [bold]{run}[/]; watch it with: fedfunc run status {run}")

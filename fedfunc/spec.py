@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from fedfunc.aggregation.spec import StrategySpec
 from fedfunc.contracts import BUNDLE_HASH, TASK_NAME
 from fedfunc.validation import SILO_NAME_RULE, is_silo_name, parse
 
@@ -38,7 +39,9 @@ class RunSpec(BaseModel):
     round_deadline_s: float = Field(600, ge=1, le=7 * 86400)
     hyperparams: dict[str, Any] | None = Field(
         None, description="the bundle's signed hyper-parameters; filled in from it (a spec stating others is refused)")
-    aggregator: str = "fedavg"
+    strategy: StrategySpec = Field(
+        default_factory=lambda: StrategySpec(name="fedavg"),
+        description='server strategy: "fedavg" or {"name", "options", "wrappers"} (fedfunc.aggregation)')
     checkpoint_every: int = Field(5, ge=1, le=100, description="continue_as_new every K rounds to bound history")
     target_accuracy: float | None = Field(None, gt=0, le=1, description=(
         "stop once a model's pooled accuracy over the silos' test parts reaches it"))
@@ -50,6 +53,13 @@ class RunSpec(BaseModel):
         None, gt=1, description="also reject an update whose norm exceeds this multiple of the round's median")
     max_samples_per_silo: int | None = Field(
         None, ge=1, description="cap on the num_samples a silo's update is weighted by")
+
+    aggregator: None = Field(None, exclude=True, description="renamed to strategy; refused with that reason")
+
+    @field_validator("aggregator", mode="before")
+    @classmethod
+    def _renamed(cls, v):
+        raise ValueError('renamed to "strategy" (a name, or {"name", "options", "wrappers"})')
 
     @field_validator("silos")
     @classmethod

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from urllib.parse import urlsplit
 
+from azure.core import MatchConditions
 from azure.data.tables import TableServiceClient
 from azure.storage.blob import BlobClient, BlobSasPermissions, BlobServiceClient, generate_blob_sas
 
@@ -76,3 +77,19 @@ def read_url_for(blob: BlobClient, ttl: timedelta = timedelta(hours=2)) -> str:
         account_key=key, permission=BlobSasPermissions(read=True),
         start=now - timedelta(minutes=5), expiry=now + ttl)
     return f"{blob.url}?{sas}"
+
+
+class PinnedBlob:
+    """A ``contracts.BlobRange`` over one blob: its size and ETag from one properties request, then range
+    reads the service refuses (412, ``ResourceModifiedError``) if the blob changed since — so every block
+    read comes from the bytes that were opened."""
+
+    def __init__(self, blob: BlobClient):
+        props = blob.get_blob_properties()
+        self._blob, self.size, self.version = blob, props.size, props.etag
+
+    def read(self, offset: int, length: int) -> bytes:
+        if length == 0:
+            return b""
+        return self._blob.download_blob(offset=offset, length=length, etag=self.version,
+                                        match_condition=MatchConditions.IfNotModified).readall()

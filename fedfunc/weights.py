@@ -29,6 +29,9 @@ _ST_TO_NUMPY = {
 }
 _HEADER_LEN_BYTES = 8
 METADATA_KEYS = ("run", "round", "silo", "nonce", "num_samples")
+# The payload kind and silo-side history (``fedfunc.pipeline.history``); no other key may travel in an
+# update's metadata, so it is no free-form channel out of a silo.
+OPTIONAL_METADATA_KEYS = ("payload", "transforms")
 
 
 class UpdateRejected(ValueError):
@@ -258,6 +261,9 @@ def _check_metadata(metadata: Mapping[str, str], expected: Mapping[str, object])
     missing = [k for k in METADATA_KEYS if k not in metadata]
     if missing:
         raise UpdateRejected("metadata", f"missing metadata keys {missing}")
+    extra = sorted(set(metadata) - set(METADATA_KEYS) - set(OPTIONAL_METADATA_KEYS))
+    if extra:
+        raise UpdateRejected("metadata", f"unexpected metadata keys {[k[:40] for k in extra[:5]]}")
     for key in ("run", "round", "nonce"):
         if metadata[key] != str(expected[key]):
             raise UpdateRejected(key, f"update says {key}={metadata[key]!r}, expected {str(expected[key])!r}")

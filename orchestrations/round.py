@@ -107,6 +107,9 @@ def federated_round(context: df.DurableOrchestrationContext):
             p.AGGREGATE, ACTIVITY_RETRY, p.AggregateOrder(job=job, updates=updates).wire())))
         for r in agg.rejected:
             outcomes[r.silo] = p.SiloOutcome(state="rejected", reason=r.reason)
+        if agg.error:
+            context.set_custom_status(_status(job, "failed", outcomes, needed=needed, error=agg.error))
+            raise RoundFailed(f"round {job.round}: {agg.error}")
         if agg.model is None:
             context.set_custom_status(_status(job, "failed", outcomes, needed=needed))
             raise _quorum_lost(job, "valid update(s)", len(agg.accepted), needed, outcomes)
@@ -121,7 +124,8 @@ def federated_round(context: df.DurableOrchestrationContext):
     context.set_custom_status(_status(job, "done", outcomes, needed=needed, incoming=evaluation.metrics))
     if job.evaluate_only:
         return p.RoundResult(round=job.round, incoming=evaluation.metrics, silos=outcomes).wire()
-    silos = {s: o.model_copy(update={"num_samples": agg.samples.get(s), "capped": agg.capped.get(s)})
+    silos = {s: o.model_copy(update={"num_samples": agg.samples.get(s), "capped": agg.capped.get(s),
+                                     "clipped": agg.received[s].clipped if s in agg.received else None})
              for s, o in outcomes.items()}
     return p.RoundResult(round=job.round, model=agg.model, incoming=evaluation.metrics, num_samples=agg.num_samples,
                          silos=silos).wire()

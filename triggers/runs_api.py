@@ -9,13 +9,12 @@ import azure.durable_functions as df
 import azure.functions as func
 
 from fedfunc import protocol as p
-from fedfunc.aggregation import UnknownStrategy, get_strategy
 from fedfunc.coordinator.bundles import UnknownBundle, open_stored, store_bundle
 from fedfunc.coordinator.services import services
+from fedfunc.pipeline import silo_side
 from fedfunc.registry import UnknownSilo
 from fedfunc.security import Refused
-from fedfunc.security.bundle import is_bundle_hash
-from fedfunc.security.update_bound import bundle_bound
+from fedfunc.security.bundle import BundleManifest, is_bundle_hash
 from fedfunc.spec import RunSpec, SpecError, is_run_id, parse_spec
 from triggers.auth import requires
 from triggers.http_util import BadRequest, error, json_body, respond
@@ -26,7 +25,7 @@ log = logging.getLogger("fedfunc.runs")
 
 def validate_run_request(body: object) -> tuple[str, RunSpec]:
     """The run id (given or new) and the spec, completed from its bundle; errors name the field, bundle,
-    silo or aggregator."""
+    silo, strategy or option."""
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object: a run spec, optionally with \"run_id\"")
     body = dict(body)
@@ -35,10 +34,9 @@ def validate_run_request(body: object) -> tuple[str, RunSpec]:
         raise BadRequest("run_id: 1-63 letters, digits, '_', '.' or '-', starting with a letter or digit")
     try:
         spec = parse_spec(body)
-        get_strategy(spec.aggregator)
-    except (SpecError, UnknownStrategy) as e:
+    except SpecError as e:
         raise BadRequest(str(e)) from None
-    spec = _with_bundle(spec)
+    spec, manifest = _with_bundle(spec)
     for field in ("silos", "evaluators"):
         names = getattr(spec, field)
         for silo in names if isinstance(names, list) else []:
@@ -46,12 +44,20 @@ def validate_run_request(body: object) -> tuple[str, RunSpec]:
                 services().registry.get(silo)
             except UnknownSilo as e:
                 raise BadRequest(f"{field}: {e}") from None
+    if isinstance(spec.silos, list):
+        count = len(spec.silos)
+    else:  # "all": the silos ready now (a rule that needs more can still fail a later round, with its reason)
+        count = len([r for r in services().registry.list(status="ready") if r.name not in spec.evaluators])
+    try:
+        spec.strategy.check_run(count, manifest.config)
+    except ValueError as e:
+        raise BadRequest(str(e)) from None
     return run_id, spec
 
 
-def _with_bundle(spec: RunSpec) -> RunSpec:
-    """The spec with its bundle's task and signed hyper-parameters. Silos run only the signed bundle, so a
-    spec that asks for another task or other hyper-parameters is refused here, early."""
+def _with_bundle(spec: RunSpec) -> tuple[RunSpec, BundleManifest]:
+    """The spec with its bundle's task and signed hyper-parameters, and the bundle's manifest. Silos run only
+    the signed bundle, so a spec that asks for another task or other hyper-parameters is refused here, early."""
     if spec.bundle is None:
         raise BadRequest("bundle: a run needs a task bundle signed by a scientist (`fedfunc sign`, then "
                          "`fedfunc bundle upload`); silos refuse unsigned code")
@@ -64,13 +70,9 @@ def _with_bundle(spec: RunSpec) -> RunSpec:
     if spec.task is not None and spec.task != manifest.task:
         raise BadRequest(f"task: the bundle is signed for task {manifest.task!r}, the spec asks for {spec.task!r}")
     hyperparams = manifest.config["hyperparams"]
-    try:
-        bundle_bound(manifest.config)
-    except ValueError as e:
-        raise BadRequest(str(e)) from None
     if spec.hyperparams is not None and spec.hyperparams != hyperparams:
         raise BadRequest(f"hyperparams: {spec.hyperparams} differ from the signed bundle's {hyperparams}")
-    return spec.model_copy(update={"task": manifest.task, "hyperparams": hyperparams})
+    return spec.model_copy(update={"task": manifest.task, "hyperparams": hyperparams}), manifest
 
 
 @bp.route(route="bundles", methods=["POST"])
@@ -95,7 +97,8 @@ async def upload_bundle(req: func.HttpRequest) -> func.HttpResponse:
 def _bundle_view(code_hash: str, manifest, signer: str | None) -> dict:
     return {"bundle": code_hash, "task": manifest.task, "signer": signer, "entry": manifest.entry,
             "num_classes": manifest.num_classes, "requirements": manifest.requirements,
-            "hyperparams": manifest.config.get("hyperparams"), "files": sorted(manifest.files)}
+            "hyperparams": manifest.config.get("hyperparams"), "files": sorted(manifest.files),
+            "silo_side": silo_side(manifest.config).model_dump(mode="json")}
 
 
 @bp.route(route="bundles/{code_hash}", methods=["GET"])

@@ -17,10 +17,11 @@ Attributes the edge and the round read without running anything:
 from __future__ import annotations
 
 import json
+import math
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -38,16 +39,6 @@ BLOCK_ELEMS = 1 << 17
 READ_BUDGET = 16 << 20
 # Bytes of the (updates × columns) stack that coordinate-wise rules sort or compare at a time.
 STACK_BYTES = 4 << 20
-
-
-class ClientUpdate(Protocol):
-    """What the streaming ``FedAvg.aggregate`` reads from one silo (``ValidatedUpdate`` satisfies it)."""
-
-    @property
-    def arrays(self) -> Mapping[str, np.ndarray]: ...
-
-    @property
-    def num_samples(self) -> int: ...
 
 
 class StrategyOptionError(ValueError):
@@ -79,6 +70,7 @@ class Aggregation:
     accepted: list[str]
     rejected: dict[str, UpdateRejected] = field(default_factory=dict)
     selected: list[str] = field(default_factory=list)
+    norms: dict[str, float] = field(default_factory=dict)  # ‖update − global‖₂ of the accepted updates measured
 
 
 class Strategy:
@@ -151,14 +143,17 @@ class Strategy:
         self.check_state(state, global_arrays)
         ordered = in_key_order(updates)
         rejected: dict[str, UpdateRejected] = {}
+        norms: dict[str, float] = {}
         while True:
             self.check_count(len(ordered))
             block = block_elems or max(4096, min(self.block_elems, READ_BUDGET // (8 * max(1, len(ordered)))))
             blocks = BlockPass(global_arrays, ordered, block, max_norm, readers=readers)
             arrays, new_state, selected = self._aggregate(global_arrays, ordered, state, blocks)
             failed = blocks.failures()
+            norms.update({k: math.sqrt(v) for k, v in blocks.sq_distances().items() if k not in failed})
             if not failed:
-                return Aggregation(arrays, new_state, [u.key for u in ordered], rejected, selected)
+                keys = [u.key for u in ordered]
+                return Aggregation(arrays, new_state, keys, rejected, selected, {k: norms[k] for k in keys if k in norms})
             rejected.update(failed)
             ordered = [CheckedUpdate(u) for u in ordered if u.key not in failed]
 

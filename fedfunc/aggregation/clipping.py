@@ -43,7 +43,8 @@ class FixedClipping(StrategyWrapper):
         clipped = [_Clipped(u, global_arrays, min(1.0, bound / math.sqrt(sq[u.key])) if sq[u.key] > 0 else 1.0)
                    for u in ordered if u.key not in rejected]
         result = self.inner.aggregate_round(global_arrays, clipped, state, block_elems=block_elems, readers=readers)
-        return replace(result, rejected={**rejected, **result.rejected})
+        return replace(result, rejected={**rejected, **result.rejected},
+                       norms={k: math.sqrt(sq[k]) for k in result.accepted})  # as received, before clipping
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ As Flower's ``FedAvgM`` (1.42, PyTorch's SGD convention): ``d = global − mean`
 ``momentum = server_momentum · momentum + d`` (the first round's momentum is ``d``, as starting from
 zero gives), ``new = global − server_learning_rate · momentum``. With ``server_momentum = 0`` and
 ``server_learning_rate = 1`` it is FedAvg. State (``moments``): the momentum, none when
-``server_momentum`` is 0. Integer buffers take the plain mean.
+``server_momentum`` is 0. Integer buffers take the plain mean. ``server_momentum`` defaults to 0.9
+(Hsu et al.'s usual value; Flower's default is 0, which makes FedAvgM FedAvg).
 Works under secure aggregation (it needs only the weighted sum).
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ from fedfunc.aggregation.fedavg import FedAvg
 
 class FedAvgMOptions(Options):
     server_learning_rate: float = Field(1.0, gt=0, description="server step size on the pseudo-gradient")
-    server_momentum: float = Field(0.0, ge=0, lt=1, description="momentum factor (0 = none)")
+    server_momentum: float = Field(0.9, ge=0, lt=1, description="momentum factor (0 = none: FedAvg)")
 
 
 class FedAvgM(FedAvg):

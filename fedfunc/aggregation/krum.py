@@ -6,6 +6,11 @@ by ``num_samples``. ``f`` is the number of Byzantine updates to tolerate, which 
 (and m ≤ n − f); the edge checks that against the run's silo count, the round against the updates
 it accepted. Ties in score go to the smaller key, so the choice never depends on arrival order.
 
+Defaults: f = 1 and m = n − f (multi-Krum keeping every update but the f most outlying, El Mhamdi et
+al. 2018). Krum proper (m = 1, Flower's ``Krum`` default) keeps a single silo's model, which under
+label skew knows only that silo's classes: on digits with Dirichlet α = 0.5 it stays near 0.73
+accuracy where multi-Krum reaches 0.95 (``bench/strategies.py``). Set ``m=1`` for Krum proper.
+
 Needs every update in the clear: ``needs_individual_updates = True`` — cannot run under secure
 aggregation. Two block-wise passes over the source: the pairwise distances (an n × n float64 matrix,
 summed exactly as written: no CPU-dependent reassociation), then the mean of the kept updates.
@@ -21,8 +26,9 @@ from fedfunc.aggregation.fedavg import weighted_mean
 
 
 class KrumOptions(Options):
-    f: int = Field(0, ge=0, description="Byzantine updates tolerated (Flower: num_malicious_nodes)")
-    m: int = Field(1, ge=1, description="updates kept; 1 = Krum, more = multi-Krum (Flower: num_nodes_to_select)")
+    f: int = Field(1, ge=0, description="Byzantine updates tolerated (Flower: num_malicious_nodes)")
+    m: int | None = Field(None, ge=1, description="updates kept; 1 = Krum, more = multi-Krum, default n − f "
+                                                  "(Flower: num_nodes_to_select)")
 
 
 class Krum(Strategy):
@@ -31,14 +37,17 @@ class Krum(Strategy):
     needs_individual_updates = True
 
     def min_updates(self):
-        return max(2 * self.options.f + 3, self.options.f + self.options.m)
+        return max(2 * self.options.f + 3, self.options.f + (self.options.m or 1))
 
     def check_count(self, n):
         f, m = self.options.f, self.options.m
         if n < 2 * f + 3:
             raise TooFewUpdates(self.name, n, 2 * f + 3, f"f={f} Byzantine updates need n ≥ 2f + 3")
-        if n < f + m:
+        if m is not None and n < f + m:
             raise TooFewUpdates(self.name, n, f + m, f"keeping m={m} of the n − f={n - f} trusted updates")
+
+    def kept(self, n: int) -> int:
+        return n - self.options.f if self.options.m is None else self.options.m
 
     def scores(self, distances: np.ndarray) -> np.ndarray:
         """Each update's sum of squared distances to its n − f − 2 nearest others."""
@@ -53,7 +62,7 @@ class Krum(Strategy):
             for _, _, rows in stacked(parts):
                 kernels.add_pairwise_sq(rows, distances)
         scores = self.scores(distances)
-        kept = sorted(sorted(range(n), key=lambda i: (scores[i], i))[: self.options.m])
+        kept = sorted(sorted(range(n), key=lambda i: (scores[i], i))[: self.kept(n)])
         chosen = [updates[i] for i in kept]
         out = {k: np.empty_like(np.asarray(g)) for k, g in global_arrays.items()}
         for name, start, stop, _, mean in weighted_mean(blocks(chosen), chosen, blocks.block_elems):

@@ -9,7 +9,9 @@ An update source is a sequence of ``BlockUpdate``s. Three kinds:
 - ``RangeUpdate``: an update behind ``read(offset, length) -> bytes`` (a blob's range reads, a
   file's ``pread``, a memoryview slice), whose header is checked when it is opened and whose
   values are checked by the strategy's block pass (``values_checked = False``);
-- ``MemoryUpdate``: plain arrays (tests, in-process simulation).
+- ``MemoryUpdate``: plain arrays (tests, in-process simulation);
+- ``DeltaUpdate``: around any of them, when the silo sent trained − global (a ``delta`` payload);
+- ``Reweighted``: around any of them, weighted by a capped sample count.
 """
 from __future__ import annotations
 
@@ -87,11 +89,11 @@ class RangeUpdate:
 
 
 @dataclass(frozen=True)
-class CheckedUpdate:
-    """An update whose values already passed the rules (in an earlier pass), read through as is."""
+class Wrapped:
+    """An update seen through another: key, sample count and checks are the inner update's; subclasses
+    change what ``read`` returns."""
 
     inner: BlockUpdate
-    values_checked: ClassVar[bool] = True
 
     @property
     def key(self) -> str:
@@ -101,8 +103,44 @@ class CheckedUpdate:
     def num_samples(self) -> int:
         return self.inner.num_samples
 
+    @property
+    def values_checked(self) -> bool:
+        return self.inner.values_checked
+
     def read(self, tensor: str, start: int, stop: int) -> np.ndarray:
         return self.inner.read(tensor, start, stop)
+
+
+@dataclass(frozen=True)
+class CheckedUpdate(Wrapped):
+    """An update whose values already passed the rules (in an earlier pass), read through as is."""
+
+    values_checked: ClassVar[bool] = True
+
+
+@dataclass(frozen=True)
+class Reweighted(Wrapped):
+    """An update weighted by fewer samples than it reported (the orchestrator's caps on a silo's claim)."""
+
+    samples: int
+
+    @property
+    def num_samples(self) -> int:
+        return self.samples
+
+
+@dataclass(frozen=True)
+class DeltaUpdate(Wrapped):
+    """An update whose payload is a delta (trained − global, ``fedfunc.pipeline.delta``), read as
+    global + delta in the model's dtype, so every strategy and value rule sees model weights."""
+
+    global_arrays: Mapping[str, np.ndarray]
+
+    def read(self, tensor: str, start: int, stop: int) -> np.ndarray:
+        d = self.inner.read(tensor, start, stop)
+        g = np.asarray(self.global_arrays[tensor]).reshape(-1)[start:stop]
+        w = g.astype(np.float64) + d
+        return (w if g.dtype.kind == "f" else np.rint(w)).astype(g.dtype)
 
 
 def in_key_order(updates: Sequence[BlockUpdate]) -> list[BlockUpdate]:

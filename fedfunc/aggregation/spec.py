@@ -7,11 +7,12 @@ FedProx's μ) is not here: it lives in the signed bundle (see ``Strategy.require
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from fedfunc.aggregation.base import Strategy
+from fedfunc.aggregation.base import Strategy, TooFewUpdates
 from fedfunc.aggregation.registry import STRATEGIES, WRAPPERS
 from fedfunc.validation import describe
 
@@ -67,4 +68,24 @@ class StrategySpec(_Named):
         strategy = STRATEGIES[self.name](self.options)
         for wrapper in self.wrappers:
             strategy = WRAPPERS[wrapper.name](strategy, wrapper.options)
+        return strategy
+
+    def check_run(self, silos: int, silo_config: Mapping[str, Any]) -> Strategy:
+        """The strategy, if a run over ``silos`` silos whose signed bundle fixes ``silo_config`` (the
+        silo-side settings, e.g. ``proximal_mu``) can use it; else ``ValueError`` naming the rule.
+
+        Secure aggregation (a later issue) shows the server only the sum of the updates: a run that
+        requires it must also be refused here when ``build().needs_individual_updates`` (robust rules,
+        server-side clipping), since those rules read each update in the clear.
+        """
+        strategy = self.build()
+        try:
+            strategy.check_count(silos)
+        except TooFewUpdates as e:
+            raise ValueError(f"strategy: {e} — the run has {silos} silo(s)") from None
+        for key in sorted(strategy.requires_silo_config):
+            value = silo_config.get(key)
+            if not value:
+                raise ValueError(f"strategy: {self.name} runs {key} in the silos, so the signed bundle must set "
+                                 f"{key} > 0 (it has {value!r}); sign it with `fedfunc sign --{key.replace('_', '-')}`")
         return strategy

@@ -3,16 +3,21 @@ evaluation. Tensors and figures only: no task code is imported here (the model's
 from the signed bundle, every evaluation from the silos)."""
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Iterator
+import math
+from dataclasses import dataclass
 
 from azure.core.exceptions import AzureError
 
-from fedfunc import evaluation, layout, weights
-from fedfunc.aggregation import get_strategy
-from fedfunc.contracts import JobMode, ModelRef, OutboxReader, SiloJobBackend, SiloJobRequest
+from fedfunc import evaluation, layout, pipeline, weights
+from fedfunc.aggregation import (BlockPass, BlockUpdate, CheckedUpdate, DeltaUpdate, RangeUpdate, Reweighted, State,
+                                 StateCorrupt, StateError, StateMissing, Strategy, TooFewUpdates, decode_state,
+                                 encode_state)
+from fedfunc.aggregation.base import BLOCK_ELEMS, READ_BUDGET
+from fedfunc.aggregation.sources import in_key_order
+from fedfunc.contracts import BlobRange, JobMode, ModelRef, OutboxOpener, OutboxReader, SiloJobBackend, SiloJobRequest
 from fedfunc.coordinator.bundles import open_stored
 from fedfunc.coordinator.store import RunStore, to_json
+from fedfunc.pipeline import SiloSide
 from fedfunc.protocol import (AggregateOrder, AggregateResult, EvaluationOrder, Received, Rejection, RoundEvaluation,
                               RoundJob, RoundPlan, RunStart, RunState, SampleCap, SiloJobStarted)
 from fedfunc.security import Refused
@@ -21,14 +26,21 @@ from fedfunc.security.egress import MAX_METRICS_BYTES, check_metrics
 from fedfunc.security.update_bound import above_median, resolve_bound
 
 
-def model_ref(path: str, data: bytes) -> ModelRef:
-    return ModelRef(path=path, sha256=weights.sha256(data))
+# A round's updates are downloaded whole (one request each, then read from memory) while they fit in this
+# many bytes together; otherwise each is read by byte ranges, block by block (memory O(updates × block +
+# model)), with RANGE_READERS threads reading the next block while the current one is combined.
+WHOLE_READ_BUDGET = 64 << 20
+RANGE_READERS = 8
+
+
+def model_ref(path: str, data: bytes, state_path: str, state: bytes) -> ModelRef:
+    return ModelRef(path=path, sha256=weights.sha256(data), state_path=state_path, state_sha256=weights.sha256(state))
 
 
 def init_run(store: RunStore, state: RunState) -> RunStart:
-    """Write the spec, a copy of the bundle's manifest and the round-0 global model — the bundle's signed
-    initial weights (once: a retry finds and returns the first one) — and fix the run's bound on updates
-    from the bundle, the spec or that model."""
+    """Write the spec, a copy of the bundle's manifest, the round-0 global model — the bundle's signed
+    initial weights — and the strategy's initial state (once: a retry finds and returns what the first
+    attempt wrote), and fix the run's bound on updates from the signed clip norm, the spec or that model."""
     run_id, spec = state.run_id, state.spec
     path = layout.global_model(run_id, 0)
     if store.get_bytes(layout.MODELS, path) is None:
@@ -38,8 +50,13 @@ def init_run(store: RunStore, state: RunState) -> RunStart:
         store.create_once(layout.MODELS, path, weights.encode(arrays, {"run": run_id, "round": "0"}))
     store.put_json(layout.RUNS, layout.run_spec(run_id), spec.model_dump(mode="json"))
     data = store.get_bytes(layout.MODELS, path)
-    bound = resolve_bound(spec.max_update_norm, run_manifest(store, run_id).config, weights.decode(data)[0])
-    return RunStart(model=model_ref(path, data), update_bound=bound)
+    initial = weights.decode(data)[0]
+    strategy = spec.strategy.build()
+    state_path = layout.strategy_state(run_id, 0)
+    store.create_once(layout.RUNS, state_path, encode_state(strategy.initial_state(initial), strategy.describe()))
+    bound = resolve_bound(spec.max_update_norm, silo_side(store, run_id).clip_norm, initial)
+    return RunStart(model=model_ref(path, data, state_path, store.get_bytes(layout.RUNS, state_path)),
+                    update_bound=bound)
 
 
 def run_manifest(store: RunStore, run_id: str) -> BundleManifest:
@@ -100,17 +117,82 @@ def load_global(store: RunStore, ref: ModelRef) -> dict:
     return arrays
 
 
-def aggregate_round(store: RunStore, read_outbox: OutboxReader, order: AggregateOrder) -> AggregateResult:
-    """Validate every update and stream the accepted ones through the run's strategy.
+def load_state(store: RunStore, ref: ModelRef, strategy: Strategy) -> State:
+    """The strategy state that goes with ``ref``'s model. Missing, altered or written by another strategy:
+    ``StateError`` — a run never silently restarts its optimizer."""
+    if ref.state_path is None:
+        raise StateMissing(f"the model reference {ref.path} carries no strategy state")
+    data = store.get_bytes(layout.RUNS, ref.state_path)
+    if data is not None and weights.sha256(data) != ref.state_sha256:
+        raise StateCorrupt(f"{layout.RUNS}/{ref.state_path} does not match its recorded sha256")
+    return decode_state(data, strategy.describe())
 
-    Exactly once per round: the result is recorded create-only in ``aggregate.json``; a re-run
-    (after a crash, or a duplicate activity) returns that record instead of aggregating again.
-    Below quorum, nothing is written: the last good global model stays the run's model. The silo
-    checked its artifacts before they left; every check runs again here, on the bytes received,
-    with the run's bound on ‖update − global‖₂ (``fedfunc.security.update_bound``). Each update is
-    weighted by its ``num_samples`` capped by the silo's registered cap and the spec's.
-    With ``max_update_norm_vs_median`` every update is read twice: once to measure the round's norms,
-    once to aggregate those within the rule (the same bytes: a blob that changed in between is rejected).
+
+class UnreadableUpdate(Exception):
+    """A range read of one silo's update failed mid-aggregation (the blob changed or vanished)."""
+
+    def __init__(self, silo: str, error: Exception):
+        super().__init__(f"{silo}: {type(error).__name__}: {error}")
+        self.silo, self.error = silo, error
+
+
+def silo_side(store: RunStore, run_id: str) -> SiloSide:
+    """What the run's signed bundle fixes for the silo side (FedProx's μ, the update transforms)."""
+    return pipeline.silo_side(run_manifest(store, run_id).config)
+
+
+@dataclass(frozen=True)
+class Opened:
+    """An update opened for aggregation: a re-readable block source of model weights (a delta payload is
+    read as global + delta), its sha256 if it was read whole, and its payload kind and history."""
+
+    source: BlockUpdate
+    sha256: str | None
+    kind: pipeline.Payload
+    history: list[pipeline.Step]
+
+
+def open_update(blob: BlobRange, silo: str, global_arrays: dict, *, expected: dict, max_bytes: int,
+                whole_read_bytes: int, side: SiloSide) -> Opened:
+    """An update with its header rules checked, and its transform history against the signed ``side``.
+
+    Up to ``whole_read_bytes``: one download, blocks are views of it. Larger: range reads of the blob
+    pinned to the version opened; a failed read raises ``UnreadableUpdate`` naming the silo."""
+    if blob.size > max_bytes:
+        raise weights.UpdateRejected("size", f"{blob.size} bytes exceeds the {max_bytes}-byte bound")
+    manifest = weights.ModelManifest.from_arrays(global_arrays)
+    digest = None
+    if blob.size <= whole_read_bytes:
+        data = memoryview(blob.read(0, blob.size))
+        read, digest = (lambda o, n: data[o:o + n]), weights.sha256(data)
+    else:
+        def read(offset: int, length: int) -> bytes:
+            try:
+                return blob.read(offset, length)
+            except AzureError as e:
+                raise UnreadableUpdate(silo, e) from None
+    source = RangeUpdate(read, blob.size, manifest, expected=expected, max_bytes=max_bytes)
+    kind, history = pipeline.from_metadata(source.metadata)
+    pipeline.check_history(kind, history, side)
+    return Opened(DeltaUpdate(source, global_arrays) if kind == "delta" else source, digest, kind, history)
+
+
+def aggregate_round(store: RunStore, read_outbox: OutboxReader, open_outbox: OutboxOpener, order: AggregateOrder, *,
+                    whole_read_budget: int = WHOLE_READ_BUDGET) -> AggregateResult:
+    """Check every update and combine the accepted ones with the run's strategy and its state.
+
+    Exactly once per round: the new global model and state are written, then the result is recorded
+    create-only in ``aggregate.json`` (the commit point); a re-run (after a crash, or a duplicate
+    activity) returns that record instead of aggregating again, and a re-run before it recomputes the
+    same bytes. Below quorum, or when the strategy cannot aggregate (a robust rule with too few
+    updates, an unusable state), nothing is written: the last good model and its state stay the run's.
+    The silo checked its artifacts before they left; every check runs again here, on the bytes
+    received: header rules when an update is opened, value rules (finite, the run's bound on
+    ‖update − global‖₂, ``fedfunc.security.update_bound``) inside the strategy's one pass over the blocks.
+    Each update is weighted by its ``num_samples`` capped by the silo's registered cap and the spec's.
+    With ``max_update_norm_vs_median`` a first pass measures every update's norm (the same bytes as the
+    second: whole reads are kept, range reads pinned to the blob version) and drops those above k × the
+    round's median before the strategy's pass.
     """
     job, spec = order.job, order.job.spec
     record_path = layout.aggregate_record(job.run_id, job.round)
@@ -119,84 +201,113 @@ def aggregate_round(store: RunStore, read_outbox: OutboxReader, order: Aggregate
         return AggregateResult.model_validate(done)
     manifest_doc = store.get_json(layout.RUNS, job.manifest)
     global_arrays = load_global(store, job.model)
-    manifest = weights.ModelManifest.from_arrays(global_arrays)
     max_bytes = int(spec.max_update_mb * 2**20)
-    bound = job.update_bound or resolve_bound(
-        spec.max_update_norm, run_manifest(store, job.run_id).config, global_arrays)
+    side = silo_side(store, job.run_id)
+    bound = job.update_bound or resolve_bound(spec.max_update_norm, side.clip_norm, global_arrays)
     caps = manifest_doc.get("sample_caps") or {}
-    rejected: dict[str, Rejection] = {}
+    strategy = spec.strategy.build()
+    try:
+        state = load_state(store, job.model, strategy)
+    except StateError as e:
+        return AggregateResult(error=f"strategy state: {e}", update_bound=bound)
+    rejected: dict[str, str] = {}
     received: dict[str, Received] = {}
-    samples: dict[str, int] = {}
     capped: dict[str, SampleCap] = {}
-
-    def check(silo: str, path: str) -> weights.ValidatedUpdate | None:
-        """Read and re-check one update and its metrics; None (with the reason recorded) if rejected."""
+    sources: list[BlockUpdate] = []
+    whole_read_bytes = whole_read_budget // max(1, len(order.updates))
+    for silo, notice in sorted(order.updates.items()):
         expected = {"run": job.run_id, "round": job.round, "silo": silo, "nonce": job.nonce,
                     "silos": manifest_doc["silos"]}
         try:
-            data = read_outbox(silo, path, max_bytes)
-            update = weights.validate_update(data, manifest, expected=expected, global_arrays=global_arrays,
-                                             max_bytes=max_bytes, max_norm=bound.max_norm)
-            metrics = check_metrics(read_outbox(silo, path.removesuffix(layout.UPDATE) + layout.METRICS,
+            blob = open_outbox(silo, notice.path)
+            opened = open_update(blob, silo, global_arrays, expected=expected, max_bytes=max_bytes,
+                                 whole_read_bytes=whole_read_bytes, side=side)
+            metrics = check_metrics(read_outbox(silo, notice.path.removesuffix(layout.UPDATE) + layout.METRICS,
                                                 MAX_METRICS_BYTES))
-            digest = weights.sha256(data)
-            if silo in received and received[silo].sha256 != digest:
-                raise ValueError(f"{path} changed between reads (sha256 {received[silo].sha256} then {digest})")
+        except UnreadableUpdate as e:
+            rejected[silo] = f"unreadable: {e.error}"
+            continue
         except (weights.UpdateRejected, Refused, AzureError, ValueError) as e:
-            why = f"{e} — {bound.describe()}" if getattr(e, "rule", None) == "norm" else str(e)
-            rejected[silo] = Rejection(silo=silo, reason=why)
-            received.pop(silo, None)
-            return None
-        received[silo] = Received(path=path, sha256=digest, metrics=metrics, norm=update.norm)
-        cap = sample_cap(silo, update.num_samples, caps.get(silo), spec.max_samples_per_silo)
+            rejected[silo] = str(e)
+            continue
+        source = opened.source
+        cap = sample_cap(silo, source.num_samples, caps.get(silo), spec.max_samples_per_silo)
         if cap is not None:
             capped[silo] = cap
-            update = dataclasses.replace(update, num_samples=cap.used)
-        samples[silo] = update.num_samples
-        return update
+            source = Reweighted(source, cap.used)
+        sources.append(source)
+        received[silo] = Received(path=notice.path, sha256=opened.sha256,
+                                  version=None if opened.sha256 else blob.version, metrics=metrics,
+                                  payload=opened.kind, transforms=[s.wire() for s in opened.history],
+                                  clipped=pipeline.clipped(opened.history))
+    readers = RANGE_READERS if any(r.version for r in received.values()) else 0
 
-    candidates = sorted(order.updates.items())
-    if spec.max_update_norm_vs_median is not None:
-        for silo, notice in candidates:  # first pass: the round's norms, one update alive at a time
-            check(silo, notice.path)
-        outliers = above_median({s: r.norm for s, r in received.items()}, spec.max_update_norm_vs_median)
-        rejected.update({s: Rejection(silo=s, reason=why) for s, why in outliers.items()})
-        candidates = [(s, n) for s, n in candidates if s in received and s not in outliers]
-        samples.clear()
-        capped.clear()
+    def result(**fields) -> AggregateResult:
+        return AggregateResult(rejected=[Rejection(silo=s, reason=r) for s, r in sorted(rejected.items())],
+                               capped={s: c for s, c in capped.items() if s in fields.get("accepted", ())},
+                               update_bound=bound, **fields)
 
-    def accepted() -> Iterator[weights.ValidatedUpdate]:
-        """One update alive at a time: each is dropped before the next one is downloaded."""
-        for silo, notice in candidates:
-            update = check(silo, notice.path)
-            if update is not None:
-                yield update
-            update = None
+    def refuse(failed: dict[str, Exception]) -> None:
+        for silo, e in failed.items():
+            rejected[silo] = f"{e} — {bound.describe()}" if getattr(e, "rule", None) == "norm" else str(e)
 
-    strategy = get_strategy(spec.aggregator)
-    try:
-        new_arrays = strategy.aggregate(global_arrays, accepted())
-    except ValueError:
-        if samples:  # a real aggregation error, not "no update accepted"
-            raise
-        return AggregateResult(rejected=_sorted(rejected), capped=capped, update_bound=bound)
-    received = {s: r for s, r in received.items() if s in samples}
-    result = AggregateResult(accepted=sorted(samples), rejected=_sorted(rejected), samples=samples,
-                             received=received, num_samples=sum(samples.values()), capped=capped,
-                             update_bound=bound)
-    if len(samples) < manifest_doc["needed"]:
-        return result
-    path = layout.global_model(job.run_id, job.round + 1)
-    data = weights.encode(new_arrays, {"run": job.run_id, "round": str(job.round + 1)})
+    measured: dict[str, float] = {}
+    if spec.max_update_norm_vs_median is not None and sources:
+        sources, measured, failed = within_median(global_arrays, sources, bound.max_norm,
+                                                  spec.max_update_norm_vs_median, readers)
+        refuse(failed)
+    while True:
+        if len(sources) < manifest_doc["needed"]:
+            return result(accepted=sorted(u.key for u in sources))
+        try:
+            agg = strategy.aggregate_round(global_arrays, sources, state, max_norm=bound.max_norm, readers=readers)
+            break
+        except TooFewUpdates as e:
+            return result(accepted=sorted(u.key for u in sources), error=str(e))
+        except UnreadableUpdate as e:
+            rejected[e.silo] = f"unreadable: {e.error}"
+            sources = [u for u in sources if u.key != e.silo]
+    refuse(agg.rejected)
+    norms = {**agg.norms, **measured}
+    samples = {u.key: u.num_samples for u in sources if u.key in agg.accepted}
+    fields = dict(accepted=agg.accepted, selected=agg.selected, samples=samples, num_samples=sum(samples.values()),
+                  received={s: received[s].model_copy(update={"norm": norms.get(s)}) for s in agg.accepted})
+    if len(agg.accepted) < manifest_doc["needed"]:
+        return result(**fields)
+    path, state_path = layout.global_model(job.run_id, job.round + 1), layout.strategy_state(job.run_id, job.round + 1)
+    data = weights.encode(agg.arrays, {"run": job.run_id, "round": str(job.round + 1)})
+    state_data = encode_state(agg.state, strategy.describe())
     store.put_bytes(layout.MODELS, path, data)
-    result = result.model_copy(update={"model": model_ref(path, data)})
-    if not store.create_once(layout.RUNS, record_path, to_json(result.wire())):
+    store.put_bytes(layout.RUNS, state_path, state_data)
+    committed = result(**fields, model=model_ref(path, data, state_path, state_data))
+    if not store.create_once(layout.RUNS, record_path, to_json(committed.wire())):
         return AggregateResult.model_validate(store.get_json(layout.RUNS, record_path))
-    return result
+    return committed
 
 
-def _sorted(rejected: dict[str, Rejection]) -> list[Rejection]:
-    return [rejected[s] for s in sorted(rejected)]
+def within_median(global_arrays: dict, sources: list[BlockUpdate], max_norm: float, multiple: float,
+                  readers: int) -> tuple[list[BlockUpdate], dict[str, float], dict[str, Exception | str]]:
+    """The round's updates within ``multiple`` × the lower median of their norms (rule ``norm.median``),
+    their ‖update − global‖₂, and why each other one failed. One block pass measures every update and
+    applies the value rules; the kept ones are then read as checked (the same bytes: held in memory, or
+    range reads pinned to the version opened)."""
+    failed: dict[str, Exception | str] = {}
+    while True:
+        ordered = in_key_order(sources)
+        block = max(4096, min(BLOCK_ELEMS, READ_BUDGET // (8 * max(1, len(ordered)))))
+        blocks = BlockPass(global_arrays, ordered, block, max_norm, measure_all=True, readers=readers)
+        try:
+            for _ in blocks():
+                pass
+            break
+        except UnreadableUpdate as e:
+            failed[e.silo] = f"unreadable: {e.error}"
+            sources = [u for u in sources if u.key != e.silo]
+    failed.update(blocks.failures())
+    norms = {k: math.sqrt(v) for k, v in blocks.sq_distances().items() if k not in failed}
+    failed.update(above_median(norms, multiple))
+    kept = [CheckedUpdate(u) for u in ordered if u.key not in failed]
+    return kept, {u.key: norms[u.key] for u in kept}, failed
 
 
 def sample_cap(silo: str, reported: int, registered: int | None, spec_cap: int | None) -> SampleCap | None:

@@ -15,13 +15,13 @@ from azure.storage.blob import ContainerClient
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedfunc import layout
-from fedfunc.contracts import OutboxReader, SiloJobBackend, SiloProvisioner
+from fedfunc.contracts import BlobRange, OutboxOpener, OutboxReader, SiloJobBackend, SiloProvisioner
 from fedfunc.coordinator.store import RunStore
 from fedfunc.registry import SiloRecord, SiloRegistry
 from fedfunc.security.audit import AuditLog
 from fedfunc.security.keys import load_private, public_b64
 from fedfunc.settings import Settings, SettingsError, load_settings
-from fedfunc.storage import blob_service, client_options, credential, table_service
+from fedfunc.storage import PinnedBlob, blob_service, client_options, credential, table_service
 
 
 @dataclass(frozen=True)
@@ -109,6 +109,17 @@ class Services:
                 raise ValueError(f"size: {path} is over the {max_bytes}-byte bound")
             return data
         return read
+
+    def outbox_opener(self) -> OutboxOpener:
+        """``open(silo, path)`` → a ``BlobRange`` (``PinnedBlob``) over a blob in a silo's outbox, for one
+        activity; each silo's record and container client are looked up once."""
+        outboxes: dict[str, ContainerClient] = {}
+
+        def open_blob(silo: str, path: str) -> BlobRange:
+            if silo not in outboxes:
+                outboxes[silo] = self.outbox(self.registry.get(silo))
+            return PinnedBlob(outboxes[silo].get_blob_client(path))
+        return open_blob
 
 
 @lru_cache(maxsize=1)

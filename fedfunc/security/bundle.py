@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fedfunc.contracts import BUNDLE_HASH, TASK_NAME
+from fedfunc.pipeline.config import SiloSide
 from fedfunc.security import Refused
 from fedfunc.security.keys import key_id, keyring, parse_public_b64, public_b64
 from fedfunc.validation import describe
@@ -55,10 +56,11 @@ class FileEntry(BaseModel):
     size: int = Field(ge=0)
 
 
-class BundleConfig(BaseModel):
-    """What the signer fixes for the silo side. Sections for later features (silo-side transforms, FedProx μ,
-    clipping, DP, secure aggregation) become typed fields here: a silo whose platform predates a section
-    refuses a bundle that sets it (``bundle.config``) instead of silently ignoring it."""
+class BundleConfig(SiloSide):
+    """What the signer fixes for the silo side: the hyper-parameters and ``SiloSide`` (FedProx's μ, the update
+    transforms with the clip norm). Sections for later features (DP, secure aggregation) become typed fields
+    here: a silo whose platform predates a section refuses a bundle that sets it (``bundle.config``) instead
+    of silently ignoring it."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     hyperparams: dict[str, Any]

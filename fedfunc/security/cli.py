@@ -10,9 +10,11 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from fedfunc.api_client import API_KEY, HOST
+from fedfunc.cli_args import json_object, key_values
 
 console = Console()
 
@@ -31,23 +33,29 @@ def keygen(stem: Path = typer.Argument(..., help="writes STEM.pem (private, 0600
 
 
 def _hyperparams(config: Path | None, sets: list[str]) -> dict:
-    values: dict = {}
-    if config is not None:
-        try:
-            values = json.loads(config.read_text())
-        except json.JSONDecodeError as e:
-            raise typer.BadParameter(f"--hyperparams {config}: not JSON ({e})") from None
-        if not isinstance(values, dict):
-            raise typer.BadParameter(f"--hyperparams {config}: expected a JSON object of hyper-parameters")
-    for item in sets:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise typer.BadParameter(f"--set {item!r}: expected NAME=VALUE")
-        try:
-            values[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            values[key] = raw
-    return values
+    values = json_object(config, "--hyperparams", "hyper-parameters") if config is not None else {}
+    return {**values, **key_values(sets, "--set", "epochs=5")}
+
+
+PROXIMAL_MU = typer.Option(0.0, "--proximal-mu", min=0,
+                           help="FedProx: μ of the proximal term μ/2‖w − w_global‖² in every silo's training (0 = off)")
+CLIP_NORM = typer.Option(None, "--clip-norm", help="clip every update to this ‖update − global‖₂ in the silo; 'off' "
+                                                 "for none; default: 10 × ‖initial model‖₂ (fedfunc.pipeline.config)")
+
+
+def parse_clip_norm(value: str | None) -> float | str | None:
+    if value is None or value == "off":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise typer.BadParameter(f"--clip-norm {value!r}: a positive number, or 'off'") from None
+
+
+def parse_transform(value: str) -> dict:
+    """``NAME`` or ``NAME:KEY=VALUE,...`` (values read as JSON where they can be) as a transform spec."""
+    name, _, rest = value.partition(":")
+    return {"name": name, "options": key_values([rest] if rest else [], "--transform", "clip:max_norm=5", sep=",")}
 
 
 def sign(
@@ -59,10 +67,16 @@ def sign(
     hyperparams: Optional[Path] = typer.Option(None, "--hyperparams", exists=True, dir_okay=False,
                                                help="JSON object of hyper-parameters (the task's defaults otherwise)"),
     set_: list[str] = typer.Option([], "--set", help="one hyper-parameter, NAME=VALUE (repeatable; after --hyperparams)"),
+    proximal_mu: float = PROXIMAL_MU,
+    transform: list[str] = typer.Option([], "--transform", help="a silo-side update transform, NAME or "
+                                        "NAME:KEY=VALUE,... (repeatable, in order; e.g. delta)"),
+    clip_norm: Optional[str] = CLIP_NORM,
 ) -> None:
-    """Sign a task: its files, requirements, hyper-parameters and initial weights, in one bundle.
+    """Sign a task: its files, requirements, hyper-parameters, initial weights and silo side, in one bundle.
 
-    Upload it with `fedfunc bundle upload` and name the hash it prints in a run spec's "bundle".
+    The silo side — FedProx's μ, the update transforms and the clip norm every silo clips its update to —
+    is signed with the code: no run can change it. Upload the bundle with `fedfunc bundle upload` and
+    name the hash it prints in a run spec's "bundle".
     """
     from fedfunc.security import keys
     from fedfunc.security.bundle import open_bundle
@@ -75,7 +89,8 @@ def sign(
         raise typer.BadParameter("give exactly one of --task-dir or --task")
     try:
         folder = task_dir or builtin_dir(task)
-        data = build_bundle(folder, keys.load_private(key), _hyperparams(hyperparams, set_))
+        data = build_bundle(folder, keys.load_private(key), _hyperparams(hyperparams, set_), proximal_mu=proximal_mu,
+                            transforms=[parse_transform(t) for t in transform], clip_norm=parse_clip_norm(clip_norm))
     except (TaskFolderError, UnknownTask, ValueError) as e:
         raise typer.BadParameter(str(e)) from None
     except TaskError as e:
@@ -83,7 +98,9 @@ def sign(
     out.write_bytes(data)
     bundle = open_bundle(data).verify(None)
     console.print(f"signed bundle of task [bold]{bundle.manifest.task}[/]: {len(bundle.files)} files, "
-                  f"{len(data)} bytes, signer {bundle.signer}, hyper-parameters {bundle.config.hyperparams}")
+                  f"{len(data)} bytes, signer {bundle.signer}, hyper-parameters {bundle.config.hyperparams}, "
+                  f"proximal_mu {bundle.config.proximal_mu}, transforms "
+                  f"{escape(json.dumps([t.model_dump() for t in bundle.config.transforms]))}")
     console.print(f"bundle hash {bundle.code_hash} → {out}")
 
 

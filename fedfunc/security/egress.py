@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from fedfunc import layout
 from fedfunc.evaluation import check_evaluation
 from fedfunc.security import Refused
+from fedfunc.pipeline import SiloSide, check_history, from_metadata
 from fedfunc.weights import ModelManifest, UpdateRejected, read_header, validate_update
 
 ALLOWED = {"train": frozenset({layout.UPDATE, layout.METRICS, layout.EVALUATION}),
@@ -51,8 +52,9 @@ def check_metrics(data: bytes) -> dict[str, int | float]:
 
 
 def check_egress(artifacts: Mapping[str, bytes], *, mode: str, manifest: ModelManifest, num_classes: int,
-                 expected: Mapping[str, object], max_bytes: int | None = None) -> None:
-    """Refuse the whole set unless it is exactly the artifacts a ``mode`` job publishes and each passes."""
+                 expected: Mapping[str, object], max_bytes: int | None = None, side: SiloSide | None = None) -> None:
+    """Refuse the whole set unless it is exactly the artifacts a ``mode`` job publishes and each passes; an
+    update also carries the history the signed silo ``side`` requires (``fedfunc.pipeline.check_history``)."""
     names, allowed = set(artifacts), ALLOWED[mode]
     if names != allowed:
         odd = sorted(names - allowed) or sorted(allowed - names)
@@ -71,6 +73,10 @@ def check_egress(artifacts: Mapping[str, bytes], *, mode: str, manifest: ModelMa
         raise Refused(f"egress.update.{e.rule}", layout.UPDATE + (f" tensor {e.tensor!r}" if e.tensor else ""),
                       e.detail) from None
     _, meta = read_header(artifacts[layout.UPDATE])
+    try:
+        check_history(*from_metadata(meta), side or SiloSide())
+    except UpdateRejected as e:
+        raise Refused(f"egress.update.{e.rule}", layout.UPDATE, e.detail) from None
     if meta["num_samples"] != str(metrics["num_samples"]):
         raise Refused("egress.num_samples", layout.METRICS,
                       f"metrics count {metrics['num_samples']} samples, the update {meta['num_samples']}")

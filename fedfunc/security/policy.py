@@ -2,7 +2,8 @@
 
 The silo runner reads the policy from the silo's storage, never from the job request, so the
 orchestrator cannot override it: it names the orchestrator keys whose tickets the silo accepts, the
-signers whose code it runs, the tasks it allows, a minimum privacy level and a daily round budget.
+signers whose code it runs, the tasks it allows, a minimum privacy level, a daily round budget and its
+own update transforms, which run before the job's (``fedfunc.pipeline``).
 
 ``min_privacy`` is enforced fail-closed until differential privacy exists: a job request carries no
 privacy settings yet, so a silo that sets a minimum refuses every job (rule ``policy.min_privacy``)
@@ -17,6 +18,7 @@ from azure.storage.blob import BlobServiceClient
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fedfunc.contracts import SiloJobRequest
+from fedfunc.pipeline.config import TransformSpec
 from fedfunc.registry import SILO_NAME
 from fedfunc.security import Refused
 from fedfunc.security.keys import key_id, parse_public_b64
@@ -43,6 +45,9 @@ class SiloPolicy(BaseModel):
     allowed_tasks: list[str] = Field(default_factory=list)
     min_privacy: MinPrivacy | None = None
     max_rounds_per_day: int | None = Field(None, ge=0)
+    update_transforms: list[TransformSpec] = Field(
+        default_factory=list, description="update transforms this silo applies to every update it sends, before "
+                                          "the signed bundle's (e.g. its own tighter clip); no job can skip them")
 
     @field_validator("orchestrator_keys", "trusted_signers")
     @classmethod

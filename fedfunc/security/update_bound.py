@@ -3,8 +3,9 @@
 Every run has a bound, so one silo cannot wreck the global model by sending weights far from it (e.g. a
 large constant added to every weight). Where it comes from, in order:
 
-- the signed bundle's config ``max_update_norm``: what the silo clips its update to (the silo-side half,
-  which also holds when the orchestrator cannot see individual updates — secure aggregation, DP);
+- the signed bundle's clip norm (``fedfunc.pipeline``): what every silo clips its update to (the silo-side
+  half, which also holds when the orchestrator cannot see individual updates — secure aggregation, DP).
+  ``fedfunc sign`` sets it to the default below unless the signer chooses one or turns clipping off;
 - the spec's ``max_update_norm``: a tighter bound (the smaller of the two applies);
 - otherwise a default derived from the model: ``DEFAULT_MULTIPLE`` × ‖initial model‖₂ over its float
   tensors, at least ``FLOOR_RMS`` × √(number of float parameters). No honest local training step moves a
@@ -31,7 +32,6 @@ from fedfunc.contracts import Message
 
 DEFAULT_MULTIPLE = 10.0
 FLOOR_RMS = 0.1
-BUNDLE_KEY = "max_update_norm"
 
 
 class UpdateBound(Message):
@@ -66,23 +66,12 @@ def default_bound(initial: Mapping[str, np.ndarray]) -> UpdateBound:
     return UpdateBound(max_norm=value, source="default", how=how)
 
 
-def bundle_bound(config: Mapping | None) -> float | None:
-    """The signed bundle's ``config.max_update_norm``, if it sets one; ValueError naming it if invalid."""
-    value = config.get(BUNDLE_KEY) if isinstance(config, Mapping) else None
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"bundle: config.{BUNDLE_KEY} must be a positive number, got {str(value)[:40]!r}")
-    return float(value)
-
-
-def resolve_bound(spec_max_norm: float | None, bundle_config: Mapping | None,
+def resolve_bound(spec_max_norm: float | None, signed_clip_norm: float | None,
                   initial: Mapping[str, np.ndarray]) -> UpdateBound:
-    """The run's bound: the tighter of the bundle's (its signed manifest config) and the spec's, else the
-    default from the model."""
-    signed = bundle_bound(bundle_config)
-    if signed is not None and (spec_max_norm is None or signed <= spec_max_norm):
-        return UpdateBound(max_norm=signed, source="bundle", how=f"signed config {BUNDLE_KEY}")
+    """The run's bound: the tighter of the bundle's signed clip norm and the spec's, else the default from
+    the model."""
+    if signed_clip_norm is not None and (spec_max_norm is None or signed_clip_norm <= spec_max_norm):
+        return UpdateBound(max_norm=signed_clip_norm, source="bundle", how="the signed clip norm")
     if spec_max_norm is not None:
         return UpdateBound(max_norm=spec_max_norm, source="spec", how="spec max_update_norm")
     return default_bound(initial)

@@ -2,10 +2,13 @@
 
 authenticate (the orchestrator's ticket, against the silo's own policy: silo, run, round, nonce, bundle and
 the global model's URL and sha256) → admit (policy rules → the signed bundle: trusted signer, signature,
-every file hash → requirements; all before any task code is imported or data read) → load the task from the
-bundle's verified bytes, in this process → fetch the global model (the ticket's sha256, names and shapes as
-the bundle's initial weights; before any data is read) → evaluate it on the silo's test part →
-(train mode) train on the training part → package → egress check → publish to the outbox (metrics and
+every file hash → requirements → the silo side: the silo's own update transforms, then the bundle's, must
+chain; all before any task code is imported or data read) → load the task from the bundle's verified
+bytes, in this process → fetch the global model (the ticket's sha256, names and shapes as the bundle's
+initial weights; before any data is read) → evaluate it on the silo's test part → (train mode) train on
+the training part, with the signed training hooks (FedProx's proximal term) → the update transforms (the
+silo's own first, then the signed ones: delta, clip, …), each recorded in the update's metadata →
+package → egress check → publish to the outbox (metrics and
 evaluation first, the update last: its BlobCreated event tells the orchestrator; an evaluate-only job
 ends with its evaluation). Any failure or refusal of an authenticated job publishes ``failed.json`` (with
 the rule) instead and nothing else; an unauthenticated job is refused without writing into the round at
@@ -24,6 +27,8 @@ import numpy as np
 from fedfunc import layout
 from fedfunc.contracts import SiloJobRequest
 from fedfunc.evaluation import EvalFigures
+from fedfunc.pipeline import TransformError, Update, to_metadata
+from fedfunc.pipeline.silo import SiloPipeline
 from fedfunc.security import Refused
 from fedfunc.security.audit import SiloAuditTrail
 from fedfunc.security.bundle import MAX_BUNDLE_BYTES, VerifiedBundle, verify_bundle
@@ -60,9 +65,10 @@ def authenticate(request: SiloJobRequest, io: SiloIO, now: datetime | None = Non
 
 
 def admit(request: SiloJobRequest, policy: SiloPolicy, io: SiloIO, trail: SiloAuditTrail | None = None,
-          now: datetime | None = None) -> VerifiedBundle:
-    """The job's bundle, if the silo's policy allows the job, a trusted signer signed the bundle, every
-    byte of it matches what was signed and this environment meets its requirements; else ``Refused``.
+          now: datetime | None = None) -> tuple[VerifiedBundle, SiloPipeline]:
+    """The job's bundle and silo pipeline, if the silo's policy allows the job, a trusted signer signed the
+    bundle, every byte of it matches what was signed, this environment meets its requirements and the
+    silo's own update transforms chain with the signed ones; else ``Refused``.
 
     ``trail`` (the silo's audit trail) supplies the jobs already run today for the daily limit.
     """
@@ -78,7 +84,12 @@ def admit(request: SiloJobRequest, policy: SiloPolicy, io: SiloIO, trail: SiloAu
     if bundle.manifest.task != request.task:
         raise Refused("bundle.task", f"task {request.task!r}", f"the signed bundle is for task {bundle.manifest.task!r}")
     check_requirements(bundle.manifest.requirements)
-    return bundle
+    try:
+        pipeline = SiloPipeline(bundle.config, own=policy.update_transforms)
+    except TransformError as e:
+        raise Refused("policy.update_transforms", f"bundle {bundle.code_hash[:16]} transforms",
+                      f"this silo's own transforms, then the signed ones, cannot run: {e}") from None
+    return bundle, pipeline
 
 
 def load_task(bundle: VerifiedBundle):
@@ -115,10 +126,12 @@ def train_seed(request: SiloJobRequest, seed: int) -> int:
     return int.from_bytes(hashlib.sha256(key).digest()[:4], "big")
 
 
-def run_task(request: SiloJobRequest, bundle: VerifiedBundle, io: SiloIO) -> tuple[EvalFigures, dict | None, dict | None]:
-    """Evaluate the incoming global model on the test part; in train mode also train from it.
+def run_task(request: SiloJobRequest, bundle: VerifiedBundle, io: SiloIO,
+             pipeline: SiloPipeline) -> tuple[EvalFigures, Update | None, dict | None]:
+    """Evaluate the incoming global model on the test part; in train mode also train from it (with the
+    pipeline's hooks) and put the trained model through the pipeline's transforms.
 
-    Returns (evaluation figures, trained arrays, training metrics); the last two are None when evaluating only.
+    Returns (evaluation figures, the update, training metrics); the last two are None when evaluating only.
     """
     import torch
 
@@ -146,26 +159,29 @@ def run_task(request: SiloJobRequest, bundle: VerifiedBundle, io: SiloIO) -> tup
         figures = loop.evaluate(task, model, read("test"))
         if request.mode == "evaluate":
             return figures, None, None
-        stats = loop.train(task, model, read("train"), seed=train_seed(request, task.hp.seed))
+        stats = loop.train(task, model, read("train"), seed=train_seed(request, task.hp.seed), hooks=pipeline.hooks())
         arrays = model_to_arrays(model)
         check_manifest(ModelManifest.from_arrays(arrays), ModelManifest.from_arrays(initial), "the trained model")
+        update = pipeline.finish(arrays, global_arrays)
     except TaskError as e:
         raise JobFailed(e.message, e.rule) from None
     except loop.NeedsPlatformLoop as e:
         raise JobFailed(str(e), "task.own_training") from None
     except loop.TaskOutputError as e:
         raise JobFailed(str(e), "task.output") from None
-    return figures, arrays, {"loss": stats.loss, "num_samples": stats.num_samples, "epochs": stats.epochs}
+    return figures, update, {"loss": stats.loss, "num_samples": stats.num_samples, "epochs": stats.epochs}
 
 
-def package(request: SiloJobRequest, figures: EvalFigures, arrays: dict[str, np.ndarray] | None,
+def package(request: SiloJobRequest, figures: EvalFigures, update: Update | None,
             metrics: dict[str, float | int] | None) -> dict[str, bytes]:
-    """The artifacts to publish, byte-for-byte reproducible: canonical JSON, fixed metadata."""
+    """The artifacts to publish, byte-for-byte reproducible: canonical JSON, fixed metadata (the update's
+    payload kind and history included)."""
     meta = {"run": request.run_id, "round": str(request.round), "silo": request.silo, "nonce": request.nonce}
     artifacts = {layout.EVALUATION: figures.encode(meta)}
-    if arrays is not None:
+    if update is not None:
         artifacts[layout.METRICS] = json.dumps(metrics, sort_keys=True).encode()
-        artifacts[layout.UPDATE] = encode(arrays, {**meta, "num_samples": str(metrics["num_samples"])})
+        artifacts[layout.UPDATE] = encode(update.arrays, {**meta, "num_samples": str(metrics["num_samples"]),
+                                                          **to_metadata(update)})
     return artifacts
 
 
@@ -221,14 +237,14 @@ def run_job(request: SiloJobRequest, io: SiloIO, now: datetime | None = None) ->
             raise Refused("request.outbox_prefix", request.outbox_prefix, f"this job's outbox prefix is {prefix!r}")
         policy = authenticate(request, io, now)
         authentic = True
-        bundle = admit(request, policy, io, trail, now)
+        bundle, pipeline = admit(request, policy, io, trail, now)
         trail.append("job_started", **where, mode=request.mode, bundle=bundle.code_hash, signer=bundle.signer)
-        figures, arrays, metrics = run_task(request, bundle, io)
-        artifacts = package(request, figures, arrays, metrics)
+        figures, update, metrics = run_task(request, bundle, io, pipeline)
+        artifacts = package(request, figures, update, metrics)
         check_egress(artifacts, mode=request.mode, manifest=ModelManifest.from_arrays(decode(bundle.weights)[0]),
                      num_classes=bundle.manifest.num_classes,
                      expected={"run": request.run_id, "round": request.round, "silo": request.silo,
-                               "nonce": request.nonce})
+                               "nonce": request.nonce}, side=bundle.config)
         publish(io.outbox, prefix, artifacts)
         for name, data in artifacts.items():
             trail.append("artifact_egress", **where, name=prefix + name, sha256=sha256(data), size=len(data))

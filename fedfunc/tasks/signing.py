@@ -11,6 +11,7 @@ import numpy as np
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from fedfunc.pipeline.config import signed_side
 from fedfunc.security.bundle import pack
 from fedfunc.tasks.api import Task
 from fedfunc.tasks.folder import TaskToml, read_task_folder
@@ -37,9 +38,14 @@ def prepare(folder: Path, hyperparams: Mapping[str, Any] | None = None) -> Prepa
     return PreparedTask(toml, files, task, model_to_arrays(build_model(task)))
 
 
-def build_bundle(folder: Path, key: Ed25519PrivateKey, hyperparams: Mapping[str, Any] | None = None) -> bytes:
-    """The signed bundle of the task in ``folder``: its files, requirements, hyper-parameters, initial weights."""
+def build_bundle(folder: Path, key: Ed25519PrivateKey, hyperparams: Mapping[str, Any] | None = None, *,
+                 proximal_mu: float = 0.0, transforms: list[Any] = (), clip_norm: float | str | None = None) -> bytes:
+    """The signed bundle of the task in ``folder``: its files, requirements, hyper-parameters, initial weights
+    and silo side — FedProx's μ, the update transforms and the clip norm, by default derived from the
+    initial weights (``fedfunc.pipeline.config.signed_side``)."""
     p = prepare(folder, hyperparams)
+    side, _ = signed_side(p.initial, proximal_mu=proximal_mu, transforms=transforms, clip_norm=clip_norm)
     return pack(task=p.toml.name, entry=p.toml.entry, num_classes=p.task.num_classes,
-                requirements=p.toml.requirements, config={"hyperparams": p.task.hp.model_dump(mode="json")},
+                requirements=p.toml.requirements,
+                config={"hyperparams": p.task.hp.model_dump(mode="json"), **side.model_dump(mode="json")},
                 files=p.files, weights=encode(p.initial, {"task": p.toml.name, "round": "0"}), key=key)

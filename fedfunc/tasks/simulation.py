@@ -8,21 +8,37 @@ after k rounds (k = 0: the initial model).
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from torch.utils.data import ConcatDataset, Dataset
 
-from fedfunc.aggregation import ClientUpdate, get_strategy
+from fedfunc.aggregation import BlockUpdate, DeltaUpdate, FedAvg, Strategy
 from fedfunc.evaluation import EvalFigures, pool
 from fedfunc.tasks import loop
 from fedfunc.tasks.api import Task
 from fedfunc.tasks.data import DataReader, DataSource
 from fedfunc.tasks.loader import build_model, load_weights
-from fedfunc.weights import ModelManifest, ValidatedUpdate, encode, model_to_arrays, validate_update
+from fedfunc.pipeline import SiloSide, check_history, from_metadata, to_metadata
+from fedfunc.pipeline.silo import SiloPipeline
+from fedfunc.weights import ModelManifest, encode, model_to_arrays, validate_update
 
-Aggregate = Callable[[Mapping[str, np.ndarray], Iterable[ClientUpdate]], dict[str, np.ndarray]]
+# (global arrays, the round's checked updates) -> the next global arrays
+Aggregate = Callable[[Mapping[str, np.ndarray], list[BlockUpdate]], dict[str, np.ndarray]]
+
+
+def rounds_of(strategy: Strategy) -> Aggregate:
+    """``strategy.aggregate_round`` as ``simulate``'s aggregate, carrying its state from round to round."""
+    state = None
+
+    def aggregate(global_arrays: Mapping[str, np.ndarray], updates: list[BlockUpdate]) -> dict[str, np.ndarray]:
+        nonlocal state
+        result = strategy.aggregate_round(global_arrays, updates,
+                                          strategy.initial_state(global_arrays) if state is None else state)
+        state = result.state
+        return result.arrays
+    return aggregate
 
 
 @dataclass(frozen=True)
@@ -57,21 +73,31 @@ def pooled_figures(task: Task, arrays: Mapping[str, np.ndarray], tests: Sequence
 
 
 def simulate(task: Task, initial: Mapping[str, np.ndarray], silos: Sequence[LocalSilo], *, rounds: int,
-             seed: int = 0, aggregate: Aggregate | None = None,
+             seed: int = 0, aggregate: Aggregate | None = None, side: SiloSide | None = None,
              on_round: Callable[[int, dict], None] | None = None) -> list[dict]:
-    """``rounds`` FedAvg rounds (or ``aggregate``'s rule) over ``silos``; pooled test figures per round."""
+    """``rounds`` FedAvg rounds (or ``aggregate``'s rule, e.g. ``rounds_of(strategy)``) over ``silos``, each
+    silo training with the signed silo ``side`` (FedProx's μ, the update transforms) as a silo job does, and
+    its update checked as the orchestrator checks it; pooled test figures per round."""
     data = [(task.read_data(s.train), task.read_data(s.test)) for s in silos]
-    aggregate = aggregate or get_strategy("fedavg").aggregate
+    aggregate = aggregate or rounds_of(FedAvg())
+    side = side or SiloSide()
     global_arrays = dict(initial)
     manifest = ModelManifest.from_arrays(global_arrays)
 
-    def updates(round_: int) -> Iterator[ValidatedUpdate]:
+    def updates(round_: int) -> list[BlockUpdate]:
+        out = []
         for i, (train, _) in enumerate(data):
             model = _model(task, global_arrays)
-            stats = loop.train(task, model, train, seed=local_seed(seed, round_, i))
+            silo = SiloPipeline(side)
+            stats = loop.train(task, model, train, seed=local_seed(seed, round_, i), hooks=silo.hooks())
+            update = silo.finish(model_to_arrays(model), global_arrays)
             meta = {"run": "sim", "round": str(round_), "silo": f"silo{i}", "nonce": "sim",
                     "num_samples": str(stats.num_samples)}
-            yield validate_update(encode(model_to_arrays(model), meta), manifest, expected=meta)
+            checked = validate_update(encode(update.arrays, {**meta, **to_metadata(update)}), manifest, expected=meta)
+            kind, history = from_metadata(checked.metadata)
+            check_history(kind, history, side)
+            out.append(DeltaUpdate(checked, global_arrays) if kind == "delta" else checked)
+        return out
 
     history = []
     for round_ in range(rounds + 1):

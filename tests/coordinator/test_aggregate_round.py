@@ -1,10 +1,13 @@
 """The aggregate and pool_evaluations activities' logic against real storage: every update is read from its
-silo's own outbox by the orchestrator's size-bounded reader (through the outbox SAS in the silo registry),
-every bad update or evaluation is rejected with its reason, the quorum is checked before anything is
-written, a re-run returns the first result, and round 0's model is the bundle's signed initial weights."""
+silo's own outbox (through the orchestrator's outbox access in the silo registry), every bad update or
+evaluation is rejected with its reason, the run's bound and sample caps apply, the quorum is checked before
+anything is written, a re-run returns the first result, round 0's model is the bundle's signed initial
+weights, the strategy's state goes from round to round through its blob, updates are checked against the
+bundle's silo side, and large updates are read by pinned range reads."""
 from __future__ import annotations
 
 import json
+import math
 import pickle
 
 import numpy as np
@@ -49,9 +52,13 @@ def services(azurite, tmp_path_factory):
         release_local_silo(silo, azurite_home=azurite.location, orchestrator_conn=conn, home_root=home)
 
 
+KEY = keys.generate()
+
+
 @pytest.fixture(scope="session")
 def digits_bundle() -> bytes:
-    return build_bundle(task_dir("digits"), keys.generate())
+    """Signed without a clip, so these tests' hand-made updates need no history."""
+    return build_bundle(task_dir("digits"), KEY, clip_norm="off")
 
 
 @pytest.fixture
@@ -59,31 +66,39 @@ def store(services):
     return services.store
 
 
-def make_job(store, run: str, bundle: bytes, sample_caps: dict | None = None, ready: list[str] = SILOS,
+def make_job(store, run: str, silos=SILOS, bundle: bytes | None = None, sample_caps: dict | None = None,
              **spec_fields) -> RoundJob:
-    """Round 0 of a run of the signed ``bundle`` over SILOS, as init_run and prepare_round leave it."""
-    stored, _ = store_bundle(store, bundle, len(bundle))
-    spec = RunSpec(task="digits", bundle=stored.code_hash, silos=SILOS, quorum=0.6, **spec_fields)
+    """Round 0 of a run of the signed ``bundle`` (default: digits, clipping off) over ``silos`` and the
+    evaluator ``held-out``, as init_run and prepare_round leave it."""
+    stored, _ = store_bundle(store, bundle or build_bundle(task_dir("digits"), KEY, clip_norm="off"), 1 << 26)
+    spec = RunSpec(task="digits", bundle=stored.code_hash, silos=list(silos), evaluators=["held-out"],
+                   **{"quorum": 0.6, **spec_fields})
     start = rounds.init_run(store, RunState(run_id=run, spec=spec))
     job = RoundJob(run_id=run, round=0, nonce="n0", model=start.model, spec=spec, update_bound=start.update_bound,
                    deadline="2030-01-01T00:00:00+00:00")
-    plan = rounds.prepare_round(store, ready, job, sample_caps=sample_caps)
+    plan = rounds.prepare_round(store, [*silos, "held-out"], job, sample_caps=sample_caps)
+    assert plan.silos == list(silos) and plan.evaluators == ["held-out"]
     return job.model_copy(update={"manifest": plan.manifest})
 
 
 @pytest.fixture
 def job(store, request, digits_bundle):
-    run = f"agg-{request.node.name[-40:].replace('_', '-').replace('[', '-').rstrip(']')}"
-    job = make_job(store, run, digits_bundle, evaluators=["held-out"], ready=[*SILOS, "held-out"])
-    plan = store.get_json(layout.RUNS, job.manifest)
-    assert plan["silos"] == SILOS and plan["evaluators"] == ["held-out"]
-    return job
+    return make_job(store, f"agg-{request.node.name[-40:].replace('_', '-').replace('[', '-').rstrip(']')}",
+                    bundle=digits_bundle)
+
+
+def next_round(store, job, result):
+    """The job of the round after ``job``, from the model its aggregation recorded."""
+    nxt = job.model_copy(update={"round": job.round + 1, "nonce": f"n{job.round + 1}",
+                                 "model": ModelRef.model_validate(result["model"])})
+    return nxt.model_copy(update={"manifest": rounds.prepare_round(store, SILOS, nxt).manifest})
 
 
 def update_bytes(job, store, silo, *, scale=1.0, n=100, add=0.0, **meta_over):
     arrays = rounds.load_global(store, job.model)
     arrays = {k: (v * scale + add).astype(v.dtype) for k, v in arrays.items()}
-    meta = {"run": job.run_id, "round": "0", "silo": silo, "nonce": job.nonce, "num_samples": str(n), **meta_over}
+    meta = {"run": job.run_id, "round": str(job.round), "silo": silo, "nonce": job.nonce, "num_samples": str(n),
+            **meta_over}
     return weights.encode(arrays, meta)
 
 
@@ -107,10 +122,32 @@ def publish(services, job, silo: str, update: bytes, metrics: bytes = METRICS) -
     return UpdateNotice(path=prefix + layout.UPDATE, size=len(update))
 
 
+class MemoryBlob:
+    """A ``BlobRange`` over bytes, counting its reads."""
+
+    def __init__(self, data: bytes):
+        self.data, self.size, self.version, self.reads = data, len(data), "v1", 0
+
+    def read(self, offset, length):
+        self.reads += 1
+        return self.data[offset:offset + length]
+
+
+def aggregate_in_memory(store, job, blobs: dict[str, bytes], metrics: dict[str, bytes] | None = None, opener=None,
+                        **kw):
+    """Aggregation over updates held in memory (or behind ``opener``): for reads the test counts or breaks."""
+    def read(silo, path, max_bytes):
+        assert path.endswith(layout.METRICS), "updates are opened, not read whole through the reader"
+        return (metrics or {}).get(silo, METRICS)
+    order = AggregateOrder(job=job, updates={s: UpdateNotice(path=f"{s}/{layout.UPDATE}") for s in blobs})
+    return rounds.aggregate_round(store, read, opener or (lambda silo, path: MemoryBlob(blobs[silo])), order,
+                                  **kw).wire()
+
+
 def aggregate(services, job, blobs: dict[str, bytes], metrics: dict[str, bytes] | None = None):
     updates = {s: publish(services, job, s, data, (metrics or {}).get(s, METRICS)) for s, data in blobs.items()}
     order = AggregateOrder(job=job, updates=updates)
-    return rounds.aggregate_round(services.store, services.outbox_reader(), order).wire()
+    return rounds.aggregate_round(services.store, services.outbox_reader(), services.outbox_opener(), order).wire()
 
 
 def test_weighted_average_of_valid_updates(services, store, job):
@@ -194,12 +231,15 @@ def weights_norm(store, job) -> float:
     return float_norm(rounds.load_global(store, job.model))[0]
 
 
-def test_the_spec_bound_tightens_the_default(services, store, digits_bundle):
-    spec_bound = make_job(store, "agg-spec-bound", digits_bundle, max_update_norm=1.0)
+def test_the_spec_and_the_signed_clip_norm_bound_tighter(services, store, digits_bundle):
+    spec_bound = make_job(store, "agg-spec-bound", bundle=digits_bundle, max_update_norm=1.0)
     assert spec_bound.update_bound.source == "spec" and spec_bound.update_bound.max_norm == 1.0
     blobs = {s: update_bytes(spec_bound, store, s, scale=1.5 if s == "c-silo" else 1.0) for s in SILOS}
     [rejected] = aggregate(services, spec_bound, blobs)["rejected"]
     assert rejected["silo"] == "c-silo" and "from the spec" in rejected["reason"]
+    clipped = build_bundle(task_dir("digits"), KEY, clip_norm=0.5)
+    signed = make_job(store, "agg-bundle-bound", bundle=clipped, max_update_norm=3.0)
+    assert (signed.update_bound.source, signed.update_bound.max_norm) == ("bundle", 0.5)  # the spec cannot loosen it
 
 
 def test_median_rule_rejects_what_the_absolute_bound_lets_through(services, store, digits_bundle):
@@ -207,10 +247,10 @@ def test_median_rule_rejects_what_the_absolute_bound_lets_through(services, stor
     rejects it (read twice: measure, then aggregate), naming the rule, the median and the multiple."""
     honest = {s: (lambda job, s=s, k=k: update_bytes(job, store, s, scale=k)) for s, k in
               (("a-silo", 1.1), ("b-silo", 1.12))}
-    plain = make_job(store, "agg-no-median", digits_bundle)
+    plain = make_job(store, "agg-no-median", bundle=digits_bundle)
     blobs = {**{s: f(plain) for s, f in honest.items()}, "c-silo": update_bytes(plain, store, "c-silo", scale=1.6)}
     assert aggregate(services, plain, blobs)["accepted"] == SILOS
-    ruled = make_job(store, "agg-median", digits_bundle, max_update_norm_vs_median=3.0)
+    ruled = make_job(store, "agg-median", bundle=digits_bundle, max_update_norm_vs_median=3.0)
     blobs = {**{s: f(ruled) for s, f in honest.items()}, "c-silo": update_bytes(ruled, store, "c-silo", scale=1.6)}
     result = aggregate(services, ruled, blobs)
     assert result["accepted"] == ["a-silo", "b-silo"] and result["num_samples"] == 200
@@ -219,25 +259,21 @@ def test_median_rule_rejects_what_the_absolute_bound_lets_through(services, stor
     assert "3 × the round's median" in rejected["reason"]
 
 
-def test_an_update_that_changes_between_the_two_reads_is_rejected(store, digits_bundle):
-    job = make_job(store, "agg-swap", digits_bundle, max_update_norm_vs_median=3.0)
-    first = {s: update_bytes(job, store, s) for s in SILOS}
-    reads = {s: 0 for s in SILOS}
-
-    def read(silo, path, max_bytes):
-        if path.endswith(layout.METRICS):
-            return METRICS
-        reads[silo] += 1
-        return first[silo] if silo != "c-silo" or reads[silo] == 1 else update_bytes(job, store, silo, scale=1.01)
-    order = AggregateOrder(job=job, updates={s: UpdateNotice(path=f"{s}/{layout.UPDATE}") for s in SILOS})
-    result = rounds.aggregate_round(store, read, order)
-    assert result.accepted == ["a-silo", "b-silo"] and "changed between reads" in result.rejected[0].reason
+def test_with_the_median_rule_each_update_is_downloaded_once_and_measured_as_aggregated(store, digits_bundle):
+    """Measuring the round's norms and aggregating read the same bytes: an update read whole is downloaded
+    once and kept (a range-read one is pinned to the version opened: see the range-read test)."""
+    job = make_job(store, "agg-once", bundle=digits_bundle, max_update_norm_vs_median=3.0)
+    blobs = {s: MemoryBlob(update_bytes(job, store, s, scale=1.0 + i / 10)) for i, s in enumerate(SILOS)}
+    result = aggregate_in_memory(store, job, {s: b.data for s, b in blobs.items()},
+                                 opener=lambda silo, path: blobs[silo])
+    assert result["accepted"] == SILOS and {b.reads for b in blobs.values()} == {1}
+    assert [round(result["received"][s]["norm"] / result["received"]["b-silo"]["norm"], 6) for s in SILOS] == [0, 1, 2]
 
 
 def test_num_samples_are_capped_by_the_registered_cap_and_the_spec(services, store, digits_bundle):
     """A silo claiming 10⁶ samples is weighted by its registered cap; the spec's cap binds everyone;
     the result says who was capped, from what, by what."""
-    job = make_job(store, "agg-caps", digits_bundle, sample_caps={"c-silo": 50}, max_samples_per_silo=400)
+    job = make_job(store, "agg-caps", bundle=digits_bundle, sample_caps={"c-silo": 50}, max_samples_per_silo=400)
     blobs = {"a-silo": update_bytes(job, store, "a-silo", n=100), "b-silo": update_bytes(job, store, "b-silo", n=1000),
              "c-silo": update_bytes(job, store, "c-silo", scale=3.0, n=10**6)}
     result = aggregate(services, job, blobs)
@@ -305,3 +341,175 @@ def test_evaluations_pool_exactly_with_the_held_out_evaluator_apart(store, job):
     assert np.array(record["confusion"]).sum() == 40 and np.array(record["heldout_confusion"]).sum() == 4
     again = rounds.pool_evaluations(store, lambda *a: pytest.fail("a re-run must not read again"), order)
     assert again == result
+
+def test_strategy_state_goes_from_round_to_round_through_its_blob(store):
+    """FedAdam over two rounds: each round reads the state its model reference pins and writes the next,
+    and the chain is bit-identical to the same rounds aggregated in process."""
+    from fedfunc.aggregation import MemoryUpdate, decode_state, encode_state
+
+    job = make_job(store, "agg-state-chain", strategy={"name": "fedadam", "options": {"eta": 0.05}})
+    strategy = job.spec.strategy.build()
+    g = rounds.load_global(store, job.model)
+    state = strategy.initial_state(g)
+    for r in range(2):
+        blobs = {s: update_bytes(job, store, s, scale=1.0 + 0.1 * i + r, n=50 + i) for i, s in enumerate(SILOS)}
+        result = aggregate_in_memory(store, job, blobs)
+        ref = ModelRef.model_validate(result["model"])
+        assert ref.state_path == layout.strategy_state(job.run_id, r + 1)
+        expected = strategy.aggregate_round(g, [MemoryUpdate(s, 50 + i, weights.decode(blobs[s])[0])
+                                                for i, s in enumerate(SILOS)], state)
+        stored_state = store.get_bytes(layout.RUNS, ref.state_path)
+        assert stored_state == encode_state(expected.state, strategy.describe())
+        assert decode_state(stored_state, strategy.describe()).scalars == {"step": r + 1}
+        assert weights.decode(store.get_bytes(layout.MODELS, ref.path))[0].keys() == expected.arrays.keys()
+        for k, v in weights.decode(store.get_bytes(layout.MODELS, ref.path))[0].items():
+            np.testing.assert_array_equal(v, expected.arrays[k])
+        g, state, job = expected.arrays, expected.state, next_round(store, job, result)
+
+
+@pytest.mark.parametrize("damage, named", [("delete", "missing"), ("garbage", "sha256"), ("other", "sha256")])
+def test_missing_or_altered_state_fails_the_round_clearly_and_writes_nothing(store, damage, named):
+    from fedfunc.aggregation import State, encode_state
+
+    job = make_job(store, f"agg-state-{damage}", strategy="fedyogi")
+    container = store.container(layout.RUNS)
+    if damage == "delete":
+        container.delete_blob(job.model.state_path)
+    else:
+        data = b"not a state" if damage == "garbage" else encode_state(State({}, {"step": 7}), {"name": "fedyogi"})
+        store.put_bytes(layout.RUNS, job.model.state_path, data)
+    result = aggregate_in_memory(store, job, {s: update_bytes(job, store, s) for s in SILOS})
+    assert result["model"] is None and result["error"].startswith("strategy state: ") and named in result["error"]
+    assert store.get_bytes(layout.MODELS, layout.global_model(job.run_id, 1)) is None
+    assert store.get_json(layout.RUNS, layout.aggregate_record(job.run_id, 0)) is None
+
+
+@pytest.mark.parametrize("strategy, blobs_of, message", [
+    ({"name": "krum", "options": {"f": 1}}, lambda job, store: {s: update_bytes(job, store, s) for s in SILOS},
+     "krum needs at least 5 updates (f=1 Byzantine updates need n ≥ 2f + 3); got 3"),
+    ("median", lambda job, store: {"a-silo": update_bytes(job, store, "a-silo"),
+                                   "b-silo": update_bytes(job, store, "b-silo"),
+                                   "c-silo": update_bytes(job, store, "c-silo", scale=float("inf"))},
+     "median needs at least 3 updates (the median of fewer than 3 values outvotes none); got 2"),
+])
+def test_a_robust_rule_with_too_few_updates_fails_the_round_naming_rule_and_count(store, strategy, blobs_of, message):
+    job = make_job(store, f"agg-few-{strategy if isinstance(strategy, str) else strategy['name']}", strategy=strategy)
+    result = aggregate_in_memory(store, job, blobs_of(job, store))
+    assert result["model"] is None and result["error"] == message
+    assert store.get_bytes(layout.MODELS, layout.global_model(job.run_id, 1)) is None
+    assert store.get_json(layout.RUNS, layout.aggregate_record(job.run_id, 0)) is None
+
+
+def test_krum_records_which_updates_it_kept(store):
+    silos = {f"s{i}": 1.0 + 0.01 * i for i in range(4)} | {"s9": 50.0}
+    job = make_job(store, "agg-krum-kept", sorted(silos), strategy={"name": "krum", "options": {"f": 1, "m": 2}})
+    result = aggregate_in_memory(store, job, {s: update_bytes(job, store, s, scale=k) for s, k in silos.items()})
+    assert result["accepted"] == sorted(silos) and result["selected"] == ["s1", "s2"]
+
+
+def test_large_updates_are_read_by_range_reads_pinned_to_the_blob_version(store):
+    """With no budget for whole reads, every update is read block by block from Azurite with If-Match on
+    the ETag seen when it was opened: the same model bits as whole reads; an update overwritten after it
+    was opened is rejected as unreadable and the others are aggregated."""
+    from fedfunc.storage import PinnedBlob
+
+    job = make_job(store, "agg-ranges", strategy="fedavgm", quorum=0.3)
+    blobs = {s: update_bytes(job, store, s, scale=1.0 + i) for i, s in enumerate(SILOS)}
+    container = store.container("test-outbox")
+    for s, data in blobs.items():
+        container.upload_blob(f"{job.run_id}/{s}", data, overwrite=True)
+    reads = {"count": 0}
+
+    class Changing(PinnedBlob):
+        def read(self, offset, length):
+            reads["count"] += 1
+            if self._blob.blob_name.endswith("c-silo") and offset > 64:  # past the header: overwrite, then read
+                container.upload_blob(f"{job.run_id}/c-silo", blobs["a-silo"], overwrite=True)
+            return super().read(offset, length)
+
+    def opener(silo, path):
+        return Changing(container.get_blob_client(f"{job.run_id}/{silo}"))
+
+    ranged = aggregate_in_memory(store, job, blobs, opener=opener, whole_read_budget=0)
+    assert ranged["error"] is None and ranged["accepted"] == ["a-silo", "b-silo"]
+    assert [r["silo"] for r in ranged["rejected"]] == ["c-silo"]
+    assert ranged["rejected"][0]["reason"].startswith("unreadable: ") and "ConditionNotMet" in \
+        ranged["rejected"][0]["reason"]
+    assert {s: r["sha256"] for s, r in ranged["received"].items()} == {"a-silo": None, "b-silo": None}
+    assert all(r["version"] for r in ranged["received"].values())
+    assert reads["count"] > 3 * len(weights.decode(blobs["a-silo"])[0])  # header + one read per tensor block
+
+    whole = make_job(store, "agg-ranges-whole", strategy="fedavgm", quorum=0.3)
+    two = {s: update_bytes(whole, store, s, scale=1.0 + i) for i, s in enumerate(SILOS[:2])}
+    expected = aggregate_in_memory(store, whole, two)
+    assert expected["received"]["a-silo"]["sha256"] == weights.sha256(two["a-silo"])
+    got = weights.decode(store.get_bytes(layout.MODELS, ModelRef.model_validate(ranged["model"]).path))[0]
+    want = weights.decode(store.get_bytes(layout.MODELS, ModelRef.model_validate(expected["model"]).path))[0]
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k])
+
+
+def signed_side(**side):
+    """A digits bundle signed with this silo side (and no clip unless it says so)."""
+    return build_bundle(task_dir("digits"), KEY, **{"clip_norm": "off", **side})
+
+
+def piped(job, store, silo, *specs, scale=1.0, n=100):
+    """An update as a silo's chain makes it: trained arrays through ``specs``, history in the metadata."""
+    from fedfunc.pipeline import TransformSpec, Update, chain, to_metadata
+
+    g = rounds.load_global(store, job.model)
+    update = Update({k: (v * scale).astype(v.dtype) for k, v in g.items()}, g)
+    for t in chain([], [TransformSpec.model_validate(s) for s in specs]):
+        update = t(update)
+    meta = {"run": job.run_id, "round": str(job.round), "silo": silo, "nonce": job.nonce, "num_samples": str(n),
+            **to_metadata(update)}
+    return weights.encode(update.arrays, meta)
+
+
+def test_updates_are_checked_against_the_signed_transforms_and_delta_payloads_aggregated(store):
+    clip = {"name": "clip", "options": {"max_norm": 5.0}}
+    job = make_job(store, "agg-transforms", bundle=signed_side(transforms=[{"name": "delta"}, clip]))
+    g = rounds.load_global(store, job.model)
+    blobs = {"a-silo": piped(job, store, "a-silo", {"name": "delta"}, clip, scale=4.0),
+             "b-silo": piped(job, store, "b-silo", {"name": "delta"}, clip, scale=1.001),
+             "c-silo": piped(job, store, "c-silo", {"name": "delta"}, scale=1.001)}
+    result = aggregate_in_memory(store, job, blobs)
+    assert result["accepted"] == ["a-silo", "b-silo"]
+    [rejected] = result["rejected"]
+    assert rejected["silo"] == "c-silo" and rejected["reason"].startswith(
+        "transforms.missing: the signed bundle requires [delta, clip(max_norm=5.0)] last, in order; "
+        "the update's history is [delta]")
+    assert {s: (r["payload"], r["clipped"]) for s, r in result["received"].items()} == {
+        "a-silo": ("delta", True), "b-silo": ("delta", False)}
+    new = rounds.load_global(store, ModelRef.model_validate(result["model"]))
+    distance = math.sqrt(sum(float(np.sum((new[k].astype(np.float64) - g[k]) ** 2)) for k in g))
+    assert distance <= 5.0  # the mean of two updates within 5 of the global model
+
+
+def test_fedprox_updates_must_show_the_signed_proximal_term(store):
+    job = make_job(store, "agg-fedprox", strategy="fedprox", bundle=signed_side(proximal_mu=0.01))
+    plain = update_bytes(job, store, "a-silo")
+    arrays, meta = weights.decode(update_bytes(job, store, "b-silo"))
+    trained = weights.encode(arrays, {**meta, "transforms": json.dumps([{"name": "proximal", "options": {"mu": 0.01}}])})
+    result = aggregate_in_memory(store, job, {"a-silo": plain, "b-silo": trained, "c-silo": trained.replace(b"b-silo", b"c-silo")})
+    assert result["accepted"] == ["b-silo", "c-silo"]
+    assert result["rejected"][0]["reason"] == ("transforms.missing: the signed bundle requires proximal(mu=0.01) in "
+                                               "training; the update's history is []")
+
+
+def test_a_visible_update_above_the_signed_clip_norm_is_rejected(store):
+    """The bound the silos clip to is also the orchestrator's: an update claiming the clip but above it is
+    rejected by the norm rule (and a spec's tighter bound wins)."""
+    clip = {"name": "clip", "options": {"max_norm": 1.0}}
+    job = make_job(store, "agg-bound", bundle=signed_side(transforms=[clip]))
+    g = rounds.load_global(store, job.model)
+    arrays, meta = weights.decode(piped(job, store, "c-silo", clip, scale=1.0))
+    forged = weights.encode({k: (v + 0.1).astype(v.dtype) for k, v in g.items()}, meta)  # says clip, is not
+    result = aggregate_in_memory(store, job, {"a-silo": piped(job, store, "a-silo", clip, scale=3.0),
+                                    "b-silo": piped(job, store, "b-silo", clip, scale=1.01), "c-silo": forged})
+    assert result["accepted"] == ["a-silo", "b-silo"]
+    assert result["rejected"][0]["reason"].startswith("norm: ‖update − global‖₂ = ") and "bound 1" in \
+        result["rejected"][0]["reason"]
+    assert rounds.update_bound(job.spec.model_copy(update={"max_update_norm": 0.5}), rounds.silo_side(
+        store, job.run_id)) == 0.5

@@ -213,6 +213,13 @@ def test_missing_metadata_named():
     assert e.rule == "metadata" and "num_samples" in str(e)
 
 
+def test_metadata_beyond_the_known_keys_is_refused():
+    """Metadata is no free-form channel: only the round's keys and the pipeline's payload and history."""
+    e = rejected(blob(note="patient 1234 has diabetes"))
+    assert e.rule == "metadata" and "unexpected metadata keys ['note']" in str(e)
+    assert validate_update(blob(payload="weights", transforms="[]"), MANIFEST, expected=EXPECTED).num_samples == 40
+
+
 @pytest.mark.parametrize("value", ["0", "-3", "1.5", "many", ""])
 def test_invalid_num_samples(value):
     assert rejected(blob(num_samples=value)).rule == "num_samples"

@@ -29,6 +29,37 @@ def test_keygen_and_sign(tmp_path, fedfunc):
     assert r.exit_code != 0 and "epoch" in r.output and not (tmp_path / "b3.fedbundle").exists()
 
 
+def test_sign_fixes_the_silo_side_with_a_clip_by_default(tmp_path, fedfunc):
+    """FedProx's μ, the transforms and the clip norm are signed; without --clip-norm the clip is the default
+    derived from the initial weights, and --clip-norm off signs none."""
+    from fedfunc.pipeline import default_clip_norm
+    from fedfunc.security.bundle import open_bundle
+    from fedfunc.weights import decode
+
+    assert fedfunc("keygen", tmp_path / "bo").exit_code == 0
+    trusted = [keys.public_b64(keys.load_public(tmp_path / "bo.pub"))]
+
+    def sign(name, *flags):
+        r = fedfunc("sign", "--task", "digits", "--key", tmp_path / "bo.pem", "--out", tmp_path / name, *flags)
+        assert r.exit_code == 0, r.output
+        return verify_bundle((tmp_path / name).read_bytes(), trusted).config
+
+    default = sign("a.fedbundle")
+    initial = decode(open_bundle((tmp_path / "a.fedbundle").read_bytes()).weights())[0]
+    assert default.proximal_mu == 0 and [t.name for t in default.transforms] == ["clip"]
+    assert default.clip_norm == default_clip_norm(initial)[0]
+    chosen = sign("b.fedbundle", "--proximal-mu", "0.01", "--transform", "delta", "--clip-norm", "3")
+    assert chosen.proximal_mu == 0.01
+    assert [t.model_dump() for t in chosen.transforms] == [{"name": "delta", "options": {}},
+                                                            {"name": "clip", "options": {"max_norm": 3.0}}]
+    assert sign("c.fedbundle", "--clip-norm", "off").transforms == []
+    for flags, says in [(("--transform", "clip:max_norm=-1"), "max_norm"), (("--clip-norm", "wide"), "--clip-norm"),
+                        (("--transform", "zip"), "unknown update transform 'zip'"),
+                        (("--proximal-mu", "-1"), "proximal-mu")]:
+        r = fedfunc("sign", "--task", "digits", "--key", tmp_path / "bo.pem", "--out", tmp_path / "x.fedbundle", *flags)
+        assert r.exit_code != 0 and says in r.output, r.output
+
+
 def test_audit_lists_and_filters(azurite, fedfunc):
     conn = azurite.orchestrator.connection_string
     log = AuditLog.create(table_service(conn))

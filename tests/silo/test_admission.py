@@ -340,3 +340,32 @@ def test_forged_ticket_through_the_local_backend(silo_with_data, silo_io, job_fa
     refusals = [e for e in SiloAuditTrail(io.outbox, "adm-n").recent() if e["job"] == request.job_key]
     assert [e["detail"]["rule"] for e in refusals if e["kind"] == "job_refused"] == ["ticket.untrusted_issuer"]
     assert _outbox_names(io, request) == []
+
+
+def test_the_silo_side_runs_in_the_job_and_is_recorded_in_the_update(silo_with_data, silo_io, job_factory, trust):
+    """A bundle signed with FedProx's μ, delta and a clip: the job trains with the proximal term, sends a
+    clipped delta, and the update's metadata says so — in the order the steps ran, the silo's own first."""
+    from fedfunc.pipeline import from_metadata
+    from fedfunc.weights import decode
+
+    bundle = build_bundle(task_dir("digits"), trust.scientist, {"epochs": 1, "lr": 0.05, "batch_size": 32},
+                          proximal_mu=0.05, transforms=[{"name": "delta"}], clip_norm=0.02)
+    silo_with_data("pipe-a", update_transforms=[{"name": "clip", "options": {"max_norm": 0.01}}])
+    io, request = silo_io("pipe-a"), job_factory("pipe-a", "run-pipe-a", bundle=bundle)
+    run_job(request, io)
+    arrays, meta = decode(io.outbox.read(request.outbox_prefix + layout.UPDATE))
+    kind, history = from_metadata(meta)
+    assert kind == "delta"
+    assert [(s.name, dict(s.options)) for s in history] == [
+        ("proximal", {"mu": 0.05}), ("clip", {"max_norm": 0.01}), ("delta", {}), ("clip", {"max_norm": 0.02})]
+    assert history[1].observed == {"clipped": True} and history[3].observed == {"clipped": False}
+    assert 0.0099 < sum(float((a.astype("float64") ** 2).sum()) for a in arrays.values()) ** 0.5 <= 0.01
+
+
+def test_a_silo_whose_own_transforms_cannot_chain_with_the_signed_ones_refuses_the_job(silo_with_data, silo_io,
+                                                                                       job_factory, trust):
+    bundle = build_bundle(task_dir("digits"), trust.scientist, transforms=[{"name": "delta"}])
+    silo_with_data("pipe-b", update_transforms=[{"name": "delta"}])
+    failed = _refused(silo_io("pipe-b"), job_factory("pipe-b", "run-pipe-b", bundle=bundle),
+                      "policy.update_transforms", "transforms")
+    assert "transform delta takes a weights payload, not delta" in failed["reason"]
