@@ -401,10 +401,10 @@ def test_a_robust_rule_with_too_few_updates_fails_the_round_naming_rule_and_coun
 
 
 def test_krum_records_which_updates_it_kept(store):
-    silos = {f"s{i}": 1.0 + 0.01 * i for i in range(4)} | {"s9": 50.0}
+    silos = {f"site{i}": 1.0 + 0.01 * i for i in range(4)} | {"site9": 5.0}  # an outlier within the default bound
     job = make_job(store, "agg-krum-kept", sorted(silos), strategy={"name": "krum", "options": {"f": 1, "m": 2}})
     result = aggregate_in_memory(store, job, {s: update_bytes(job, store, s, scale=k) for s, k in silos.items()})
-    assert result["accepted"] == sorted(silos) and result["selected"] == ["s1", "s2"]
+    assert result["accepted"] == sorted(silos) and result["selected"] == ["site1", "site2"]
 
 
 def test_large_updates_are_read_by_range_reads_pinned_to_the_blob_version(store):
@@ -511,5 +511,6 @@ def test_a_visible_update_above_the_signed_clip_norm_is_rejected(store):
     assert result["accepted"] == ["a-silo", "b-silo"]
     assert result["rejected"][0]["reason"].startswith("norm: ‖update − global‖₂ = ") and "bound 1" in \
         result["rejected"][0]["reason"]
-    assert rounds.update_bound(job.spec.model_copy(update={"max_update_norm": 0.5}), rounds.silo_side(
-        store, job.run_id)) == 0.5
+    assert "from the bundle (the signed clip norm)" in result["rejected"][0]["reason"]
+    tighter = make_job(store, "agg-bound-spec", bundle=signed_side(transforms=[clip]), max_update_norm=0.5)
+    assert (tighter.update_bound.max_norm, tighter.update_bound.source) == (0.5, "spec")
