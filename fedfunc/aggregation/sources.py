@@ -143,6 +143,17 @@ class DeltaUpdate(Wrapped):
         return (w if g.dtype.kind == "f" else np.rint(w)).astype(g.dtype)
 
 
+class BytesBlob:
+    """A ``fedfunc.contracts.BlobRange`` over bytes in memory (benches, tests), counting its reads."""
+
+    def __init__(self, data: bytes, version: str = "v1"):
+        self.data, self.size, self.version, self.reads = data, len(data), version, 0
+
+    def read(self, offset: int, length: int) -> bytes:
+        self.reads += 1
+        return self.data[offset:offset + length]
+
+
 def in_key_order(updates: Sequence[BlockUpdate]) -> list[BlockUpdate]:
     """The updates sorted by key; a key twice is an error (one update per silo and round)."""
     ordered = sorted(updates, key=lambda u: u.key)

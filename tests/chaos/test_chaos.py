@@ -21,8 +21,7 @@ from fedfunc.devstack import DevStack
 from fedfunc.security.audit import AuditLog
 from fedfunc.silo.home import read_credentials, silo_home
 from fedfunc.storage import blob_service, table_service
-from fedfunc.tasks.partition import partition
-from fedfunc.tasks.registry import get_task
+from fedfunc.tasks.builtin.datasets import silo_parts
 from tests.chaos.faultproxy import FaultProxy
 
 SILOS = ("chaos-1", "chaos-2", "chaos-3")
@@ -88,16 +87,15 @@ def chaos_run(root: Path, *, rounds: int, rate: float, budget: int, seed: int, k
     stack, proxies = proxied_stack(root, rate=0.0, budget=budget, seed=seed)  # faults once the run starts
     mark("stack up")
     try:
-        data = get_task("digits").load_dataset()
-        for silo, idx in zip(SILOS, partition(data.y_train, len(SILOS), alpha=None, seed=0)):
+        for silo, part in zip(SILOS, silo_parts("digits", len(SILOS), alpha=None, seed=0)):
             stack.add_silo(silo)
-            stack.upload_data(silo, "digits", data.x_train[idx], data.y_train[idx])
+            stack.upload_data(silo, part.files("digits"))
         mark("silos onboarded")
         for proxy in proxies.values():
             proxy.rate = rate
-        run = stack.start_run({"task": "digits", "silos": list(SILOS), "rounds": rounds, "quorum": 0.6,
-                               "round_deadline_s": 240, "run_id": f"chaos-{seed}",
-                               "bundle": stack.signed_bundle("digits", HP)})
+        bundle = stack.bundle("digits", HP)
+        run = stack.start_run({"silos": list(SILOS), "rounds": rounds, "quorum": 0.6, "round_deadline_s": 240,
+                               "run_id": f"chaos-{seed}", "bundle": bundle})
         killed = {}
         if kill:
             collecting = stack.wait_round(run, 0, timeout=240)

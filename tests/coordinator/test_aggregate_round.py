@@ -15,6 +15,7 @@ import pytest
 
 from fedfunc import layout, weights
 from fedfunc.contracts import ModelRef
+from fedfunc.aggregation.sources import BytesBlob
 from fedfunc.coordinator import rounds
 from fedfunc.coordinator.bundles import UnknownBundle, store_bundle
 from fedfunc.coordinator.services import Services
@@ -122,17 +123,6 @@ def publish(services, job, silo: str, update: bytes, metrics: bytes = METRICS) -
     return UpdateNotice(path=prefix + layout.UPDATE, size=len(update))
 
 
-class MemoryBlob:
-    """A ``BlobRange`` over bytes, counting its reads."""
-
-    def __init__(self, data: bytes):
-        self.data, self.size, self.version, self.reads = data, len(data), "v1", 0
-
-    def read(self, offset, length):
-        self.reads += 1
-        return self.data[offset:offset + length]
-
-
 def aggregate_in_memory(store, job, blobs: dict[str, bytes], metrics: dict[str, bytes] | None = None, opener=None,
                         **kw):
     """Aggregation over updates held in memory (or behind ``opener``): for reads the test counts or breaks."""
@@ -140,7 +130,7 @@ def aggregate_in_memory(store, job, blobs: dict[str, bytes], metrics: dict[str, 
         assert path.endswith(layout.METRICS), "updates are opened, not read whole through the reader"
         return (metrics or {}).get(silo, METRICS)
     order = AggregateOrder(job=job, updates={s: UpdateNotice(path=f"{s}/{layout.UPDATE}") for s in blobs})
-    return rounds.aggregate_round(store, read, opener or (lambda silo, path: MemoryBlob(blobs[silo])), order,
+    return rounds.aggregate_round(store, read, opener or (lambda silo, path: BytesBlob(blobs[silo])), order,
                                   **kw).wire()
 
 
@@ -263,7 +253,7 @@ def test_with_the_median_rule_each_update_is_downloaded_once_and_measured_as_agg
     """Measuring the round's norms and aggregating read the same bytes: an update read whole is downloaded
     once and kept (a range-read one is pinned to the version opened: see the range-read test)."""
     job = make_job(store, "agg-once", bundle=digits_bundle, max_update_norm_vs_median=3.0)
-    blobs = {s: MemoryBlob(update_bytes(job, store, s, scale=1.0 + i / 10)) for i, s in enumerate(SILOS)}
+    blobs = {s: BytesBlob(update_bytes(job, store, s, scale=1.0 + i / 10)) for i, s in enumerate(SILOS)}
     result = aggregate_in_memory(store, job, {s: b.data for s, b in blobs.items()},
                                  opener=lambda silo, path: blobs[silo])
     assert result["accepted"] == SILOS and {b.reads for b in blobs.values()} == {1}
