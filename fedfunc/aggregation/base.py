@@ -50,6 +50,7 @@ class TooFewUpdates(ValueError):
 
     def __init__(self, rule: str, count: int, needed: int, why: str):
         self.rule, self.count, self.needed = rule, count, needed
+        self.rejected: dict[str, UpdateRejected] = {}  # updates the value rules took out before the count fell
         super().__init__(f"{rule} needs at least {needed} updates ({why}); got {count}")
 
 
@@ -145,7 +146,11 @@ class Strategy:
         rejected: dict[str, UpdateRejected] = {}
         norms: dict[str, float] = {}
         while True:
-            self.check_count(len(ordered))
+            try:
+                self.check_count(len(ordered))
+            except TooFewUpdates as e:
+                e.rejected = rejected
+                raise
             block = block_elems or max(4096, min(self.block_elems, READ_BUDGET // (8 * max(1, len(ordered)))))
             blocks = BlockPass(global_arrays, ordered, block, max_norm, readers=readers)
             arrays, new_state, selected = self._aggregate(global_arrays, ordered, state, blocks)

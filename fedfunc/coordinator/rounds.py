@@ -262,8 +262,10 @@ def aggregate_round(store: RunStore, read_outbox: OutboxReader, open_outbox: Out
         try:
             agg = strategy.aggregate_round(global_arrays, sources, state, max_norm=bound.max_norm, readers=readers)
             break
-        except TooFewUpdates as e:
-            return result(accepted=sorted(u.key for u in sources), error=str(e))
+        except TooFewUpdates as e:  # too few for the rule; below quorum (with the reasons) if the value rules did it
+            refuse(e.rejected)
+            kept = sorted(u.key for u in sources if u.key not in e.rejected)
+            return result(accepted=kept) if len(kept) < manifest_doc["needed"] else result(accepted=kept, error=str(e))
         except UnreadableUpdate as e:
             rejected[e.silo] = f"unreadable: {e.error}"
             sources = [u for u in sources if u.key != e.silo]

@@ -42,7 +42,7 @@ def bundle(stack):
 @pytest.fixture
 def spec(bundle):
     """``spec(**overrides)``: ``run_spec`` with this session's signed bundle."""
-    return lambda **overrides: run_spec(bundle, **overrides)
+    return lambda **overrides: run_spec(overrides.pop("bundle", bundle), **overrides)
 
 
 class OwnSilos:

@@ -48,12 +48,19 @@ def own_outbox(creds: SiloCredentials):
 
 
 def forge_nan_update(stack: DevStack, run: str, silo: str, creds: SiloCredentials) -> None:
-    """Publish, with the silo's own key, an update for round 0 of ``run`` that is well formed and carries the
-    round's nonce but holds NaN weights (plus its metrics), as a compromised silo could."""
+    """Publish, with the silo's own key, an update for round 0 of ``run`` that is well formed, carries the
+    round's nonce and claims the history the signed bundle requires, but holds NaN weights (plus its
+    metrics), as a compromised silo could."""
+    from fedfunc.pipeline import required_steps, silo_side
+    from fedfunc.pipeline.history import HISTORY_KEY, PAYLOAD_KEY
+
     model = weights.decode(stack.download(layout.MODELS, layout.global_model(run, 0)))[0]
     nonce = json.loads(stack.download(layout.RUNS, layout.round_manifest(run, 0)))["nonce"]
+    side = silo_side(json.loads(stack.download(layout.RUNS, layout.run_bundle_manifest(run)))["config"])
+    claimed = json.dumps([s.wire() for s in required_steps(side)], sort_keys=True, separators=(",", ":"))
     poisoned = weights.encode({k: np.full_like(v, np.nan) for k, v in model.items()},
-                              {"run": run, "round": "0", "silo": silo, "nonce": nonce, "num_samples": "200"})
+                              {"run": run, "round": "0", "silo": silo, "nonce": nonce, "num_samples": "200",
+                               PAYLOAD_KEY: "weights", HISTORY_KEY: claimed})
     prefix = layout.outbox_prefix(run, 0, silo)
     outbox = own_outbox(creds)
     outbox.upload_blob(prefix + layout.METRICS, json.dumps({"loss": 0.1, "num_samples": 200}).encode())

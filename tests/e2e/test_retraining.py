@@ -56,7 +56,7 @@ def test_a_burst_of_uploads_starts_one_retraining_run(retrain_stack):
     # The debouncer ended with that run (no upload came during it): this burst can start no other.
     debouncer = wait_instance(stack, DEBOUNCER, "Completed")["output"]
     assert debouncer["run"] == run
-    assert 2 <= debouncer["uploads"] <= 3  # the watcher may see up-1's two quick writes as one
+    assert 4 <= debouncer["uploads"] <= 6  # two files each; the watcher may see up-1's quick rewrites as one
     assert retraining_runs(stack) == known | {run}
 
 

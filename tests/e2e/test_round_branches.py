@@ -31,7 +31,7 @@ def test_a_silo_that_stays_silent_is_failed_at_the_deadline(stack, spec, own_sil
     creds = cut_off(silent)  # its job can write nothing: no update, no failure note
     run = stack.start_run(spec(silos=[silent], round_deadline_s=3, run_id="e2e-deadline"))
     why = failed_run(stack, run)
-    assert why.startswith(f"round 0: 0 update(s) of 1 silo(s), quorum needs 1; {silent}: no update before the deadline ")
+    assert why.startswith(f"round 0: 0 update(s) of 1 silo(s), quorum needs 1; {silent}: no result before the deadline ")
     assert list(own_outbox(creds).list_blobs(name_starts_with=layout.outbox_prefix(run, 0, silent))) == []
 
 
