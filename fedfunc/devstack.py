@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import sys
 import time
 from pathlib import Path
 
@@ -29,11 +30,14 @@ class ApiError(RuntimeError):
 
 
 class DevStack:
-    def __init__(self, root: Path, port: int | None = None, extra_settings: dict | None = None):
+    def __init__(self, root: Path, port: int | None = None, extra_settings: dict | None = None,
+                 mlflow_store: Path | None = None):
+        """``mlflow_store``: the MLflow SQLite file runs are tracked in (default ``root/mlflow/mlflow.db``)."""
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.azurite = Azurite(self.root / "azurite")
         self.home = self.root / "home"
+        self.mlflow_store = Path(mlflow_store or self.root / "mlflow" / "mlflow.db").resolve()
         self.admin_key, self.scientist_key = self._api_keys()
         self.orchestrator_key_path = self._key("orchestrator")
         self.scientist_signing_key = keys.load_private(self._key("scientist"))
@@ -42,11 +46,29 @@ class DevStack:
 
     def _api_keys(self) -> tuple[str, str]:
         path = self.root / "api-keys.json"
-        if not path.exists():
-            path.write_text(json.dumps({"admin": secrets.token_urlsafe(24), "scientist": secrets.token_urlsafe(24)}))
+        k = json.loads(path.read_text()) if path.exists() else {}
+        if not {"admin", "scientist", "links"} <= set(k):   # new, or from before signed links
+            k = {"admin": secrets.token_urlsafe(24), "scientist": secrets.token_urlsafe(24),
+                 "links": secrets.token_urlsafe(32), **k}
+            path.write_text(json.dumps(k))
             path.chmod(0o600)
-        k = json.loads(path.read_text())
+        self.link_key = k["links"]
         return k["admin"], k["scientist"]
+
+    @property
+    def mlflow_uri(self) -> str:
+        return f"sqlite:///{self.mlflow_store}"
+
+    def mlflow_ui_command(self) -> str:
+        """How to look at this stack's MLflow runs."""
+        return f"{Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri {self.mlflow_uri} --port 5000"
+
+    def _init_mlflow(self) -> None:
+        """Create the MLflow store (its schema migrations take seconds) before the app's first tracking call."""
+        from mlflow.tracking import MlflowClient
+
+        self.mlflow_store.parent.mkdir(parents=True, exist_ok=True)
+        MlflowClient(tracking_uri=self.mlflow_uri).search_experiments(max_results=1)
 
     def _key(self, who: str) -> Path:
         stem = self.root / "keys" / who
@@ -66,10 +88,13 @@ class DevStack:
             "FEDFUNC_ORCHESTRATOR_KEY": str(self.orchestrator_key_path),
             "FEDFUNC_RETRAIN_SCHEDULE": "0 0 3 * * *",
             "AzureWebJobs.scheduled_retraining.Disabled": "true",
+            "FEDFUNC_MLFLOW_TRACKING_URI": self.mlflow_uri,
+            "FEDFUNC_LINK_KEY": self.link_key,
         }
 
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self) -> "DevStack":
+        self._init_mlflow()
         self.azurite.start()
         try:
             self.host.start(timeout=60)
@@ -137,6 +162,10 @@ class DevStack:
 
     def run_status(self, run_id: str) -> dict:
         return self.api("GET", f"/api/runs/{run_id}")
+
+    def run_page_link(self, run_id: str, ttl_s: int = 3600) -> str:
+        """A signed, expiring link to the run's page (what ``fedfunc run open`` prints)."""
+        return self.api("POST", f"/api/runs/{run_id}/link", {"ttl_s": ttl_s})["url"]
 
     def wait_round(self, run_id: str, round_: int, phase: str = "collecting", timeout: float = 120) -> dict:
         """The run's status once round ``round_`` is in ``phase`` (e.g. waiting for silo updates)."""

@@ -1,25 +1,35 @@
-"""HTTP API for runs: start, list, status, cancel."""
+"""HTTP API for runs: start, list, status (with the per-silo view), cancel, and the run page with its
+signed links."""
 from __future__ import annotations
 
 import json
 import logging
 import uuid
+from datetime import datetime, timezone
+from urllib.parse import urlencode, urlsplit
 
 import azure.durable_functions as df
 import azure.functions as func
 
 from fedfunc import protocol as p
 from fedfunc.aggregation import UnknownStrategy, get_strategy
+from fedfunc.coordinator import rounds
 from fedfunc.coordinator.services import services
+from fedfunc.observe import links
+from fedfunc.observe.page import CSP, render_message, render_page
+from fedfunc.observe.silos import silo_rows
 from fedfunc.registry import UnknownSilo
 from fedfunc.security.bundle import BundleConfig, SignedBundle
 from fedfunc.spec import RUN_ID, RunSpec, SpecError, parse_spec
 from fedfunc.tasks.registry import UnknownTask, get_task
+from fedfunc.security.roles import AuthError, easy_auth_enabled, require
 from triggers.auth import requires
 from triggers.http_util import BadRequest, error, json_body, respond
+from triggers.observe import tell
 
 bp = df.Blueprint()
 log = logging.getLogger("fedfunc.runs")
+LINK_TTL_S = 3600
 
 
 def validate_run_request(body: object) -> tuple[str, RunSpec]:
@@ -128,6 +138,19 @@ async def _current_round(client: df.DurableOrchestrationClient, run: df.DurableO
     return status
 
 
+async def _run_detail(client: df.DurableOrchestrationClient, status: df.DurableOrchestrationStatus) -> dict:
+    """A run's state, its completed rounds (from its round record), the round in progress and one row per silo."""
+    custom = status.custom_status or {}
+    view = {**_run_view(status), "history": rounds.round_results(services().store, status.instance_id),
+            "report": custom.get("report"), "output": status.output, "current_round": None}
+    round_status = await _current_round(client, status)
+    if round_status:
+        view["current_round"] = {"runtime_status": round_status.runtime_status.value,
+                                 **(round_status.custom_status or {})}
+    view["silos"] = silo_rows(view["history"], view["current_round"], datetime.now(timezone.utc))
+    return view
+
+
 @bp.route(route="runs/{run_id}", methods=["GET"])
 @bp.durable_client_input(client_name="client")
 @requires("scientist", "admin")
@@ -136,14 +159,90 @@ async def get_run(req: func.HttpRequest, client: df.DurableOrchestrationClient) 
     status = await _run(client, run_id)
     if status is None:
         return error(404, f"no run {run_id!r}")
-    custom = status.custom_status or {}
-    view = {**_run_view(status), "history": custom.get("history", []), "report": custom.get("report"),
-            "output": status.output, "current_round": None}
-    round_status = await _current_round(client, status)
-    if round_status:
-        view["current_round"] = {"runtime_status": round_status.runtime_status.value,
-                                 **(round_status.custom_status or {})}
-    return respond(200, view)
+    return respond(200, await _run_detail(client, status))
+
+
+def _html(status: int, body: str, headers: dict | None = None) -> func.HttpResponse:
+    return func.HttpResponse(body, status_code=status, mimetype="text/html", charset="utf-8", headers={
+        "Content-Security-Policy": CSP, "Cache-Control": "no-store", "Referrer-Policy": "no-referrer",
+        "X-Content-Type-Options": "nosniff", **(headers or {})})
+
+
+def _page_url(req: func.HttpRequest, run_id: str) -> str:
+    parts = urlsplit(req.url)
+    return f"{parts.scheme}://{parts.netloc}/api/runs/{run_id}/report"
+
+
+def _page_refusal(req: func.HttpRequest, run_id: str) -> func.HttpResponse | None:
+    """None if the caller may see ``run_id``'s page: a role (API key, or the Entra ID principal App Service
+    Authentication passes), or a signed link made for this run and not expired. Else the answer."""
+    params = req.params
+    if "sig" in params or "exp" in params:
+        key = services().settings.link_key
+        try:
+            if not key:
+                raise links.LinkRefused("signed links are off here (FEDFUNC_LINK_KEY is not set)")
+            links.verify(key, run_id, params.get("exp"), params.get("sig"))
+        except links.LinkRefused as e:
+            return _html(403, render_message("Forbidden", f"This link does not open run {run_id}: {e}"))
+        return None
+    try:
+        require(("scientist", "admin"), req.headers, services().settings.api_keys)
+    except AuthError as e:
+        if e.status == 401 and easy_auth_enabled():   # a browser without a session: sign in, come back
+            return func.HttpResponse(status_code=302, headers={
+                "Location": "/.auth/login/aad?" + urlencode({"post_login_redirect_uri": f"/api/runs/{run_id}/report"})})
+        hint = " Open the link `fedfunc run open RUN` prints." if e.status == 401 else ""
+        return _html(e.status, render_message("Unauthorized" if e.status == 401 else "Forbidden", str(e) + hint))
+    return None
+
+
+@bp.route(route="runs/{run_id}/report", methods=["GET"])
+@bp.durable_client_input(client_name="client")
+async def run_page(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
+    """The run page (HTML), for the same roles as the API or through a signed link; it refreshes itself
+    while the run goes on."""
+    run_id = req.route_params["run_id"]
+    refused = _page_refusal(req, run_id)
+    if refused:
+        return refused
+    status = await _run(client, run_id)
+    if status is None:
+        return _html(404, render_message("Not found", f"There is no run {run_id}."))
+    return _html(200, render_page(await _run_detail(client, status)))
+
+
+def _ttl(req: func.HttpRequest) -> int:
+    body = json_body(req) if req.get_body() else {}
+    ttl = body.get("ttl_s", LINK_TTL_S) if isinstance(body, dict) else None
+    if not isinstance(ttl, int) or isinstance(ttl, bool) or not 0 < ttl <= links.MAX_TTL_S:
+        raise BadRequest(f"ttl_s: a whole number of seconds, 1 to {links.MAX_TTL_S}")
+    return ttl
+
+
+@bp.route(route="runs/{run_id}/link", methods=["POST"])
+@bp.durable_client_input(client_name="client")
+@requires("scientist", "admin")
+async def run_link(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
+    """A link to the run page a browser can open: signed and expiring (``FEDFUNC_LINK_KEY``), or with
+    Entra ID sign-in (App Service Authentication) the sign-in link that returns to the page."""
+    run_id = req.route_params["run_id"]
+    try:
+        ttl_s = _ttl(req)
+    except BadRequest as e:
+        return error(400, str(e))
+    if await _run(client, run_id) is None:
+        return error(404, f"no run {run_id!r}")
+    page, key = _page_url(req, run_id), services().settings.link_key
+    if key:
+        signed = links.sign(key, run_id, ttl_s)
+        expires = datetime.fromtimestamp(int(signed["exp"]), timezone.utc).isoformat()
+        return respond(200, {"run": run_id, "url": f"{page}?{urlencode(signed)}", "expires": expires})
+    if easy_auth_enabled():
+        origin = page.removesuffix(f"/api/runs/{run_id}/report")
+        login = f"{origin}/.auth/login/aad?" + urlencode({"post_login_redirect_uri": f"/api/runs/{run_id}/report"})
+        return respond(200, {"run": run_id, "url": login, "expires": None, "sign_in": "entra-id"})
+    return error(503, "FEDFUNC_LINK_KEY: not set, so this app makes no signed links (and has no sign-in)")
 
 
 @bp.route(route="runs/{run_id}/cancel", methods=["POST"])
@@ -155,9 +254,11 @@ async def cancel_run(req: func.HttpRequest, client: df.DurableOrchestrationClien
     status = await _run(client, run_id)
     if status is None:
         return error(404, f"no run {run_id!r}")
-    if status.runtime_status.value not in ("Running", "Pending"):
-        return error(409, f"run {run_id!r} is {status.runtime_status.value}, not running")
     reason = "cancelled through the API"
+    if status.runtime_status.value not in ("Running", "Pending"):
+        if status.runtime_status.value == "Terminated":  # a retried cancel: its fact is recorded (again, once)
+            await tell(_cancelled(status, reason))
+        return error(409, f"run {run_id!r} is {status.runtime_status.value}, not running")
     round_status = await _current_round(client, status)
     await client.terminate(run_id, reason)
     cancelled_jobs = []
@@ -166,4 +267,12 @@ async def cancel_run(req: func.HttpRequest, client: df.DurableOrchestrationClien
         for job_id in ((round_status.custom_status or {}).get("jobs") or {}).values():
             services().backend.cancel(job_id)
             cancelled_jobs.append(job_id)
+    await tell(_cancelled(status, reason))
     return respond(202, {"run": run_id, "cancelled": True, "cancelled_jobs": cancelled_jobs})
+
+
+def _cancelled(status: df.DurableOrchestrationStatus, reason: str) -> p.RunFact:
+    custom = status.custom_status or {}
+    return p.RunFact(kind="RunCancelled", run_id=status.instance_id, at=datetime.now(timezone.utc),
+                     rounds_completed=len(rounds.round_results(services().store, status.instance_id)),
+                     metrics=custom.get("metrics"), model=custom.get("model"), error=reason)
