@@ -16,7 +16,7 @@ log = logging.getLogger("fedfunc.observe")
 DRAIN_SCHEDULE = "*/30 * * * * *"   # NCRONTAB with seconds: every 30 s
 
 
-@bp.timer_trigger(arg_name="timer", schedule=DRAIN_SCHEDULE, run_on_startup=True)
+@bp.timer_trigger(arg_name="timer", schedule=DRAIN_SCHEDULE, run_on_startup=False)
 def drain_observations(timer: func.TimerRequest) -> None:
     observer = services().observer
     if observer.enabled:

@@ -74,7 +74,7 @@ def _privacy(history: list[dict]) -> dict | None:
     keys = [k for k in PRIVACY_KEYS if any(k in r["metrics"] for r in history)]
     if not keys:
         return None
-    return {"keys": keys, "rows": [{"round": r["round"], **{k: _num(r["metrics"].get(k), "%.4g") for k in keys}}
+    return {"names": keys, "rows": [{"round": r["round"], **{k: _num(r["metrics"].get(k), "%.4g") for k in keys}}
                                    for r in history]}
 
 
