@@ -1,146 +1,162 @@
-"""Aggregation throughput and memory: 10 updates × 10M float32 parameters through
-read → validate_update (header, tensors, finiteness, norm vs global) → streaming FedAvg.
+"""Aggregation throughput and memory at 2, 10 and 100 updates of 10M float32 parameters.
 
-Prints GB/s of update bytes consumed and the memory high-water of that phase (RSS via
-/proc VmHWM after a reset, and tracemalloc's peak of numpy/Python allocations), next to numpy's
-own ``np.add(a, b, out=a)`` bandwidth on the same machine as a ceiling for comparison.
-Run: .venv/bin/python bench/aggregation.py  (≈10 s, ≈1.2 GB high-water from the 100M np.add)
+Every figure counts bytes of float32 update CONSUMED per second (one update's 40 MB read once = 40 MB),
+the unit a round cares about; ``np.add(a, b, out=a)`` on 10M float32 is measured in the same run and
+counted the same way (40 MB consumed per call, although it moves 120 MB).
+
+Rows:
+- kernel: ``kernels.accumulate`` alone — 10 in-memory updates, block by block into a cache-resident
+  float64 accumulator (what FedAvg's pass runs per block), no reading, no checks.
+- fedavg / trimmed_mean / median, "memory": the whole ``aggregate_round`` over ``RangeUpdate``s whose
+  ``read`` slices in-memory blobs (zero copy): header rules when opened, the finiteness rule and the
+  norm bound (‖u − g‖₂ ≤ 1e6) on every value inside the pass, the float64 key-ordered mean.
+- fedavg, "files": the same over ``RangeUpdate``s reading files with ``os.pread`` (the page cache
+  plays the blob store): the process holds blocks, never whole updates. 100 × 40 MB is run this way;
+  "1 read-ahead" reads the next block on a second thread while the current one is combined.
+- streaming: today's round path (read a file → ``validate_update`` → ``FedAvg.aggregate``, one at a time).
+Memory: tracemalloc's peak of the aggregation's own allocations (numpy's and Python's, including the
+bytes each ``pread`` returns), also as a multiple of one 40 MB model. The blobs of the "memory"
+source exist before the call and are not counted; the file source has none in the process.
+
+Run: flock /tmp/fedfunc-heavy.lock env PYTHONPATH=. .venv/bin/python bench/aggregation.py
+     (≈3 min, ≈4.5 GB of temporary files for the 100-update row; --updates 2 10 to skip it)
 """
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 import tracemalloc
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from fedfunc.aggregation import get_strategy
-from fedfunc.weights import ModelManifest, ValidatedUpdate, encode, validate_update
+from fedfunc import kernels
+from fedfunc.aggregation import RangeUpdate, get_strategy
+from fedfunc.aggregation.base import BLOCK_ELEMS
+from fedfunc.weights import ModelManifest, encode, validate_update
 
 # 10M parameters in three tensors of uneven sizes.
 SHAPES = {"layer0.weight": (2500, 2000), "layer1.weight": (2000, 2000), "layer2.weight": (1000, 1000)}
 RUN = {"run": "bench", "round": "1", "nonce": "n"}
+MAX_NORM = 1e6
 
 
-def write_updates(folder: Path, n: int, global_arrays: dict[str, np.ndarray]) -> list[Path]:
-    """One update file per silo (global + small noise), generated one at a time."""
-    rng = np.random.default_rng(0)
-    paths = []
-    for i in range(n):
-        arrays = {k: (g + rng.standard_normal(g.shape, dtype=np.float32) * 1e-3) for k, g in global_arrays.items()}
-        meta = {**RUN, "silo": f"silo{i}", "num_samples": str(100 + i)}
-        path = folder / f"silo{i}.safetensors"
-        path.write_bytes(encode(arrays, meta))
-        paths.append(path)
-    return paths
+def update_arrays(global_arrays, noise, i):
+    """Update i: the global model plus a silo-specific multiple of shared noise (cheap to make)."""
+    return {k: g + noise[k] * np.float32(1 + 1e-3 * i) for k, g in global_arrays.items()}
 
 
-@dataclass
-class Tally:
-    """Bytes consumed and seconds spent per stage over one aggregation."""
-    consumed: int = 0
-    read: float = 0.0
-    validate: float = 0.0
+def blob(global_arrays, noise, i) -> bytes:
+    return encode(update_arrays(global_arrays, noise, i), {**RUN, "silo": f"silo{i:03d}", "num_samples": str(100 + i)})
 
 
-def read_and_validate(path: Path, manifest: ModelManifest, global_arrays, silos: list[str],
-                      tally: Tally) -> ValidatedUpdate:
-    """What the aggregate activity does per silo (download → validate); the blob dies on return."""
-    t0 = time.perf_counter()
-    data = path.read_bytes()
-    t1 = time.perf_counter()
-    update = validate_update(data, manifest, expected={**RUN, "silo": path.stem, "silos": silos},
-                             global_arrays=global_arrays, max_norm=1e6)
-    tally.consumed += len(data)
-    tally.read += t1 - t0
-    tally.validate += time.perf_counter() - t1
-    return update
+def memory_sources(blobs: list[bytes], manifest):
+    views = [memoryview(b) for b in blobs]
+    return [RangeUpdate(lambda o, n, v=v: v[o:o + n], len(v), manifest, expected={**RUN, "silo": f"silo{i:03d}"})
+            for i, v in enumerate(views)]
 
 
-def validated(paths: list[Path], manifest: ModelManifest, global_arrays, tally: Tally) -> Iterator[ValidatedUpdate]:
-    silos = [p.stem for p in paths]
-    return (read_and_validate(p, manifest, global_arrays, silos, tally) for p in paths)
+def file_sources(paths: list[Path], manifest, fds: list[int]):
+    out = []
+    for i, p in enumerate(paths):
+        fd = os.open(p, os.O_RDONLY)
+        fds.append(fd)
+        out.append(RangeUpdate(lambda o, n, fd=fd: os.pread(fd, n, o), os.fstat(fd).st_size, manifest,
+                               expected={**RUN, "silo": f"silo{i:03d}"}))
+    return out
 
 
-def reset_rss_high_water() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def rss_high_water_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def aggregate_once(paths, manifest, global_arrays, trace: bool) -> tuple[float, Tally, int]:
-    """(seconds, per-stage tally, tracemalloc peak or 0)."""
-    tally = Tally()
-    if trace:
-        tracemalloc.start()
-    start = time.perf_counter()
-    get_strategy("fedavg").aggregate(global_arrays, validated(paths, manifest, global_arrays, tally))
-    seconds = time.perf_counter() - start
-    peak = tracemalloc.get_traced_memory()[1] if trace else 0
-    if trace:
-        tracemalloc.stop()
-    return seconds, tally, peak
-
-
-def numpy_add_bandwidth(n: int, repeats: int) -> float:
-    """GB/s of np.add(a, b, out=a) on n float32, counting 2 reads + 1 write per element."""
-    a, b = np.ones(n, np.float32), np.ones(n, np.float32)
-    np.add(a, b, out=a)  # warm up (page faults)
-    start = time.perf_counter()
+def measure(fn, repeats: int) -> tuple[float, int]:
+    """(best seconds, tracemalloc peak bytes)."""
+    fn()  # warm: compile, page faults
+    times = []
     for _ in range(repeats):
-        np.add(a, b, out=a)
-    return 3 * a.nbytes * repeats / (time.perf_counter() - start) / 1e9
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    tracemalloc.start()
+    fn()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return min(times), peak
+
+
+def row(label: str, n: int, model_bytes: int, seconds: float, peak: int | None = None):
+    gbps = n * model_bytes / seconds / 1e9
+    mem = "" if peak is None else f"  peak {peak / 1e6:5.0f} MB = {peak / model_bytes:4.2f}× one model"
+    print(f"{label:<52} {n:>4} × 40 MB {seconds:7.3f} s {gbps:6.2f} GB/s{mem}", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--updates", type=int, default=10)
+    parser.add_argument("--updates", type=int, nargs="+", default=[2, 10, 100])
     parser.add_argument("--repeats", type=int, default=3, help="timed passes; the best is reported")
     args = parser.parse_args()
-    global_arrays = {k: np.random.default_rng(1).standard_normal(s, dtype=np.float32) for k, s in SHAPES.items()}
+    rng = np.random.default_rng(1)
+    global_arrays = {k: rng.standard_normal(s, dtype=np.float32) for k, s in SHAPES.items()}
+    noise = {k: rng.standard_normal(s, dtype=np.float32) * np.float32(1e-3) for k, s in SHAPES.items()}
     manifest = ModelManifest.from_arrays(global_arrays)
-    params = sum(a.size for a in global_arrays.values())
-    print(f"model: {params / 1e6:.1f}M float32 parameters = {manifest.nbytes / 1e6:.0f} MB per update; "
-          f"{args.updates} updates")
+    model_bytes = manifest.nbytes
+    print(f"model: {sum(a.size for a in global_arrays.values()) / 1e6:.0f}M float32 = {model_bytes / 1e6:.0f} MB "
+          f"per update; GB/s = bytes of update consumed per second; best of {args.repeats}; single thread")
+
+    a, b = np.ones(10_000_000, np.float32), np.ones(10_000_000, np.float32)
+    seconds, _ = measure(lambda: np.add(a, b, out=a), 10)
+    row("np.add(a, b, out=a) in place", 1, a.nbytes, seconds)
+    del a, b
+
+    ten = [update_arrays(global_arrays, noise, i) for i in range(10)]
+    flat = [{k: v.reshape(-1) for k, v in u.items()} for u in ten]
+    weights = [100.0 + i for i in range(10)]
+    acc = np.empty(BLOCK_ELEMS)
+
+    def kernel_only():
+        for name in SHAPES:
+            size = flat[0][name].size
+            for start in range(0, size, BLOCK_ELEMS):
+                block = acc[: min(BLOCK_ELEMS, size - start)]
+                block[...] = 0.0
+                kernels.accumulate(block, [u[name][start:start + BLOCK_ELEMS] for u in flat], weights)
+
+    row("kernel alone (accumulate, in memory)", 10, model_bytes, measure(kernel_only, args.repeats)[0])
+    del ten, flat
+
     with tempfile.TemporaryDirectory() as tmp:
-        paths = write_updates(Path(tmp), args.updates, global_arrays)
-        aggregate_once(paths, manifest, global_arrays, trace=False)  # warm the page cache
-        rss_reset = reset_rss_high_water()
-        rss_before = rss_high_water_mb()
-        runs = [aggregate_once(paths, manifest, global_arrays, trace=False) for _ in range(args.repeats)]
-        rss_peak = rss_high_water_mb()
-        _, _, traced_peak = aggregate_once(paths, manifest, global_arrays, trace=True)
-    seconds, tally, _ = min(runs, key=lambda r: r[0])
-    gb = tally.consumed / 1e9
-    print(f"read + validate + FedAvg: {gb:.2f} GB in {seconds:.2f} s = {gb / seconds:.2f} GB/s "
-          f"(best of {args.repeats}: {', '.join(f'{r[0]:.2f}' for r in runs)} s)")
-    fedavg = seconds - tally.read - tally.validate
-    print(f"  by stage: read {tally.read:.2f} s ({gb / tally.read:.1f} GB/s), validate {tally.validate:.2f} s "
-          f"({gb / tally.validate:.1f} GB/s), FedAvg {fedavg:.2f} s ({gb / fedavg:.1f} GB/s)")
-    print(f"numpy np.add(a, b, out=a), 10M float32: {numpy_add_bandwidth(10_000_000, 20):.2f} GB/s "
-          f"(2 reads + 1 write, 80 MB working set)")
-    print(f"numpy np.add(a, b, out=a), 100M float32: {numpy_add_bandwidth(100_000_000, 5):.2f} GB/s "
-          f"(800 MB working set)")
-    print(f"tracemalloc peak during aggregation: {traced_peak / 1e6:.0f} MB "
-          f"(= {traced_peak / manifest.nbytes:.1f}× one update; holding all would be {args.updates}×)")
-    if rss_reset:
-        print(f"RSS high-water during aggregation: {rss_peak:.0f} MB (process RSS before: {rss_before:.0f} MB, "
-              f"which includes the {manifest.nbytes / 1e6:.0f} MB global model)")
-    else:
-        print("RSS high-water: unavailable (/proc/self/clear_refs not writable)")
+        for n in args.updates:
+            if n <= 10:
+                blobs = [blob(global_arrays, noise, i) for i in range(n)]
+                for name in ("fedavg",) + (("trimmed_mean", "median", "krum") if n == 10 else ()):
+                    strategy = get_strategy(name, **({"f": 1} if name == "krum" else {}))
+                    run = lambda s=strategy: s.aggregate_round(global_arrays, memory_sources(blobs, manifest),
+                                                               max_norm=MAX_NORM)
+                    row(f"{name}: read+validate+aggregate, memory", n, model_bytes, *measure(run, args.repeats))
+                del blobs
+            paths = []
+            for i in range(n):
+                path = Path(tmp) / f"silo{i:03d}.safetensors"
+                if not path.exists():
+                    path.write_bytes(blob(global_arrays, noise, i))
+                paths.append(path)
+            for readers in (0, 1):
+                fds: list[int] = []
+                try:
+                    run = lambda r=readers: get_strategy("fedavg").aggregate_round(
+                        global_arrays, file_sources(paths, manifest, fds), max_norm=MAX_NORM, readers=r)
+                    row(f"fedavg: read+validate+aggregate, files, {readers} read-ahead", n, model_bytes,
+                        *measure(run, args.repeats))
+                finally:
+                    for fd in fds:
+                        os.close(fd)
+
+            def streaming():
+                silos = [p.stem for p in paths]
+                updates = (validate_update(p.read_bytes(), manifest, expected={**RUN, "silo": p.stem, "silos": silos},
+                                           global_arrays=global_arrays, max_norm=MAX_NORM) for p in paths)
+                get_strategy("fedavg").aggregate(global_arrays, updates)
+
+            row("streaming: read file, validate, FedAvg", n, model_bytes, *measure(streaming, 1 if n > 10 else args.repeats))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fedfunc.host.engine import Engine  # noqa: E402
 from fedfunc.host.runtime import Host  # noqa: E402
-from fedfunc.host.testing import free_port  # noqa: E402
 
 APP = textwrap.dedent('''
     import azure.durable_functions as df
@@ -87,7 +86,7 @@ def main() -> None:
         app_dir = Path(tmp)
         (app_dir / "function_app.py").write_text(APP)
         loop = asyncio.new_event_loop()
-        host = Host(app_dir, port=free_port(), state=app_dir / "state.sqlite")
+        host = Host(app_dir, port=0, state=app_dir / "state.sqlite")
         threading.Thread(target=loop.run_forever, daemon=True).start()
         asyncio.run_coroutine_threadsafe(host.start(), loop).result()
         run(host.engine, clock, "fan", 10)  # warm-up

@@ -27,7 +27,8 @@ from fedfunc.tasks.registry import get_task
 
 
 def _instance_times(stack: DevStack, instance: str) -> tuple[datetime, datetime]:
-    r = requests.get(stack.host.url(f"/runtime/webhooks/durabletask/instances/{instance}"), timeout=30).json()
+    r = requests.get(stack.host.url(f"/runtime/webhooks/durabletask/instances/{instance}"), headers=stack.host.headers,
+                     timeout=30).json()
     return datetime.fromisoformat(r["createdTime"]), datetime.fromisoformat(r["lastUpdatedTime"])
 
 

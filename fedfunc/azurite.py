@@ -5,15 +5,19 @@ orchestrator's account plus a pool of silo accounts; onboarding a silo locally c
 Each account has its own random key, so one silo's key is refused on another silo's account — the
 same isolation separate storage accounts give on Azure. Keys persist in ``accounts.json`` beside the
 data so a restart keeps them.
+
+Ports: on first start Azurite binds port 0 and reports the ports it bound ("successfully listening
+at ..."), which are then kept in ``accounts.json`` (connection strings handed out name them), so no
+port is chosen and released before Azurite binds it; later starts bind the same ports again.
 """
 from __future__ import annotations
 
 import base64
 import json
 import os
+import re
 import secrets
 import shutil
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -52,25 +56,19 @@ class Account:
         )
 
 
+SERVICES = ("blob", "queue", "table")
+_LISTENING = re.compile(r"Azurite (Blob|Queue|Table) service is successfully listening at http://[^:]+:(\d+)")
+
+
 def _accounts(cfg: dict) -> dict[str, Account]:
+    if not cfg.get("blob_port") or not cfg.get("table_port"):
+        raise RuntimeError("Azurite has not started yet: its ports are not known")
     return {n: Account(n, k, cfg["blob_port"], cfg["table_port"]) for n, k in cfg["keys"].items()}
 
 
 def read_accounts(location: Path) -> dict[str, Account]:
     """The accounts of an Azurite folder, by name: read only, nothing started or rewritten."""
     return _accounts(json.loads((Path(location) / "accounts.json").read_text()))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def azurite_binary() -> str:
@@ -100,14 +98,27 @@ class Azurite:
         else:
             names = [ORCHESTRATOR_ACCOUNT, *silo_pool_names(pool_size)]
             cfg = {"keys": {n: base64.b64encode(secrets.token_bytes(64)).decode() for n in names}}
-        cfg["blob_port"] = blob_port or cfg.get("blob_port") or _free_port()
-        cfg["table_port"] = table_port or cfg.get("table_port") or _free_port()
-        cfg["queue_port"] = cfg.get("queue_port") or _free_port()
+        cfg["blob_port"] = blob_port or cfg.get("blob_port")
+        cfg["table_port"] = table_port or cfg.get("table_port")
+        cfg.setdefault("queue_port", None)
+        self._save(cfg)
+        return cfg
+
+    def _save(self, cfg: dict) -> None:
         tmp = self._config_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(cfg, indent=2))
         os.chmod(tmp, 0o600)
         tmp.replace(self._config_path)
-        return cfg
+
+    @property
+    def log_path(self) -> Path:
+        """Azurite's output, with its access log: one line per request once answered (`fedfunc host --storage-log`)."""
+        return self.location / "azurite.log"
+
+    @property
+    def data_dir(self) -> Path:
+        """Where Azurite keeps blobs and metadata (what `fedfunc host --watch` watches)."""
+        return self.location / "data"
 
     def account(self, name: str) -> Account:
         accounts = _accounts(self._config)
@@ -124,26 +135,37 @@ class Azurite:
         return [self.account(n) for n in self._config["keys"] if n != ORCHESTRATOR_ACCOUNT]
 
     def start(self, timeout: float = 30.0) -> "Azurite":
+        """Start Azurite on the kept ports (port 0 for those never bound) and wait until it says
+        where each service listens; the ports it reports are kept for later starts."""
         env = dict(os.environ)
         env["AZURITE_ACCOUNTS"] = ";".join(f"{n}:{k}" for n, k in self._config["keys"].items())
+        ports = {name: self._config.get(f"{name}_port") or 0 for name in SERVICES}
         cmd = [
-            azurite_binary(), "--silent", "--location", str(self.location / "data"),
-            "--blobPort", str(self._config["blob_port"]), "--queuePort", str(self._config["queue_port"]),
-            "--tablePort", str(self._config["table_port"]), "--blobHost", "127.0.0.1",
+            azurite_binary(), "--location", str(self.data_dir),  # not --silent: the access log names each write
+            "--blobPort", str(ports["blob"]), "--queuePort", str(ports["queue"]),
+            "--tablePort", str(ports["table"]), "--blobHost", "127.0.0.1",
             "--queueHost", "127.0.0.1", "--tableHost", "127.0.0.1",
             "--disableTelemetry", "--skipApiVersionCheck", "--loose",
         ]
-        log = open(self.location / "azurite.log", "ab")
+        log_path = self.log_path
+        log = open(log_path, "ab")
+        offset = log.tell()
         self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"Azurite exited with {self.proc.returncode}; see {self.location / 'azurite.log'}")
-            if _port_open(self._config["blob_port"]) and _port_open(self._config["table_port"]):
+            with open(log_path, "rb") as f:
+                f.seek(offset)
+                bound = {m.group(1).lower(): int(m.group(2)) for m in _LISTENING.finditer(f.read().decode(errors="replace"))}
+            if len(bound) == len(SERVICES):
+                self._config.update({f"{name}_port": port for name, port in bound.items()})
+                self._save(self._config)
                 return self
-            time.sleep(0.1)
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"Azurite exited with {self.proc.returncode} (ports {ports}; 0 = any free port); "
+                                   f"see {log_path}")
+            time.sleep(0.05)
         self.stop()
-        raise RuntimeError(f"Azurite did not open its ports within {timeout:.0f}s")
+        raise RuntimeError(f"Azurite did not report listening within {timeout:.0f}s; see {log_path}")
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -156,6 +156,8 @@ def up(
   export FEDFUNC_HOST={stack.host.origin}
   export FEDFUNC_API_KEY={stack.scientist_key}        # scientist; admin key: {stack.admin_key}
   export FEDFUNC_LOCAL_HOME={stack.home}
+  host master key (Durable management, Event Grid and admin routes: x-functions-key header or ?code=): {stack.master_key}
+  all host keys (system keys, topic keys): {stack.host.keys_path}
   scientist signing key: {stack.root / 'keys' / 'scientist.pem'} (public: {stack.root / 'keys' / 'scientist.pub'})
   MLflow: {stack.mlflow_ui_command()}
   a run's page: fedfunc run open RUN_ID""")

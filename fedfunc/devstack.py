@@ -15,12 +15,18 @@ from pathlib import Path
 import requests
 
 from fedfunc.azurite import REPO_ROOT, Azurite
+from fedfunc.host.eventgrid import WEBHOOK
+from fedfunc.host.topics import topic_endpoint
+from fedfunc.host.keys import FUNCTION_KEY_SETTING, MASTER_KEY_SETTING, HostKeys
 from fedfunc.host.testing import TERMINAL, HostProcess
 from fedfunc.security import keys
 from fedfunc.security.bundle import build_bundle, sign_bundle
 from fedfunc.silo.home import silo_home
 from fedfunc.silo.local import upload_silo_data
 
+
+
+EVENTS_TOPIC = "fedfunc-events"
 
 
 class ApiError(RuntimeError):
@@ -41,8 +47,13 @@ class DevStack:
         self.admin_key, self.scientist_key = self._api_keys()
         self.orchestrator_key_path = self._key("orchestrator")
         self.scientist_signing_key = keys.load_private(self._key("scientist"))
+        self._extra_settings = dict(extra_settings or {})
         self.host = HostProcess(REPO_ROOT, state=self.root / "host" / "state.sqlite", port=port,
-                                env={**self.settings(), **(extra_settings or {})})
+                                args=("--storage-log", str(self.azurite.log_path)))
+        # the host's keys (master, host, system keys), made here and kept with the host's state
+        self.host_keys = HostKeys.load(self.host.keys_path, environ={})
+        for setting in (MASTER_KEY_SETTING, FUNCTION_KEY_SETTING):  # the keys file, not the caller's shell
+            self.host.env.pop(setting, None)
 
     def _api_keys(self) -> tuple[str, str]:
         path = self.root / "api-keys.json"
@@ -90,12 +101,16 @@ class DevStack:
             "AzureWebJobs.scheduled_retraining.Disabled": "true",
             "FEDFUNC_MLFLOW_TRACKING_URI": self.mlflow_uri,
             "FEDFUNC_LINK_KEY": self.link_key,
+            # domain events go to the host's own custom topic (a path: on the host the app runs on)
+            "FEDFUNC_EVENTS_ENDPOINT": topic_endpoint("", EVENTS_TOPIC),
+            "FEDFUNC_EVENTS_KEY": self.host_keys.topic_key(EVENTS_TOPIC),
         }
 
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self) -> "DevStack":
         self._init_mlflow()
-        self.azurite.start()
+        self.azurite.start()  # its ports are known from here on
+        self.host.env.update({**self.settings(), **self._extra_settings})
         try:
             self.host.start(timeout=60)
         except Exception:
@@ -114,14 +129,31 @@ class DevStack:
         self.stop()
 
     # --- the HTTP API ----------------------------------------------------------------------------
+    @property
+    def master_key(self) -> str:
+        """The host's master key: opens the Durable management, Event Grid and admin routes."""
+        return self.host_keys.master
+
     def api(self, method: str, path: str, body: object | None = None, *, role: str = "scientist",
             expect: tuple[int, ...] = (200, 201, 202)) -> dict:
+        """Call the app's API as ``role`` (``x-api-key``); the host's own routes get the master key."""
         key = {"admin": self.admin_key, "scientist": self.scientist_key}.get(role)
         headers = {"x-api-key": key} if key else {}
+        if path.startswith(("/runtime/", "/admin/")):
+            headers["x-functions-key"] = self.master_key
         r = requests.request(method, self.host.url(path), json=body, headers=headers, timeout=60)
         if r.status_code not in expect:
             raise ApiError(r.status_code, r.text)
         return r.json() if r.content else {}
+
+    def subscribe_events(self, name: str, webhook: str, **filters) -> dict:
+        """Deliver the app's domain events (its topic) to ``webhook``, at least once, from now on."""
+        return self.api("PUT", f"{WEBHOOK}/subscriptions/{name}", {"topic": EVENTS_TOPIC, "webhook": webhook, **filters},
+                        role=None)
+
+    def topic(self, name: str) -> dict:
+        """A local Event Grid custom topic on the host: ``{name, endpoint, key}`` (created if new)."""
+        return self.api("PUT", f"/admin/eventgrid/topics/{name}", role=None)
 
     # --- silos -----------------------------------------------------------------------------------
     def silo_policy(self, tasks: tuple[str, ...] = ("digits", "breast_cancer"), **extra) -> dict:

@@ -19,6 +19,8 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as _st_load
 from safetensors.numpy import save as _st_save
 
+from fedfunc.kernels import sumsq
+
 # safetensors dtype codes → numpy dtype names (the subset numpy can represent).
 _ST_TO_NUMPY = {
     "F64": "float64", "F32": "float32", "F16": "float16",
@@ -101,25 +103,42 @@ def _is_tensor_entry(entry: object) -> bool:
             and ints(entry.get("data_offsets")) and len(entry["data_offsets"]) == 2)
 
 
-def _tensor_views(data: bytes, header: Mapping[str, dict]) -> dict[str, np.ndarray]:
-    """Read-only arrays viewing ``data`` (no copy), after the layout checks safetensors itself makes:
-    each tensor's byte range matches its shape × dtype, and the ranges tile the data section exactly."""
-    start = _HEADER_LEN_BYTES + struct.unpack("<Q", data[:_HEADER_LEN_BYTES])[0]
+@dataclass(frozen=True)
+class TensorLayout:
+    """Where one tensor's elements sit in an update's bytes."""
+
+    offset: int  # absolute byte offset of element 0
+    count: int
+    dtype: np.dtype  # little-endian
+    shape: tuple[int, ...]
+
+
+def _layout(header: Mapping[str, dict], size: int, header_end: int) -> dict[str, TensorLayout]:
+    """The layout checks safetensors itself makes, from the header alone (so a range reader makes
+    them before it reads any tensor): each tensor's byte range matches its shape × dtype, and the
+    ranges tile the data section (``header_end`` to ``size``) exactly."""
     end_of_previous = 0
-    views = {}
+    layout = {}
     for name, entry in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"]):
         begin, end = entry["data_offsets"]
         dtype = np.dtype(_ST_TO_NUMPY[entry["dtype"]]).newbyteorder("<")
         count = math.prod(entry["shape"])
-        if begin != end_of_previous or end - begin != count * dtype.itemsize or start + end > len(data):
+        if begin != end_of_previous or end - begin != count * dtype.itemsize or header_end + end > size:
             raise UpdateRejected("not_safetensors", f"data_offsets {[begin, end]} do not tile the "
-                                 f"{len(data) - start}-byte data section for {count} × {dtype.itemsize} bytes", name)
-        views[name] = np.frombuffer(data, dtype=dtype, count=count, offset=start + begin).reshape(entry["shape"])
+                                 f"{size - header_end}-byte data section for {count} × {dtype.itemsize} bytes",
+                                 name)
+        layout[name] = TensorLayout(header_end + begin, count, dtype, tuple(entry["shape"]))
         end_of_previous = end
-    if start + end_of_previous != len(data):
-        raise UpdateRejected("not_safetensors", f"data section is {len(data) - start} bytes, tensors cover "
+    if header_end + end_of_previous != size:
+        raise UpdateRejected("not_safetensors", f"data section is {size - header_end} bytes, tensors cover "
                              f"{end_of_previous}")
-    return views
+    return layout
+
+
+def _tensor_views(data: bytes, layout: Mapping[str, TensorLayout]) -> dict[str, np.ndarray]:
+    """Read-only arrays viewing ``data`` (no copy)."""
+    return {name: np.frombuffer(data, dtype=t.dtype, count=t.count, offset=t.offset).reshape(t.shape)
+            for name, t in layout.items()}
 
 
 def _load_tensors(data: bytes) -> dict[str, np.ndarray]:
@@ -165,15 +184,48 @@ class ValidatedUpdate:
     """An update that passed every rule. ``arrays`` and ``num_samples`` are what aggregation reads.
 
     ``arrays`` are read-only views of the validated bytes (no copy: one blob in memory per update).
+    It is also an update source for block-wise strategies (``fedfunc.aggregation.sources``):
+    ``key`` names it (its silo), ``read`` returns a block of a flattened tensor, again without a copy.
     """
 
     arrays: dict[str, np.ndarray]
     num_samples: int
     metadata: dict[str, str]
+    values_checked = True
+
+    @property
+    def key(self) -> str:
+        return self.metadata["silo"]
+
+    def read(self, tensor: str, start: int, stop: int) -> np.ndarray:
+        return self.arrays[tensor].reshape(-1)[start:stop]
+
+
+@dataclass(frozen=True)
+class UpdateHeader:
+    """An update whose size, header, metadata and manifest match passed (every rule but the values)."""
+
+    num_samples: int
+    metadata: dict[str, str]
+    layout: dict[str, TensorLayout]
 
 
 # Room for the JSON header on top of the tensor bytes when no explicit size bound is given.
 HEADER_ALLOWANCE = 1 << 20
+
+
+def check_update_header(prefix: bytes, size: int, manifest: ModelManifest, *, expected: Mapping[str, object],
+                        max_bytes: int | None = None) -> UpdateHeader:
+    """Every rule of ``validate_update`` that needs no tensor value, on the first bytes of a
+    ``size``-byte update (``prefix`` holds at least the 8-byte length and the JSON header)."""
+    limit = manifest.nbytes + HEADER_ALLOWANCE if max_bytes is None else max_bytes
+    if size > limit:
+        raise UpdateRejected("size", f"{size} bytes exceeds the {limit}-byte bound")
+    header, metadata = read_header(prefix)
+    num_samples = _check_metadata(metadata, expected)
+    _check_header_matches(header, manifest)
+    header_end = _HEADER_LEN_BYTES + struct.unpack("<Q", prefix[:_HEADER_LEN_BYTES])[0]
+    return UpdateHeader(num_samples, metadata, _layout(header, size, header_end))
 
 
 def validate_update(
@@ -190,17 +242,15 @@ def validate_update(
     ``expected`` holds ``run``, ``round``, ``silo`` (the silo whose outbox the blob came from) and
     ``nonce``; optionally ``silos``, the silos expected in this round. ``max_bytes`` defaults to the
     manifest's tensor bytes plus ``HEADER_ALLOWANCE``. ``max_norm`` bounds ‖update − global‖₂ over
-    all tensors (‖update‖₂ when ``global_arrays`` is None); None means unbounded.
+    all tensors (‖update‖₂ when ``global_arrays`` is None); None means unbounded. Values are read
+    once: one fused pass gives both the finiteness and the norm rule.
     """
-    limit = manifest.nbytes + HEADER_ALLOWANCE if max_bytes is None else max_bytes
-    if len(data) > limit:
-        raise UpdateRejected("size", f"{len(data)} bytes exceeds the {limit}-byte bound")
-    header, metadata = read_header(data)
-    num_samples = _check_metadata(metadata, expected)
-    _check_header_matches(header, manifest)
-    arrays = _tensor_views(data, header)
-    _check_values(arrays, global_arrays, max_norm)
-    return ValidatedUpdate(arrays, num_samples, metadata)
+    checked = check_update_header(data, len(data), manifest, expected=expected, max_bytes=max_bytes)
+    arrays = _tensor_views(data, checked.layout)
+    check_value_sums({name: sumsq(a.reshape(-1), None if global_arrays is None else
+                                  np.asarray(global_arrays[name]).reshape(-1))
+                      for name, a in arrays.items()}, max_norm, global_arrays is not None)
+    return ValidatedUpdate(arrays, checked.num_samples, checked.metadata)
 
 
 def _check_metadata(metadata: Mapping[str, str], expected: Mapping[str, object]) -> int:
@@ -235,43 +285,16 @@ def _check_header_matches(header: Mapping[str, dict], manifest: ModelManifest) -
             raise UpdateRejected("shape", f"shape {tuple(entry['shape'])}, manifest says {spec.shape}", name)
 
 
-# Elements per chunk when scanning tensors: temporaries stay small (8 MB in float64) and cache-resident.
-CHUNK = 1 << 20
-
-
-def _check_values(arrays: Mapping[str, np.ndarray], global_arrays: Mapping[str, np.ndarray] | None,
-                  max_norm: float | None) -> None:
-    sq = 0.0
-    for name, a in arrays.items():
-        flat = a.reshape(-1)
-        if a.dtype.kind == "f":
-            for start in range(0, flat.size, CHUNK):
-                if not np.isfinite(flat[start:start + CHUNK]).all():
-                    raise UpdateRejected("non_finite", "contains NaN or Inf", name)
-        if max_norm is not None:
-            sq += _squared_distance(flat, None if global_arrays is None else global_arrays[name])
-    if max_norm is not None and math.sqrt(sq) > max_norm:
-        what = "‖update − global‖₂" if global_arrays is not None else "‖update‖₂"
-        raise UpdateRejected("norm", f"{what} = {math.sqrt(sq):.6g} exceeds the bound {max_norm:.6g}")
-
-
-def _squared_distance(flat: np.ndarray, ref: np.ndarray | None) -> float:
-    """‖flat − ref‖² (‖flat‖² if ref is None): differences and chunk sums in float32 (or float64 for
-    float64/integer tensors; BLAS dot over a cache-resident chunk), chunk totals in float64. Relative
-    error ~1e-6 — immaterial for a bound — at ~7× the speed of a float64 pass. Overflow gives inf,
-    which is rejected."""
-    dtype = np.promote_types(flat.dtype, np.float32) if flat.dtype.kind == "f" else np.dtype(np.float64)
-    ref = None if ref is None else np.asarray(ref).reshape(-1)
-    buf = np.empty(min(CHUNK, flat.size), dtype=dtype)
-    total = 0.0
-    for start in range(0, flat.size, CHUNK):
-        part = buf[: min(CHUNK, flat.size - start)]
-        if ref is None:
-            part[...] = flat[start:start + CHUNK]
-        else:
-            np.subtract(flat[start:start + CHUNK], ref[start:start + CHUNK], out=part, casting="same_kind")
-        total += float(np.dot(part, part))
-    return total
+def check_value_sums(sums: Mapping[str, float], max_norm: float | None, relative: bool) -> None:
+    """The value rules, from each tensor's ‖u − global‖² (‖u‖² if not ``relative``), in tensor order:
+    a NaN or inf sum means the tensor holds a NaN or inf (see ``kernels.sumsq``)."""
+    for name, sq in sums.items():
+        if not math.isfinite(sq):
+            raise UpdateRejected("non_finite", "contains NaN or Inf", name)
+    norm = math.sqrt(sum(sums.values()))
+    if max_norm is not None and norm > max_norm:
+        what = "‖update − global‖₂" if relative else "‖update‖₂"
+        raise UpdateRejected("norm", f"{what} = {norm:.6g} exceeds the bound {max_norm:.6g}")
 
 
 def model_to_arrays(module) -> dict[str, np.ndarray]:

@@ -1,72 +1,102 @@
-"""FedAvg (McMahan et al. 2017): the sample-weighted mean of the silos' models, streamed."""
+"""FedAvg (McMahan et al. 2017): the sample-weighted mean of the silos' models — and the base of
+the FedAvg family (FedAvgM, FedAdam/FedYogi/FedAdagrad, FedProx), which post-process that mean.
+
+Works under secure aggregation (it needs only the weighted sum): ``needs_individual_updates = False``.
+
+Order-free by construction: each block of the mean is summed in float64 over the updates in key
+order (four updates per pass over a cache-resident accumulator: ``kernels.accumulate``), so the same
+set of updates gives the same bits whatever order they arrived in, on any machine. Memory: the new
+model, one float64 block, and one block per update (none for in-memory updates, which are views).
+"""
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 import numpy as np
 
-from fedfunc.aggregation.base import ClientUpdate, Strategy
-
-# Elements per chunk: the float64 scratch is 8 MB whatever the model size, and stays in cache.
-CHUNK = 1 << 20
+from fedfunc import kernels
+from fedfunc.aggregation.base import BLOCK_ELEMS, ClientUpdate, Strategy, store
+from fedfunc.aggregation.sources import BlockUpdate
+from fedfunc.aggregation.state import State
 
 
 class FedAvg(Strategy):
-    """Weighted mean of the updates by ``num_samples``, consuming one update at a time.
-
-    The accumulator is float64: updates arrive in whatever order Event Grid delivers them, and a
-    float32 running sum rounds at every addition (~1e-7 relative each, growing with the number of
-    silos), so the aggregate would depend on arrival order. In float64 those rounding errors sit
-    ~9 digits below float32 resolution, so the result cast back to float32 is, in practice, the same
-    whatever the order (tested bit-for-bit). Memory: one float64 accumulator (2× a float32 model), an
-    8 MB scratch, and the one update being read — O(model), not O(silos × model).
-    """
-
     name = "fedavg"
+
+    def _aggregate(self, global_arrays, updates, state, blocks):
+        new_state = self._next_state(global_arrays, state)
+        out = {k: np.empty_like(np.asarray(g)) for k, g in global_arrays.items()}
+        for name, start, stop, g, mean in weighted_mean(blocks(), updates, blocks.block_elems):
+            if np.issubdtype(out[name].dtype, np.floating):
+                self._step(name, start, stop, mean, g, state, new_state)
+            store(out[name], start, stop, mean)
+        return out, new_state, [u.key for u in updates]
+
+    def _next_state(self, global_arrays: Mapping[str, np.ndarray], state: State) -> State:
+        """The state the blocks of this round fill in (FedAvg keeps none)."""
+        return State()
+
+    def _step(self, name: str, start: int, stop: int, mean: np.ndarray, g: np.ndarray, state: State,
+              new_state: State) -> None:
+        """Turn the float64 ``mean`` block into the new global block, in place (server optimizers)."""
 
     def aggregate(self, global_arrays: Mapping[str, np.ndarray],
                   updates: Iterable[ClientUpdate]) -> dict[str, np.ndarray]:
-        acc = {k: np.zeros(np.shape(a), dtype=np.float64) for k, a in global_arrays.items()}
-        scratch = np.empty(CHUNK, dtype=np.float64)
+        """Streaming FedAvg for a one-pass iterable (today's round): one update alive at a time,
+        a model-size float64 accumulator (memory: 2× + the update being read). Summed in arrival
+        order: float64 keeps the float32 result order-free in practice (the sum is exact unless one
+        coordinate's values span more than ~2^(29 − log2 weight) in magnitude), while
+        ``aggregate_round`` over a re-readable source is order-free by construction."""
+        acc = {k: np.zeros(np.size(a), dtype=np.float64) for k, a in global_arrays.items()}
+        shapes = {k: np.shape(a) for k, a in global_arrays.items()}
         total = 0
         count = 0
         # No enumerate(): it caches its last (index, item) tuple, keeping the previous update alive
         # while the next one is read. ``del`` drops ours for the same reason.
         for update in updates:
             count += 1
-            total += _accumulate(acc, update, count, scratch)
+            n = _positive_samples(update, f"update {count}")
+            if update.arrays.keys() != acc.keys():
+                diff = sorted(update.arrays.keys() ^ acc.keys())
+                raise ValueError(f"update {count}: tensor names differ from the global model: {diff[:5]}")
+            for name, a in update.arrays.items():
+                if np.shape(a) != shapes[name]:
+                    raise ValueError(f"update {count}: tensor {name!r} has shape {np.shape(a)}, "
+                                     f"the global model {shapes[name]}")
+                flat = kernels.compilable(np.asarray(a).reshape(-1))
+                for start in range(0, flat.size, BLOCK_ELEMS):
+                    kernels.accumulate(acc[name][start:start + BLOCK_ELEMS], [flat[start:start + BLOCK_ELEMS]], [n])
+            total += n
             del update
         if total == 0:
             raise ValueError("FedAvg needs at least one update")
-        # pop: each float64 sum is freed as soon as its mean is cast, so the peak stays at the accumulator.
-        return {k: _mean(acc.pop(k), total, global_arrays[k].dtype) for k in list(acc)}
+        out = {}
+        for name in list(acc):  # pop: each float64 sum is freed as soon as its mean is stored
+            mean = acc.pop(name)
+            mean /= total
+            out[name] = np.empty(shapes[name], dtype=np.asarray(global_arrays[name]).dtype)
+            store(out[name], 0, mean.size, mean)
+        return out
 
 
-def _accumulate(acc: dict[str, np.ndarray], update: ClientUpdate, count: int, scratch: np.ndarray) -> int:
-    """acc += num_samples · update, tensor by tensor; returns num_samples. Names and shapes must match."""
+def weighted_mean(blocks: Iterable[tuple[str, int, int, np.ndarray, list[np.ndarray]]], updates: list[BlockUpdate],
+                  block_elems: int) -> Iterator[tuple[str, int, int, np.ndarray, np.ndarray]]:
+    """(tensor, start, stop, global block, float64 mean block) for each block of the pass: Σ nᵢ·uᵢ / Σ nᵢ
+    in the updates' order. The mean block is a reused buffer: consume it before the next one."""
+    weights = [_positive_samples(u) for u in updates]
+    total = float(sum(weights))
+    acc = np.empty(block_elems, dtype=np.float64)
+    for name, start, stop, g, parts in blocks:
+        mean = acc[: stop - start]
+        mean[...] = 0.0
+        kernels.accumulate(mean, parts, weights)
+        mean /= total
+        yield name, start, stop, g, mean
+
+
+def _positive_samples(update: BlockUpdate | ClientUpdate, what: str | None = None) -> int:
     n = int(update.num_samples)
     if n < 1:
-        raise ValueError(f"update {count}: num_samples={n} must be a positive integer")
-    if update.arrays.keys() != acc.keys():
-        diff = sorted(update.arrays.keys() ^ acc.keys())
-        raise ValueError(f"update {count}: tensor names differ from the global model: {diff[:5]}")
-    for name, a in update.arrays.items():
-        if np.shape(a) != acc[name].shape:
-            raise ValueError(f"update {count}: tensor {name!r} has shape {np.shape(a)}, "
-                             f"the global model {acc[name].shape}")
-        _add_scaled(acc[name].reshape(-1), np.asarray(a).reshape(-1), n, scratch)
+        raise ValueError(f"{what or 'update ' + repr(update.key)}: num_samples={n} must be a positive integer")
     return n
 
-
-def _add_scaled(acc: np.ndarray, a: np.ndarray, n: int, scratch: np.ndarray) -> None:
-    """acc += n · a in float64, chunk by chunk so the only temporary is ``scratch``."""
-    for start in range(0, a.size, CHUNK):
-        part = scratch[: min(CHUNK, a.size - start)]
-        np.multiply(a[start:start + CHUNK], n, out=part, dtype=np.float64)
-        acc[start:start + CHUNK] += part
-
-
-def _mean(weighted_sum: np.ndarray, total: int, dtype: np.dtype) -> np.ndarray:
-    """Sum / total in the model's dtype; integer buffers (e.g. step counters) are rounded, not truncated."""
-    mean = np.divide(weighted_sum, total, out=weighted_sum)
-    return (np.rint(mean, out=mean) if np.issubdtype(dtype, np.integer) else mean).astype(dtype)

@@ -86,7 +86,7 @@ class Services:
         events = None
         if s.events_endpoint:
             cred = AzureKeyCredential(s.events_key) if s.events_key else credential()
-            events = EventGridPublisher(s.events_endpoint, cred)
+            events = EventGridPublisher(s.events_url, cred)
         tracking = MlflowTracker(s.tracking_uri, s.mlflow_experiment, self.store) if s.tracking_uri else None
         return Observer(ObservationOutbox.create(table_service(s)), events=events, tracking=tracking, source=s.events_source)
 

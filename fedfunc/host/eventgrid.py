@@ -1,10 +1,9 @@
-"""Event Grid, locally: subscriptions kept in the store, a storage watcher that turns new or
-changed blobs into `Microsoft.Storage.BlobCreated` events (Event Grid schema), and delivery
-with retries and back-off (at-least-once, like Event Grid). Events can also be posted by hand
-to `/runtime/webhooks/eventgrid?functionName=NAME`.
-
-What the watcher has seen is stored, so a blob created while the host was down produces one
-event after restart, and the watcher itself never emits a blob version twice.
+"""Event Grid, locally: subscriptions kept in the store, two sources — the storage watcher
+(`Microsoft.Storage.BlobCreated` for new blob versions in a container) and local custom topics
+(events posted by `azure.eventgrid.EventGridPublisherClient`, CloudEvents or Event Grid schema) —
+and delivery to a function of the app or to a webhook outside it, from a store-backed outbox with
+retries and back-off (at-least-once, like Event Grid). Events can also be posted by hand to
+`/runtime/webhooks/eventgrid?functionName=NAME`.
 """
 from __future__ import annotations
 
@@ -14,114 +13,122 @@ import logging
 import os
 import re
 import time
-import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from urllib.parse import quote, urlparse
+from pathlib import Path
 
+import aiohttp
 import azure.functions as func
 from aiohttp import web
 from azure.functions import meta
 from azure.functions.eventgrid import EventGridEventInConverter
-from azure.storage.blob import BlobServiceClient
 
-from fedfunc.host import events as ev
 from fedfunc.host.app_loader import App, Function, resolve_settings
-from fedfunc.host.http import MASTER_KEY_SETTING, auth_error
+from fedfunc.host.auth import HostRoutes, master, system, topic_key
 from fedfunc.host.invoke import Invoker, background, logged
+from fedfunc.host.keys import HostKeys
+from fedfunc.host.storage_watch import (BLOB_CREATED, SUBJECT, Changes, StorageWatcher, SubscriptionError,
+                                        account_name, blob_created_event, blob_service)
 from fedfunc.host.store import Store
+from fedfunc.host.topics import TOPICS, check_topic_name, event_kind, parse_published, topic_endpoint, topic_resource
 
 log = logging.getLogger("fedfunc.host")
 
-BLOB_CREATED = "Microsoft.Storage.BlobCreated"
-TOPIC = "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/local/providers/Microsoft.Storage/storageAccounts/{}"
-SUBJECT = "/blobServices/default/containers/{}/blobs/{}"
 MAX_ATTEMPTS = 30
 MAX_BACKOFF = 60.0
+NOT_RETRIED = (400, 413)  # a webhook's answers Event Grid does not retry
 WEBHOOK = "/runtime/webhooks/eventgrid"
 _SECRET = re.compile(r"(AccountKey=|SharedAccessSignature=|sig=)[^;&]+", re.IGNORECASE)
 
-
-class SubscriptionError(ValueError):
-    """A subscription spec that cannot work; the message names the field."""
+__all__ = ["BLOB_CREATED", "WEBHOOK", "EventGrid", "Subscription", "SubscriptionError", "parse_subscription"]
 
 
 @dataclass
 class Subscription:
+    """Source: a storage container (`connection` + `container`) or a local custom `topic`.
+    Target: an Event Grid- or blob-triggered `function` of the app, or a `webhook` URL."""
     name: str
-    function: str
-    connection: str  # a connection string, or an account blob URL carrying a SAS token
-    container: str
+    function: str | None = None
+    connection: str | None = None  # a connection string, or an account blob URL carrying a SAS token
+    container: str | None = None
     subject_begins_with: str | None = None
     subject_ends_with: str | None = None
-    included_event_types: list[str] = field(default_factory=lambda: [BLOB_CREATED])
+    included_event_types: list[str] | None = field(default_factory=lambda: [BLOB_CREATED])
+    topic: str | None = None
+    webhook: str | None = None
 
-    def matches(self, subject: str) -> bool:
-        return (subject.startswith(self.subject_begins_with or "")
-                and subject.endswith(self.subject_ends_with or ""))
+    def matches(self, subject: str, event_type: str = BLOB_CREATED) -> bool:
+        return (subject.startswith(self.subject_begins_with or "") and subject.endswith(self.subject_ends_with or "")
+                and (not self.included_event_types or event_type in self.included_event_types))
+
+    def blob_prefix(self) -> str:
+        """The blob-name prefix the subject filter implies (listing only those is cheaper)."""
+        head = SUBJECT.format(self.container, "")
+        begins = self.subject_begins_with or ""
+        return begins[len(head):] if begins.startswith(head) else ""
 
     def redacted(self) -> dict:
-        out = asdict(self)
-        out["connection"] = _SECRET.sub(r"\1***", self.connection)
+        out = {k: v for k, v in asdict(self).items() if v is not None}
+        if self.connection:
+            out["connection"] = _SECRET.sub(r"\1***", self.connection)
         return out
 
 
-def parse_subscription(name: str, body: dict, app: App) -> Subscription:
+_FIELDS = {f for f in Subscription.__dataclass_fields__} - {"name"}
+
+
+def _text(body: dict, key: str) -> str | None:
+    value = body.get(key)
+    if value is not None and (not isinstance(value, str) or not value):
+        raise SubscriptionError(f"field '{key}' must be a non-empty string")
+    return value
+
+
+def parse_subscription(name: str, body: dict, app: App, topics=None) -> Subscription:
+    """Validate a subscription spec; `topics` (names of local topics) is checked when given."""
     if not isinstance(body, dict):
         raise SubscriptionError("subscription body must be a JSON object")
     if name.startswith("blobtrigger-") or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}", name):
         raise SubscriptionError(f"subscription name {name!r}: use letters, digits, '_', '.', ':', '-' "
                                 "(names starting 'blobtrigger-' are the host's own)")
-    for key in ("function", "connection", "container"):
-        if not isinstance(body.get(key), str) or not body[key]:
-            raise SubscriptionError(f"field '{key}' is required (a non-empty string)")
-    unknown = set(body) - {f for f in Subscription.__dataclass_fields__} - {"name"}
+    unknown = set(body) - _FIELDS - {"name"}
     if unknown:
         raise SubscriptionError(f"unknown field(s): {sorted(unknown)}")
-    f = app.functions.get(body["function"])
-    if f is None or f.trigger_type not in ("eventGridTrigger", "blobTrigger"):
-        raise SubscriptionError(f"field 'function': no Event Grid-triggered function named {body['function']!r}")
-    types = body.get("included_event_types") or [BLOB_CREATED]
-    if not isinstance(types, list) or BLOB_CREATED not in types:
-        raise SubscriptionError(f"field 'included_event_types' must include {BLOB_CREATED} (the only event the watcher emits)")
-    sub = Subscription(name=name, function=body["function"], connection=body["connection"], container=body["container"],
-                       subject_begins_with=body.get("subject_begins_with"),
-                       subject_ends_with=body.get("subject_ends_with"), included_event_types=types)
-    blob_service(sub.connection)  # fails now, naming the field, rather than in the watcher
+    spec = {k: _text(body, k) for k in ("function", "webhook", "connection", "container", "topic",
+                                         "subject_begins_with", "subject_ends_with")}
+    if not spec["function"] and not spec["webhook"]:
+        raise SubscriptionError("field 'function' is required (a non-empty string), or 'webhook' (a URL)")
+    if spec["function"] and spec["webhook"]:
+        raise SubscriptionError("give 'function' or 'webhook', not both")
+    if spec["topic"]:
+        if spec["connection"] or spec["container"]:
+            raise SubscriptionError("a subscription has one source: 'topic', or 'connection' + 'container'")
+        if topics is not None and spec["topic"] not in topics:
+            raise SubscriptionError(f"field 'topic': no local topic named {spec['topic']!r} "
+                                    f"(create it with PUT {TOPICS}/{spec['topic']})")
+    else:
+        for key in ("connection", "container"):
+            if not spec[key]:
+                raise SubscriptionError(f"field '{key}' is required (a non-empty string)")
+    if spec["function"]:
+        f = app.functions.get(spec["function"])
+        allowed = ("eventGridTrigger",) if spec["topic"] else ("eventGridTrigger", "blobTrigger")
+        if f is None or f.trigger_type not in allowed:
+            raise SubscriptionError(f"field 'function': no {' or '.join(allowed)} function named {spec['function']!r}")
+    if spec["webhook"] and not re.match(r"https?://[^/]+", spec["webhook"]):
+        raise SubscriptionError("field 'webhook' must be an http(s) URL")
+    types = body.get("included_event_types")
+    if types is not None and (not isinstance(types, list) or not all(isinstance(t, str) and t for t in types)):
+        raise SubscriptionError("field 'included_event_types' must be a list of event type names")
+    if not spec["topic"]:
+        types = types or [BLOB_CREATED]
+        if BLOB_CREATED not in types:
+            raise SubscriptionError(f"field 'included_event_types' must include {BLOB_CREATED} "
+                                    "(the only event the storage watcher emits)")
+    sub = Subscription(name=name, included_event_types=types or None, **spec)
+    if sub.connection:
+        blob_service(sub.connection)  # fails now, naming the field, rather than in the watcher
     return sub
-
-
-def blob_service(connection: str) -> BlobServiceClient:
-    try:
-        if connection.startswith(("http://", "https://")):
-            return BlobServiceClient(account_url=connection)
-        return BlobServiceClient.from_connection_string(connection)
-    except ValueError as exc:
-        raise SubscriptionError(f"field 'connection': not a storage connection string or account URL: {exc}") from exc
-
-
-def account_name(client: BlobServiceClient) -> str:
-    if client.account_name:
-        return client.account_name
-    parsed = urlparse(client.url)
-    return parsed.path.strip("/").split("/")[0] or parsed.hostname.split(".")[0]
-
-
-def blob_created_event(client: BlobServiceClient, container: str, blob) -> dict:
-    endpoint = client.primary_endpoint.split("?")[0].rstrip("/")
-    return {
-        "id": str(uuid.uuid4()),
-        "topic": TOPIC.format(account_name(client)),
-        "subject": SUBJECT.format(container, blob.name),
-        "eventType": BLOB_CREATED,
-        "eventTime": ev.iso(ev.utcnow()),
-        "dataVersion": "",
-        "metadataVersion": "1",
-        "data": {"api": "PutBlob", "clientRequestId": str(uuid.uuid4()), "requestId": str(uuid.uuid4()),
-                 "eTag": blob.etag, "contentType": blob.content_settings.content_type,
-                 "contentLength": blob.size, "blobType": "BlockBlob",
-                 "url": f"{endpoint}/{container}/{quote(blob.name)}",
-                 "sequencer": f"{time.time_ns():032x}", "storageDiagnostics": {"batchId": str(uuid.uuid4())}},
-    }
 
 
 def blob_trigger_subscription(f: Function) -> Subscription:
@@ -139,15 +146,26 @@ def blob_trigger_subscription(f: Function) -> Subscription:
 
 
 class EventGrid:
-    def __init__(self, app: App, store: Store, invoker: Invoker, poll_interval: float = 0.5):
-        self.app, self.store, self.invoker = app, store, invoker
-        self.poll_interval = poll_interval
+    def __init__(self, app: App, store: Store, invoker: Invoker, keys: HostKeys, origin: str = "",
+                 poll_interval: float | None = None, watch: tuple[Path, ...] = (), access_logs: tuple[Path, ...] = ()):
+        """`poll_interval`: the safety poll (default 0.5 s; 5 s when `watch` folders or storage
+        `access_logs` tell of changes)."""
+        self.app, self.store, self.invoker, self.keys, self.origin = app, store, invoker, keys, origin
+        told = bool(watch or access_logs)
+        self.poll_interval = poll_interval if poll_interval is not None else (5.0 if told else 0.5)
+        self.watcher = StorageWatcher(self.poll_once, self.poll_interval, tuple(watch), tuple(access_logs))
+        self._clients: dict[str, object] = {}  # connection → BlobServiceClient (keeps its HTTP connections)
+        self._lister = ThreadPoolExecutor(4, thread_name_prefix="eg-list")
         self._tasks: list[asyncio.Task] = []
         self._inflight: set[int] = set()
         self._wake = asyncio.Event()
         self._problems: dict[str, str] = {}
+        self._session: aiohttp.ClientSession | None = None
 
     # ---- subscriptions ---------------------------------------------------------------------
+    def parse(self, name: str, body: dict) -> Subscription:
+        return parse_subscription(name, body, self.app, topics=self.keys.topics)
+
     def put(self, sub: Subscription) -> None:
         """Create or replace. A new subscription sees only blobs written after it exists."""
         with self.store.tx() as db:
@@ -169,14 +187,27 @@ class EventGrid:
             out.append((Subscription(**spec), created))
         return out
 
+    def get(self, name: str) -> Subscription | None:
+        row = self.store.one("SELECT spec FROM eg_subscriptions WHERE name=?", (name,))
+        if row is None:
+            return None
+        spec = json.loads(row["spec"])
+        spec.pop("created")
+        return Subscription(**spec)
+
     # ---- service lifecycle ------------------------------------------------------------------------
-    def add_routes(self, web_app: web.Application) -> None:
-        web_app.router.add_post(WEBHOOK, self.webhook)
-        web_app.router.add_post("/runtime/webhooks/blobs", self.webhook)
-        web_app.router.add_get(WEBHOOK + "/subscriptions", self.list_route)
-        web_app.router.add_get(WEBHOOK + "/subscriptions/{name}", self.get_route)
-        web_app.router.add_put(WEBHOOK + "/subscriptions/{name}", self.put_route)
-        web_app.router.add_delete(WEBHOOK + "/subscriptions/{name}", self.delete_route)
+    def add_routes(self, routes: HostRoutes) -> None:
+        routes.add("POST", WEBHOOK, self.webhook, system("eventgrid_extension"))
+        routes.add("POST", "/runtime/webhooks/blobs", self.webhook, system("blobs_extension"))
+        # managing subscriptions is an ARM operation on Azure, not a webhook call: master key only
+        routes.add("GET", WEBHOOK + "/subscriptions", self.list_route, master)
+        routes.add("GET", WEBHOOK + "/subscriptions/{name}", self.get_route, master)
+        routes.add("PUT", WEBHOOK + "/subscriptions/{name}", self.put_route, master)
+        routes.add("DELETE", WEBHOOK + "/subscriptions/{name}", self.delete_route, master)
+        routes.add("GET", TOPICS, self.topics_route, master)
+        routes.add("GET", TOPICS + "/{topic}", self.topic_route, master)
+        routes.add("PUT", TOPICS + "/{topic}", self.topic_route, master)
+        routes.add("POST", "/eventgrid/topics/{topic}/api/events", self.publish_route, topic_key("topic"))
 
     async def start(self) -> None:
         wanted = {f"blobtrigger-{f.name}": f for f in self.app.of_type("blobTrigger")
@@ -188,7 +219,9 @@ class EventGrid:
             self.put(blob_trigger_subscription(f))
         from fedfunc.host import subscriptions
         subscriptions.ACTIVE = self
-        self._tasks = [background(self._watch(), "event grid watcher"), background(self._deliver(), "event grid delivery")]
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        self._tasks = [background(self.watcher.run(), "event grid watcher"),
+                       background(self._deliver(), "event grid delivery")]
 
     async def stop(self) -> None:
         from fedfunc.host import subscriptions
@@ -196,39 +229,59 @@ class EventGrid:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._session:
+            await self._session.close()
+        self._lister.shutdown(wait=False)
 
-    # ---- watcher ---------------------------------------------------------------------------------
-    async def _watch(self) -> None:
-        while True:
-            try:
-                await asyncio.get_running_loop().run_in_executor(None, self.poll_once)
-            except Exception:
-                log.exception("event grid watcher: poll failed")
-            await asyncio.sleep(self.poll_interval)
-
-    def poll_once(self) -> int:
-        """List each subscribed container once; queue an event per new blob version. Returns
-        how many events were queued."""
+    # ---- storage source ----------------------------------------------------------------------------
+    def poll_once(self, only: Changes | None = None) -> int:
+        """List each subscribed container (or, given `only`, just the blobs named there); queue an
+        event per new blob version. Returns how many events were queued."""
         groups: dict[tuple[str, str], list[tuple[Subscription, float]]] = {}
         for sub, created in self.all():
-            groups.setdefault((sub.connection, sub.container), []).append((sub, created))
-        queued = 0
+            if sub.connection:
+                groups.setdefault((sub.connection, sub.container), []).append((sub, created))
+        work = []
         for (connection, container), subs in groups.items():
             try:
-                client = blob_service(connection)
-                blobs = list(client.get_container_client(container).list_blobs())
-            except Exception as exc:
-                problem = f"{container}: {exc}"
-                if "ContainerNotFound" not in str(exc) and self._problems.get(connection) != problem:
-                    self._problems[connection] = problem  # once per distinct problem, not every poll
-                    log.warning("event grid watcher: cannot list %s in %s: %s", container,
-                                _SECRET.sub(r"\1***", connection), exc)
+                client = self._client(connection)
+            except SubscriptionError:
                 continue
-            for sub, created in subs:
+            if only is None:
+                work.append((client, container, subs, [os.path.commonprefix([s.blob_prefix() for s, _ in subs])]))
+            elif (account_name(client), container) in only:
+                names = only[(account_name(client), container)]
+                work.append((client, container, subs, sorted(names) if names is not None else [""]))
+        queued = 0
+        for (client, container, subs, _), blobs in zip(work, self._lister.map(self._list, work)):
+            for sub, created in subs if blobs is not None else ():
                 queued += self._record(client, sub, created, container, blobs)
         if queued:
-            self._wake.set()
+            self.invoker.loop.call_soon_threadsafe(self._wake.set)
         return queued
+
+    def _client(self, connection: str):
+        if connection not in self._clients:
+            self._clients[connection] = blob_service(connection)
+        return self._clients[connection]
+
+    def _list(self, item) -> list | None:
+        """The blobs under each prefix (an exact name from the access log lists that name and any
+        name it begins); None when the container cannot be listed."""
+        client, container, _, prefixes = item
+        try:
+            listed = {}
+            for prefix in prefixes:
+                for blob in client.get_container_client(container).list_blobs(name_starts_with=prefix or None):
+                    listed[blob.name] = blob
+            return list(listed.values())
+        except Exception as exc:
+            problem = f"{container}: {exc}"
+            where = client.url.split("?")[0]
+            if "ContainerNotFound" not in str(exc) and self._problems.get(where) != problem:
+                self._problems[where] = problem  # once per distinct problem, not every poll
+                log.warning("event grid watcher: cannot list %s in %s: %s", container, where, exc)
+            return None
 
     def _record(self, client, sub: Subscription, created: float, container: str, blobs: list) -> int:
         seen = dict(self.store.query("SELECT blob, etag FROM eg_seen WHERE subscription=?", (sub.name,)))
@@ -242,39 +295,67 @@ class EventGrid:
                 before = blob.last_modified.timestamp() < int(created)
                 if before or not sub.matches(event["subject"]):
                     continue
-                db.execute("INSERT INTO eg_outbox (subscription, function, event, next_at) VALUES (?,?,?,?)",
-                           (sub.name, sub.function, json.dumps(event), time.time()))
+                self._enqueue(db, sub, event)
                 queued += 1
+        return queued
+
+    @staticmethod
+    def _enqueue(db, sub: Subscription, event: dict) -> None:
+        db.execute("INSERT INTO eg_outbox (subscription, function, event, next_at) VALUES (?,?,?,?)",
+                   (sub.name, sub.function or "", json.dumps(event), time.time()))
+
+    # ---- topic source ------------------------------------------------------------------------------
+    def publish(self, topic: str, events: list[dict]) -> int:
+        """Queue `events` (already validated) for every subscription of `topic`, all or nothing."""
+        subs = [s for s, _ in self.all() if s.topic == topic]
+        queued = 0
+        with self.store.tx() as db:
+            for event in events:
+                event_type, subject = event_kind(event)
+                for sub in subs:
+                    if sub.matches(subject, event_type):
+                        self._enqueue(db, sub, event)
+                        queued += 1
+        if queued:
+            self._wake.set()
         return queued
 
     # ---- delivery --------------------------------------------------------------------------------
     async def _deliver(self) -> None:
+        """Deliver what is due; then sleep until the next retry is due or something is queued."""
         while True:
-            rows = self.store.query("SELECT * FROM eg_outbox WHERE next_at <= ? ORDER BY seq", (time.time(),))
-            for row in rows:
+            self._wake.clear()
+            now = time.time()
+            for row in self.store.query("SELECT * FROM eg_outbox WHERE next_at <= ? ORDER BY seq", (now,)):
                 if row["seq"] not in self._inflight:
                     self._inflight.add(row["seq"])
                     asyncio.create_task(self._deliver_one(dict(row)))
-            self._wake.clear()
+            pending = self.store.one("SELECT MIN(next_at) AS t FROM eg_outbox WHERE next_at > ?", (now,))["t"]
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=min(self.poll_interval, 0.5))
+                await asyncio.wait_for(self._wake.wait(), timeout=None if pending is None else max(0.0, pending - now))
             except asyncio.TimeoutError:
                 pass
 
     async def _deliver_one(self, row: dict) -> None:
         try:
-            f = self.app.functions.get(row["function"])
             event = json.loads(row["event"])
-            if f is None or f.disabled:
-                raise LookupError(f"function {row['function']!r} is missing or disabled")
-            await self.invoke(f, event, connection=self._connection_for(row["subscription"]))
-            with self.store.tx() as db:
-                db.execute("DELETE FROM eg_outbox WHERE seq=?", (row["seq"],))
+            sub = self.get(row["subscription"])
+            if sub is not None and sub.webhook:
+                await self._post(sub, event, row["attempts"] + 1)
+            else:
+                f = self.app.functions.get(row["function"])
+                if f is None or f.disabled:
+                    raise LookupError(f"function {row['function']!r} is missing or disabled")
+                await self.invoke(f, event, connection=sub.connection if sub else None)
+            self._forget(row["seq"])
+        except _Refused as exc:
+            log.error("event grid: %s; not retried", exc)
+            self._forget(row["seq"])
         except Exception as exc:
             attempts = row["attempts"] + 1
             with self.store.tx() as db:
                 if attempts >= MAX_ATTEMPTS:
-                    log.error("event grid: dropping event for %s after %d attempts: %s", row["function"], attempts, exc)
+                    log.error("event grid: dropping event for %s after %d attempts: %s", row["subscription"], attempts, exc)
                     db.execute("DELETE FROM eg_outbox WHERE seq=?", (row["seq"],))
                 else:
                     delay = min(MAX_BACKOFF, 0.5 * 2 ** (attempts - 1))
@@ -284,9 +365,25 @@ class EventGrid:
             self._inflight.discard(row["seq"])
             self._wake.set()
 
-    def _connection_for(self, subscription: str) -> str | None:
-        row = self.store.one("SELECT spec FROM eg_subscriptions WHERE name=?", (subscription,))
-        return json.loads(row["spec"])["connection"] if row else None
+    def _forget(self, seq: int) -> None:
+        with self.store.tx() as db:
+            db.execute("DELETE FROM eg_outbox WHERE seq=?", (seq,))
+
+    async def _post(self, sub: Subscription, event: dict, attempt: int) -> None:
+        """Webhook delivery as Event Grid does it: CloudEvents one per request (structured mode),
+        Event Grid schema as a one-event array; 200-204 count as delivered."""
+        cloud = "specversion" in event
+        headers = {"aeg-event-type": "Notification", "aeg-subscription-name": sub.name.upper(),
+                   "aeg-delivery-count": str(attempt - 1),
+                   "Content-Type": "application/cloudevents+json; charset=utf-8" if cloud else "application/json"}
+        body = json.dumps(event if cloud else [event])
+        async with self._session.post(sub.webhook, data=body, headers=headers) as response:
+            if 200 <= response.status <= 204:
+                return
+            text = (await response.text())[:300]
+            if response.status in NOT_RETRIED:
+                raise _Refused(f"webhook {sub.webhook} of {sub.name} answered {response.status}: {text}")
+            raise RuntimeError(f"webhook {sub.webhook} of {sub.name} answered {response.status}: {text}")
 
     async def invoke(self, f: Function, event: dict, connection: str | None = None) -> None:
         """Event Grid trigger: the event; blob trigger: the blob's content as an InputStream."""
@@ -307,15 +404,8 @@ class EventGrid:
         return func.blob.InputStream(data=data, name=f"{container}/{name}", uri=event["data"]["url"], length=len(data))
 
     # ---- routes ----------------------------------------------------------------------------------
-    @staticmethod
-    def _denied(request: web.Request) -> web.Response | None:
-        return auth_error(request, "admin") if os.environ.get(MASTER_KEY_SETTING) else None
-
     async def webhook(self, request: web.Request) -> web.Response:
         """Event Grid's webhook delivery: an array of events (or one) for `?functionName=`."""
-        denied = self._denied(request)
-        if denied:
-            return denied
         name = request.query.get("functionName", "").removeprefix("Host.Functions.")
         f = self.app.functions.get(name)
         if f is None or f.trigger_type not in ("eventGridTrigger", "blobTrigger") or f.disabled:
@@ -338,23 +428,17 @@ class EventGrid:
         return web.json_response({}, status=200)
 
     async def list_route(self, request: web.Request) -> web.Response:
-        return self._denied(request) or web.json_response([s.redacted() for s, _ in self.all()])
+        return web.json_response([s.redacted() for s, _ in self.all()])
 
     async def get_route(self, request: web.Request) -> web.Response:
-        denied = self._denied(request)
-        if denied:
-            return denied
-        found = [s for s, _ in self.all() if s.name == request.match_info["name"]]
-        if not found:
+        found = self.get(request.match_info["name"])
+        if found is None:
             return web.json_response({"error": f"no subscription named {request.match_info['name']!r}"}, status=404)
-        return web.json_response(found[0].redacted())
+        return web.json_response(found.redacted())
 
     async def put_route(self, request: web.Request) -> web.Response:
-        denied = self._denied(request)
-        if denied:
-            return denied
         try:
-            sub = parse_subscription(request.match_info["name"], json.loads(await request.text()), self.app)
+            sub = self.parse(request.match_info["name"], json.loads(await request.text()))
         except json.JSONDecodeError as exc:
             return web.json_response({"error": f"request body is not valid JSON: {exc}"}, status=400)
         except SubscriptionError as exc:
@@ -363,8 +447,36 @@ class EventGrid:
         return web.json_response(sub.redacted(), status=200)
 
     async def delete_route(self, request: web.Request) -> web.Response:
-        denied = self._denied(request)
-        if denied:
-            return denied
         deleted = self.delete(request.match_info["name"])
         return web.json_response({"deleted": deleted}, status=200 if deleted else 404)
+
+    async def topics_route(self, request: web.Request) -> web.Response:
+        return web.json_response([{"name": t, "endpoint": topic_endpoint(self.origin, t)} for t in sorted(self.keys.topics)])
+
+    async def topic_route(self, request: web.Request) -> web.Response:
+        """GET: a topic's endpoint and key; PUT: the same, creating the topic (and its key) if new."""
+        name = request.match_info["topic"]
+        if request.method == "PUT":
+            try:
+                self.keys.topic_key(check_topic_name(name))
+            except ValueError as exc:
+                return web.json_response({"error": str(exc)}, status=400)
+        elif name not in self.keys.topics:
+            return web.json_response({"error": f"no topic named {name!r}"}, status=404)
+        return web.json_response({"name": name, "endpoint": topic_endpoint(self.origin, name),
+                                  "key": self.keys.topics[name], "id": topic_resource(name)})
+
+    async def publish_route(self, request: web.Request) -> web.Response:
+        """A custom topic's `/api/events`: validate the whole batch, then queue it in one transaction."""
+        topic = request.match_info["topic"]
+        try:
+            events = parse_published(topic, request.headers.get("Content-Type", ""), await request.read())
+        except ValueError as exc:
+            status = 413 if "too large" in str(exc) else 400
+            return web.json_response({"error": {"code": "BadRequest", "message": str(exc)}}, status=status)
+        self.publish(topic, events)
+        return web.Response(status=200)
+
+
+class _Refused(Exception):
+    """A webhook answer that Event Grid does not retry."""

@@ -1,9 +1,7 @@
 """HTTP triggers: route templates, auth levels and the `func.HttpRequest`/`HttpResponse` mapping."""
 from __future__ import annotations
 
-import hmac
 import logging
-import os
 import re
 from dataclasses import dataclass
 
@@ -12,33 +10,13 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from fedfunc.host.app_loader import App, Function
+from fedfunc.host.auth import http_trigger, refuse
 from fedfunc.host.invoke import Invoker, logged
+from fedfunc.host.keys import HostKeys
 
 log = logging.getLogger("fedfunc.host")
 
-FUNCTION_KEY_SETTING = "FEDFUNC_HOST_FUNCTION_KEY"
-MASTER_KEY_SETTING = "FEDFUNC_HOST_MASTER_KEY"
 _INT = r"-?[0-9]+"
-
-
-def auth_error(request: web.Request, level: str) -> web.Response | None:
-    """The Functions host's key check: `x-functions-key` header or `?code=`; the master key
-    opens function-level routes too. A missing key setting is a 401 that names the setting."""
-    level = (level or "function").lower()
-    if level == "anonymous":
-        return None
-    master = os.environ.get(MASTER_KEY_SETTING)
-    accepted = [master] if level in ("admin", "system") else [os.environ.get(FUNCTION_KEY_SETTING), master]
-    accepted = [k for k in accepted if k]
-    if not accepted:
-        needed = MASTER_KEY_SETTING if level in ("admin", "system") else f"{FUNCTION_KEY_SETTING} (or {MASTER_KEY_SETTING})"
-        return web.json_response({"error": f"this {level}-level route needs a key, but the app setting {needed} is not set"},
-                                 status=401)
-    given = request.headers.get("x-functions-key") or request.query.get("code") or ""
-    if any(hmac.compare_digest(given.encode(), k.encode()) for k in accepted):
-        return None
-    return web.json_response({"error": f"{level}-level route: missing or wrong key (x-functions-key header or ?code=)"},
-                             status=401)
 
 
 @dataclass
@@ -67,8 +45,8 @@ def compile_route(template: str) -> tuple[re.Pattern, int]:
 
 
 class HttpTriggers:
-    def __init__(self, app: App, invoker: Invoker):
-        self.invoker = invoker
+    def __init__(self, app: App, invoker: Invoker, keys: HostKeys):
+        self.invoker, self.keys = invoker, keys
         self.prefix = f"/{app.route_prefix}" if app.route_prefix else ""
         self.routes: list[Route] = []
         for f in app.of_type("httpTrigger"):
@@ -98,9 +76,9 @@ class HttpTriggers:
         if route is None:
             return web.json_response({"error": f"no function handles {request.method} {request.path}"},
                                      status=405 if path_found else 404)
-        denied = auth_error(request, route.function.trigger.get("authLevel"))
-        if denied:
-            return denied
+        reason = http_trigger(route.function.trigger.get("authLevel"))(request, self.keys)
+        if reason:
+            return refuse(request, reason)
         req = func.HttpRequest(method=request.method, url=str(request.url), headers=dict(request.headers),
                                params=dict(request.query), route_params=params, body=await request.read())
         try:

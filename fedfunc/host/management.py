@@ -1,38 +1,40 @@
 """The Durable HTTP management API and the Durable client binding.
 
 Two route sets share one implementation:
-- public `/runtime/webhooks/durabletask/...` (the check-status URLs; bodies are plain JSON;
-  master key if `FEDFUNC_HOST_MASTER_KEY` is set, as the real host uses its system key);
-- `rpcBaseUrl` `/durabletask/{secret}/...`, called by the SDK's `DurableOrchestrationClient`,
-  whose request bodies are JSON strings holding JSON text (the SDK encodes twice).
+- public `/runtime/webhooks/durabletask/...` (the check-status URLs; bodies are plain JSON): the
+  `durabletask_extension` system key or the master key, which the URLs carry as `code=`, as on Azure;
+- `rpcBaseUrl` `/durabletask/{secret}/...`, called by the SDK's `DurableOrchestrationClient`
+  (which sends no key, so a per-process secret is in the path); its request bodies are JSON
+  strings holding JSON text (the SDK encodes twice).
 """
 from __future__ import annotations
 
 import json
-import os
 import secrets
 from urllib.parse import quote
 
 from aiohttp import web
 
+from fedfunc.host.auth import HostRoutes, path_secret, system
 from fedfunc.host.engine import TERMINAL, Engine, Gone, NotFound, UnknownFunction
-from fedfunc.host.http import MASTER_KEY_SETTING, auth_error
+from fedfunc.host.keys import HostKeys
 
 PUBLIC = "/runtime/webhooks/durabletask"
+SYSTEM_KEY = "durabletask_extension"
 TASK_HUB = "TestHubName"
 
 
 class Management:
-    def __init__(self, engine: Engine, origin: str):
+    def __init__(self, engine: Engine, origin: str, keys: HostKeys):
         self.engine = engine
         self.origin = origin
-        self.rpc = f"/durabletask/{secrets.token_hex(8)}"  # localhost-only channel, unguessable
+        self.keys = keys
+        self.secret = secrets.token_urlsafe(24)  # the rpc channel's key, new in every process
+        self.rpc = f"/durabletask/{self.secret}"
 
     # ---- the client binding ----------------------------------------------------------------
     def _query(self) -> str:
-        q = f"taskHub={TASK_HUB}&connection=Storage"
-        master = os.environ.get(MASTER_KEY_SETTING)
-        return q + (f"&code={quote(master)}" if master else "")
+        return f"taskHub={TASK_HUB}&connection=Storage&code={quote(self.keys.system[SYSTEM_KEY])}"
 
     def management_urls(self, instance_id: str = "INSTANCEID", origin: str | None = None) -> dict:
         base = f"{origin or self.origin}{PUBLIC}/instances/{instance_id}"
@@ -64,26 +66,21 @@ class Management:
         })
 
     # ---- routes -------------------------------------------------------------------------------
-    def add_routes(self, web_app: web.Application) -> None:
-        for prefix, rpc in ((PUBLIC, False), (self.rpc, True)):
+    def add_routes(self, routes: HostRoutes) -> None:
+        for prefix, rpc, rule in ((PUBLIC, False, system(SYSTEM_KEY)),
+                                  ("/durabletask/{rpc}", True, path_secret("rpc", self.secret))):
             def bind(handler, rpc=rpc):
                 async def route(request: web.Request) -> web.Response:
-                    if not rpc:
-                        denied = auth_error(request, "admin") if os.environ.get(MASTER_KEY_SETTING) else None
-                        if denied:
-                            return denied
                     return await handler(request, rpc)
                 return route
-            web_app.router.add_post(prefix + "/orchestrators/{name}", bind(self.start))
-            web_app.router.add_post(prefix + "/orchestrators/{name}/{id}", bind(self.start))
-            web_app.router.add_get(prefix + "/instances", bind(self.list))
-            web_app.router.add_get(prefix + "/instances/", bind(self.list))
-            web_app.router.add_delete(prefix + "/instances", bind(self.purge_by))
-            web_app.router.add_delete(prefix + "/instances/", bind(self.purge_by))
-            web_app.router.add_get(prefix + "/instances/{id}", bind(self.status))
-            web_app.router.add_delete(prefix + "/instances/{id}", bind(self.purge))
-            web_app.router.add_post(prefix + "/instances/{id}/raiseEvent/{event}", bind(self.raise_event))
-            web_app.router.add_post(prefix + "/instances/{id}/terminate", bind(self.terminate))
+            for method, path, handler in (
+                    ("POST", "/orchestrators/{name}", self.start), ("POST", "/orchestrators/{name}/{id}", self.start),
+                    ("GET", "/instances", self.list), ("GET", "/instances/", self.list),
+                    ("DELETE", "/instances", self.purge_by), ("DELETE", "/instances/", self.purge_by),
+                    ("GET", "/instances/{id}", self.status), ("DELETE", "/instances/{id}", self.purge),
+                    ("POST", "/instances/{id}/raiseEvent/{event}", self.raise_event),
+                    ("POST", "/instances/{id}/terminate", self.terminate)):
+                routes.add(method, prefix + path, bind(handler), rule)
 
     @staticmethod
     async def _payload(request: web.Request, rpc: bool) -> str | None:

@@ -27,6 +27,7 @@ def test_bad_onboarding_request_is_400_naming_the_field(stack, body, named):
 
 def test_abandoned_onboarding_leaves_no_registry_entry_but_keeps_ready_silos(stack, monkeypatch):
     monkeypatch.setenv("FEDFUNC_HOST_URL", stack.host.origin)
+    monkeypatch.setenv("FEDFUNC_HOST_MASTER_KEY", stack.master_key)  # the subscription routes need it
     svc = Services(load_settings(stack.settings()))
     svc.registry.put(SiloRecord(name="half-done", account="silo12", blob_url="http://127.0.0.1:1/silo12",
                                 compute="local", policy_ref="x"))

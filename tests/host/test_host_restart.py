@@ -16,8 +16,10 @@ from fedfunc.host.testing import HostProcess, wait_until
 
 @pytest.fixture
 def host(tmp_path, azurite):
+    """The storage watcher here learns of changes from Azurite's data folder (and lists at start)."""
     (tmp_path / "out").mkdir()
-    process = HostProcess(APPS / "features", tmp_path / "state.sqlite", env=features_env(tmp_path / "out", azurite))
+    process = HostProcess(APPS / "features", tmp_path / "state.sqlite", env=features_env(tmp_path / "out", azurite),
+                          args=("--watch", str(azurite.data_dir), "--poll-interval", "3600"))
     process.out = tmp_path / "out"
     yield process
     process.stop()
@@ -83,7 +85,8 @@ def test_blob_written_while_down_gives_exactly_one_event_after_restart(host, azu
         container.create_container()
     host.start()
     spec = {"function": "on_event", "connection": account.connection_string, "container": "downtime"}
-    assert requests.put(host.url("/runtime/webhooks/eventgrid/subscriptions/down"), json=spec).status_code == 200
+    assert requests.put(host.url("/runtime/webhooks/eventgrid/subscriptions/down"), json=spec,
+                        headers=host.headers).status_code == 200
     time.sleep(1.1)  # blob times have one-second resolution
     host.kill()
     container.upload_blob("while-down.bin", b"x", overwrite=True)
@@ -94,5 +97,7 @@ def test_blob_written_while_down_gives_exactly_one_event_after_restart(host, azu
     wait_until(events, what="event for the blob written while down")
     host.kill()  # and again: the watcher must not emit it a second time
     host.start()
-    time.sleep(1.0)
+    container.upload_blob("later.bin", b"y", overwrite=True)  # its event proves the watcher listed again
+    wait_until(lambda: [e for e in lines(host.out, "on_event") if e["subject"].endswith("/later.bin")],
+               what="event for a later blob")
     assert len(events()) == 1

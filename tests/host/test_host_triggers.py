@@ -76,10 +76,13 @@ def test_subscription_turns_new_blobs_into_blob_created_events(features, azurite
     assert r.status_code == 200 and "AccountKey=***" in r.json()["connection"]
     upload(account, "outbox", "runs/r1/update.safetensors", b"weights")
     upload(account, "outbox", "runs/r1/metrics.json", b"{}")  # filtered out by the suffix
-    got = wait_until(lambda: [e for e in lines(features.out, "on_event") if "silo" in e["topic"]], what="event")
-    time.sleep(0.6)  # a few more polls: still exactly one event
-    got = [e for e in lines(features.out, "on_event") if e["topic"].endswith(account.name)]
-    assert len(got) == 1, got
+    wait_until(lambda: [e for e in lines(features.out, "on_event") if e["topic"].endswith(account.name)], what="event")
+    upload(account, "outbox", "runs/r1/zz-later.safetensors", b"later")  # its event proves the watcher listed again
+    wait_until(lambda: [e for e in lines(features.out, "on_event") if e["subject"].endswith("/zz-later.safetensors")],
+               what="event for a later blob")
+    got = [e for e in lines(features.out, "on_event")
+           if e["topic"].endswith(account.name) and not e["subject"].endswith("/zz-later.safetensors")]
+    assert len(got) == 1, got  # still exactly one event for the first blob
     e = got[0]
     assert e["type"] == "Microsoft.Storage.BlobCreated"
     assert e["topic"] == ("/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/local/providers/"

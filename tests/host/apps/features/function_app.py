@@ -220,6 +220,17 @@ def on_event(event: func.EventGridEvent) -> None:
                         "topic": event.topic, "data": data})
 
 
+@app.event_grid_trigger(arg_name="event")
+def on_cloud_event(event) -> None:
+    """Events from a local custom topic (CloudEvents decode to func.CloudEvent)."""
+    if hasattr(event, "specversion"):
+        record("on_cloud_event", {"id": event.id, "type": event.type, "source": event.source,
+                                  "subject": event.subject, "data": event.get_json()})
+    else:
+        record("on_cloud_event", {"id": event.id, "type": event.event_type, "topic": event.topic,
+                                  "subject": event.subject, "data": event.get_json()})
+
+
 @app.blob_trigger(arg_name="blob", path="uploads/{name}", connection="UPLOADS_CONN", source="EventGrid")
 def on_upload(blob: func.InputStream) -> None:
     record("on_upload", {"name": blob.name, "content": blob.read().decode()})
