@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from fedfunc.devstack import DevStack
+from fedfunc.observe.subscriber import EventSubscriber
 from fedfunc.tasks.partition import partition
 from fedfunc.tasks.registry import get_task
 
@@ -23,6 +24,14 @@ def stack(tmp_path_factory, digits):
             s.add_silo(silo)
             s.upload_data(silo, "digits", digits.x_train[idx], digits.y_train[idx])
         yield s
+
+
+@pytest.fixture(scope="session")
+def subscriber(stack):
+    """A local subscriber of the app's domain events (a webhook on its topic), de-duplicating by event id."""
+    with EventSubscriber() as sub:
+        stack.subscribe_events("e2e-subscriber", sub.url)
+        yield sub
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,5 @@
-"""A run seen from outside: in MLflow (read back with MLflow's own client), per silo through the API and the
-CLI, and on its page, rendered by a real headless Chromium through a signed link."""
+"""A run seen from outside: by an Event Grid subscriber, in MLflow (read back with MLflow's own client), per
+silo through the API and the CLI, and on its page, rendered by a real headless Chromium through a signed link."""
 from __future__ import annotations
 
 import shutil
@@ -20,12 +20,29 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture(scope="module")
-def observed(stack, bundle):
+def observed(stack, bundle, subscriber):
     run = stack.start_run({"task": "digits", "silos": list(SILOS), "rounds": 2, "round_deadline_s": 120,
                            "bundle": bundle, "run_id": "e2e-observe"})
     status = stack.wait_run(run, timeout=300)
     assert status["runtime_status"] == "Completed", status
     return status
+
+
+def test_a_subscriber_hears_each_fact_once_with_its_figures(subscriber, observed):
+    run = "e2e-observe"
+    expected = {f"run:{run}:RunStarted", f"run:{run}:RoundCompleted:0", f"run:{run}:RoundCompleted:1",
+                f"run:{run}:RunCompleted"}
+    facts = wait_until(lambda: (f := subscriber.facts(f"runs/{run}")) and set(f) >= expected and f,
+                       timeout=60, what="the run's events delivered")
+    assert set(facts) == expected
+    for r in observed["history"]:
+        event = facts[f"run:{run}:RoundCompleted:{r['round']}"]
+        assert event["type"] == "fedfunc.RoundCompleted" and event["source"] == "/fedfunc"
+        assert event["subject"] == f"runs/{run}/rounds/{r['round']}"
+        assert event["data"]["metrics"] == r["metrics"] and event["data"]["model"] == r["model"]
+        assert {s: o["state"] for s, o in event["data"]["silos"].items()} == {s: "received" for s in SILOS}
+    done = facts[f"run:{run}:RunCompleted"]["data"]
+    assert done["rounds_completed"] == 2 and done["report"]["html"] == f"runs/{run}/report.html"
 
 
 def test_the_run_is_in_mlflow_with_rounds_silos_and_the_final_model(stack, observed):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from fedfunc import layout
+from fedfunc.host.testing import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def test_below_quorum_fails_clearly_and_keeps_last_good_model(stack, spec, broke
         stack.download(layout.MODELS, layout.global_model(run, 1))
 
 
-def test_kill_9_host_mid_run_finishes_with_each_round_aggregated_once(stack, spec):
+def test_kill_9_host_mid_run_finishes_with_each_round_aggregated_once(stack, spec, subscriber):
     run = stack.start_run(spec(rounds=3, run_id="e2e-kill", checkpoint_every=2))
     stack.wait_round(run, 1)
     stack.host.kill()
@@ -53,8 +54,16 @@ def test_kill_9_host_mid_run_finishes_with_each_round_aggregated_once(stack, spe
     final = status["output"]["model"]
     assert final["path"] == layout.global_model(run, 3)
 
+    # A subscriber de-duplicating by event id hears every fact of the run once, none missing, none extra.
+    expected = {f"run:{run}:RunStarted", *(f"run:{run}:RoundCompleted:{r}" for r in range(3)), f"run:{run}:RunCompleted"}
+    facts = wait_until(lambda: (f := subscriber.facts(f"runs/{run}")) and set(f) >= expected and f,
+                       timeout=120, what="every fact of the run delivered")
+    assert set(facts) == expected
+    assert sorted(e["data"]["round"] for e in facts.values() if e["type"] == "fedfunc.RoundCompleted") == [0, 1, 2]
+    assert facts[f"run:{run}:RunCompleted"]["data"]["model"] == final
 
-def test_disabled_silo_leaves_and_new_silo_joins_from_next_round(stack, spec, digits):
+
+def test_disabled_silo_leaves_and_new_silo_joins_from_next_round(stack, spec, digits, subscriber):
     run = stack.start_run(spec(silos="all", rounds=2, run_id="e2e-membership"))
     first = stack.wait_round(run, 0)
     assert set(first["current_round"]["missing"]) | set(first["current_round"]["received"]) >= {"site-1", "site-2", "site-3"}
@@ -68,6 +77,10 @@ def test_disabled_silo_leaves_and_new_silo_joins_from_next_round(stack, spec, di
         assert "site-3" in round0 and "site-4" not in round0
         assert "site-4" in round1 and "site-3" not in round1
         assert status["history"][1]["silos"]["site-4"]["state"] == "received"
+        told = wait_until(lambda: (f := subscriber.facts("silos/")) and {e["type"] for e in f.values()} >= {
+            "fedfunc.SiloDisabled", "fedfunc.SiloOnboarded"} and f, timeout=60, what="silo events delivered")
+        assert "site-3" in [e["data"]["silo"] for e in told.values() if e["type"] == "fedfunc.SiloDisabled"]
+        assert "site-4" in [e["data"]["silo"] for e in told.values() if e["type"] == "fedfunc.SiloOnboarded"]
     finally:
         stack.api("DELETE", "/api/silos/site-4", role="admin")
         stack.api("POST", "/api/silos", {"name": "site-3", "compute": "local", "policy": stack.silo_policy()},

@@ -6,6 +6,8 @@ import sqlite3
 import time
 
 from fedfunc import layout
+from fedfunc.host.testing import wait_until
+
 SILOS = ("site-1", "site-2", "site-3")
 
 
@@ -53,7 +55,7 @@ def test_runs_are_listed_and_unknown_run_is_404(stack, spec):
     assert "no-such-run" in r["error"]
 
 
-def test_cancel_terminates_run_and_round(stack, spec):
+def test_cancel_terminates_run_and_round(stack, spec, subscriber):
     run = stack.start_run(spec(rounds=3, run_id="e2e-cancel"))
     deadline = time.monotonic() + 120
     while not (stack.run_status(run).get("current_round") or {}).get("jobs"):
@@ -67,6 +69,9 @@ def test_cancel_terminates_run_and_round(stack, spec):
     assert round0["runtimeStatus"] == "Terminated"
     again = stack.api("POST", f"/api/runs/{run}/cancel", expect=(409,))
     assert "Terminated" in again["error"]
+    facts = wait_until(lambda: subscriber.facts(f"runs/{run}").get(f"run:{run}:RunCancelled"), timeout=60,
+                       what="RunCancelled delivered")
+    assert facts["data"]["error"] == "cancelled through the API" and facts["data"]["rounds_completed"] == 0
 
 
 def test_cli_shows_a_run(stack):
