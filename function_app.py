@@ -16,13 +16,13 @@ from orchestrations import onboarding, retraining, training
 from orchestrations import round as round_orchestration
 from triggers import observe as observe_triggers
 from triggers import retraining as retraining_triggers
-from triggers import runs_api, silo_events, silos_api
+from triggers import run_page, runs_api, silo_events, silos_api
 
 load_settings(os.environ)
 
 # Routes check roles themselves (API keys locally, App Service Authentication on Azure).
 app = df.DFApp(http_auth_level=func.AuthLevel.ANONYMOUS)
 for blueprint in (training.bp, round_orchestration.bp, onboarding.bp, retraining.bp, run_activities.bp,
-                  onboarding_activities.bp, observe_activities.bp, runs_api.bp, silos_api.bp, silo_events.bp,
-                  retraining_triggers.bp, observe_triggers.bp):
+                  onboarding_activities.bp, observe_activities.bp, runs_api.bp, run_page.bp, silos_api.bp,
+                  silo_events.bp, retraining_triggers.bp, observe_triggers.bp):
     app.register_functions(blueprint)

@@ -26,8 +26,6 @@ from fedfunc.host.topics import topic_endpoint
 from fedfunc.observe.outbox import ObservationOutbox
 from fedfunc.observe.subscriber import EventSubscriber
 from fedfunc.storage import table_service
-from fedfunc.tasks.partition import partition
-from fedfunc.tasks.registry import get_task
 
 
 class Relay:
@@ -90,7 +88,6 @@ def main() -> None:
     args = p.parse_args()
     relay = Relay()
     relay_endpoint = topic_endpoint(f"http://127.0.0.1:{relay.port}", EVENTS_TOPIC)
-    data = get_task("digits").load_dataset()
     with tempfile.TemporaryDirectory() as tmp, \
             DevStack(Path(tmp), extra_settings={"FEDFUNC_EVENTS_ENDPOINT": relay_endpoint}) as stack, \
             EventSubscriber() as sub:
@@ -98,9 +95,7 @@ def main() -> None:
         relay.up()
         stack.subscribe_events("bench", sub.url)
         silos = [f"site-{i + 1}" for i in range(args.silos)]
-        for silo, idx in zip(silos, partition(data.y_train, args.silos, alpha=None, seed=0)):
-            stack.add_silo(silo)
-            stack.upload_data(silo, "digits", data.x_train[idx], data.y_train[idx])
+        stack.add_silos_with_data(silos)
         hp = {"epochs": 1, "lr": 0.05, "batch_size": 16, "seed": 0}
         run = stack.start_run({"task": "digits", "silos": silos, "rounds": args.rounds, "round_deadline_s": 300,
                                "bundle": stack.signed_bundle("digits", hp), "run_id": "outage"})

@@ -33,16 +33,11 @@ from fedfunc.observe.publisher import EventGridPublisher
 from fedfunc.observe.subscriber import EventSubscriber
 from fedfunc.protocol import RoundResult, RunFact
 from fedfunc.storage import blob_service, table_service
-from fedfunc.tasks.partition import partition
-from fedfunc.tasks.registry import get_task
 
 
 def real_run(stack: DevStack, n_silos: int, rounds: int) -> tuple[str, list[float]]:
-    data = get_task("digits").load_dataset()
     silos = [f"bench-{i}" for i in range(n_silos)]
-    for silo, idx in zip(silos, partition(data.y_train, n_silos, alpha=None, seed=0)):
-        stack.add_silo(silo)
-        stack.upload_data(silo, "digits", data.x_train[idx], data.y_train[idx])
+    stack.add_silos_with_data(silos)
     hp = {"epochs": 1, "lr": 0.05, "batch_size": 16, "seed": 0}
     run = stack.start_run({"task": "digits", "silos": silos, "rounds": rounds, "round_deadline_s": 600,
                            "bundle": stack.signed_bundle("digits", hp), "run_id": f"observe-{uuid.uuid4().hex[:6]}"})

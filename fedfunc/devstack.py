@@ -175,6 +175,17 @@ class DevStack:
             time.sleep(0.2)
         raise TimeoutError(f"onboarding {name} did not finish within {timeout:.0f}s ({started})")
 
+    def add_silos_with_data(self, silos: list[str], task: str = "digits", *, alpha: float | None = None,
+                            seed: int = 0) -> None:
+        """Onboard ``silos`` and give each its partition of ``task``'s training set (IID, or Dirichlet ``alpha``)."""
+        from fedfunc.tasks.partition import partition
+        from fedfunc.tasks.registry import get_task
+
+        data = get_task(task).load_dataset()
+        for silo, idx in zip(silos, partition(data.y_train, len(silos), alpha=alpha, seed=seed)):
+            self.add_silo(silo)
+            self.upload_data(silo, task, data.x_train[idx], data.y_train[idx])
+
     def upload_data(self, silo: str, task: str, x, y) -> str:
         """What the silo owner does: upload its own partition with its own key."""
         return upload_silo_data(silo_home(self.home, silo), task, x, y)

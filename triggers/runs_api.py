@@ -1,12 +1,10 @@
-"""HTTP API for runs: start, list, status (with the per-silo view), cancel, and the run page with its
-signed links."""
+"""HTTP API for runs: start, list, status (with the per-silo view), cancel. The run page: ``run_page.py``."""
 from __future__ import annotations
 
 import json
 import logging
 import uuid
 from datetime import datetime, timezone
-from urllib.parse import urlencode, urlsplit
 
 import azure.durable_functions as df
 import azure.functions as func
@@ -15,21 +13,17 @@ from fedfunc import protocol as p
 from fedfunc.aggregation import UnknownStrategy, get_strategy
 from fedfunc.coordinator import rounds
 from fedfunc.coordinator.services import services
-from fedfunc.observe import links
-from fedfunc.observe.page import CSP, render_message, render_page
 from fedfunc.observe.silos import silo_rows
 from fedfunc.registry import UnknownSilo
 from fedfunc.security.bundle import BundleConfig, SignedBundle
 from fedfunc.spec import RUN_ID, RunSpec, SpecError, parse_spec
 from fedfunc.tasks.registry import UnknownTask, get_task
-from fedfunc.security.roles import AuthError, easy_auth_enabled, require
 from triggers.auth import requires
 from triggers.http_util import BadRequest, error, json_body, respond
 from triggers.observe import tell
 
 bp = df.Blueprint()
 log = logging.getLogger("fedfunc.runs")
-LINK_TTL_S = 3600
 
 
 def validate_run_request(body: object) -> tuple[str, RunSpec]:
@@ -120,7 +114,7 @@ async def list_runs(req: func.HttpRequest, client: df.DurableOrchestrationClient
     return respond(200, {"runs": [_run_view(s) for s in sorted(runs, key=lambda s: str(s.created_time))]})
 
 
-async def _run(client: df.DurableOrchestrationClient, run_id: str) -> df.DurableOrchestrationStatus | None:
+async def find_run(client: df.DurableOrchestrationClient, run_id: str) -> df.DurableOrchestrationStatus | None:
     status = await client.get_status(run_id)
     if not status or status.runtime_status is None or status.name != p.TRAINING:
         return None
@@ -138,7 +132,7 @@ async def _current_round(client: df.DurableOrchestrationClient, run: df.DurableO
     return status
 
 
-async def _run_detail(client: df.DurableOrchestrationClient, status: df.DurableOrchestrationStatus) -> dict:
+async def run_detail(client: df.DurableOrchestrationClient, status: df.DurableOrchestrationStatus) -> dict:
     """A run's state, its completed rounds (from its round record), the round in progress and one row per silo."""
     custom = status.custom_status or {}
     view = {**_run_view(status), "history": rounds.round_results(services().store, status.instance_id),
@@ -156,93 +150,10 @@ async def _run_detail(client: df.DurableOrchestrationClient, status: df.DurableO
 @requires("scientist", "admin")
 async def get_run(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
     run_id = req.route_params["run_id"]
-    status = await _run(client, run_id)
+    status = await find_run(client, run_id)
     if status is None:
         return error(404, f"no run {run_id!r}")
-    return respond(200, await _run_detail(client, status))
-
-
-def _html(status: int, body: str, headers: dict | None = None) -> func.HttpResponse:
-    return func.HttpResponse(body, status_code=status, mimetype="text/html", charset="utf-8", headers={
-        "Content-Security-Policy": CSP, "Cache-Control": "no-store", "Referrer-Policy": "no-referrer",
-        "X-Content-Type-Options": "nosniff", **(headers or {})})
-
-
-def _page_url(req: func.HttpRequest, run_id: str) -> str:
-    parts = urlsplit(req.url)
-    return f"{parts.scheme}://{parts.netloc}/api/runs/{run_id}/report"
-
-
-def _page_refusal(req: func.HttpRequest, run_id: str) -> func.HttpResponse | None:
-    """None if the caller may see ``run_id``'s page: a role (API key, or the Entra ID principal App Service
-    Authentication passes), or a signed link made for this run and not expired. Else the answer."""
-    params = req.params
-    if "sig" in params or "exp" in params:
-        key = services().settings.link_key
-        try:
-            if not key:
-                raise links.LinkRefused("signed links are off here (FEDFUNC_LINK_KEY is not set)")
-            links.verify(key, run_id, params.get("exp"), params.get("sig"))
-        except links.LinkRefused as e:
-            return _html(403, render_message("Forbidden", f"This link does not open run {run_id}: {e}"))
-        return None
-    try:
-        require(("scientist", "admin"), req.headers, services().settings.api_keys)
-    except AuthError as e:
-        if e.status == 401 and easy_auth_enabled():   # a browser without a session: sign in, come back
-            return func.HttpResponse(status_code=302, headers={
-                "Location": "/.auth/login/aad?" + urlencode({"post_login_redirect_uri": f"/api/runs/{run_id}/report"})})
-        hint = " Open the link `fedfunc run open RUN` prints." if e.status == 401 else ""
-        return _html(e.status, render_message("Unauthorized" if e.status == 401 else "Forbidden", str(e) + hint))
-    return None
-
-
-@bp.route(route="runs/{run_id}/report", methods=["GET"])
-@bp.durable_client_input(client_name="client")
-async def run_page(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
-    """The run page (HTML), for the same roles as the API or through a signed link; it refreshes itself
-    while the run goes on."""
-    run_id = req.route_params["run_id"]
-    refused = _page_refusal(req, run_id)
-    if refused:
-        return refused
-    status = await _run(client, run_id)
-    if status is None:
-        return _html(404, render_message("Not found", f"There is no run {run_id}."))
-    return _html(200, render_page(await _run_detail(client, status)))
-
-
-def _ttl(req: func.HttpRequest) -> int:
-    body = json_body(req) if req.get_body() else {}
-    ttl = body.get("ttl_s", LINK_TTL_S) if isinstance(body, dict) else None
-    if not isinstance(ttl, int) or isinstance(ttl, bool) or not 0 < ttl <= links.MAX_TTL_S:
-        raise BadRequest(f"ttl_s: a whole number of seconds, 1 to {links.MAX_TTL_S}")
-    return ttl
-
-
-@bp.route(route="runs/{run_id}/link", methods=["POST"])
-@bp.durable_client_input(client_name="client")
-@requires("scientist", "admin")
-async def run_link(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
-    """A link to the run page a browser can open: signed and expiring (``FEDFUNC_LINK_KEY``), or with
-    Entra ID sign-in (App Service Authentication) the sign-in link that returns to the page."""
-    run_id = req.route_params["run_id"]
-    try:
-        ttl_s = _ttl(req)
-    except BadRequest as e:
-        return error(400, str(e))
-    if await _run(client, run_id) is None:
-        return error(404, f"no run {run_id!r}")
-    page, key = _page_url(req, run_id), services().settings.link_key
-    if key:
-        signed = links.sign(key, run_id, ttl_s)
-        expires = datetime.fromtimestamp(int(signed["exp"]), timezone.utc).isoformat()
-        return respond(200, {"run": run_id, "url": f"{page}?{urlencode(signed)}", "expires": expires})
-    if easy_auth_enabled():
-        origin = page.removesuffix(f"/api/runs/{run_id}/report")
-        login = f"{origin}/.auth/login/aad?" + urlencode({"post_login_redirect_uri": f"/api/runs/{run_id}/report"})
-        return respond(200, {"run": run_id, "url": login, "expires": None, "sign_in": "entra-id"})
-    return error(503, "FEDFUNC_LINK_KEY: not set, so this app makes no signed links (and has no sign-in)")
+    return respond(200, await run_detail(client, status))
 
 
 @bp.route(route="runs/{run_id}/cancel", methods=["POST"])
@@ -251,7 +162,7 @@ async def run_link(req: func.HttpRequest, client: df.DurableOrchestrationClient)
 async def cancel_run(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
     """Terminate the run and its current round, and cancel that round's silo jobs."""
     run_id = req.route_params["run_id"]
-    status = await _run(client, run_id)
+    status = await find_run(client, run_id)
     if status is None:
         return error(404, f"no run {run_id!r}")
     reason = "cancelled through the API"
