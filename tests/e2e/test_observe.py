@@ -95,6 +95,11 @@ def test_api_and_cli_show_each_silo(stack, observed):
     for silo, row in rows.items():
         line = next(x for x in out.output.splitlines() if x.strip().startswith(f"│ {silo}"))
         assert "received" in line and str(row["num_samples"]) in line and f"{row['loss']:.4f}" in line
+    opened = CliRunner().invoke(app, ["run", "open", "e2e-observe", "--ttl", "120", "--host", stack.host.origin,
+                                      "--api-key", stack.scientist_key], terminal_width=400)
+    assert opened.exit_code == 0, opened.output
+    link = next(x for x in opened.output.split() if x.startswith("http"))
+    assert requests.get(link, timeout=30).status_code == 200
 
 
 def test_the_page_answers_only_its_roles_and_links(stack, observed):

@@ -61,6 +61,13 @@ def test_kill_9_host_mid_run_finishes_with_each_round_aggregated_once(stack, spe
     assert set(facts) == expected
     assert sorted(e["data"]["round"] for e in facts.values() if e["type"] == "fedfunc.RoundCompleted") == [0, 1, 2]
     assert facts[f"run:{run}:RunCompleted"]["data"]["model"] == final
+    # and MLflow has each round once
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(stack.mlflow_uri)
+    (tracked,) = client.search_runs([client.get_experiment_by_name("fedfunc").experiment_id],
+                                    filter_string=f"tags.`fedfunc.run` = '{run}'")
+    assert [m.step for m in client.get_metric_history(tracked.info.run_id, "accuracy")] == [0, 1, 2]
 
 
 def test_disabled_silo_leaves_and_new_silo_joins_from_next_round(stack, spec, digits, subscriber):
