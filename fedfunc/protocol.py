@@ -129,8 +129,11 @@ class AggregateResult(Message):
     model: ModelRef | None = None
 
 
+SiloState = Literal["waiting", "received", "failed", "rejected"]
+
+
 class SiloOutcome(Message):
-    state: Literal["waiting", "received", "failed", "rejected"]
+    state: SiloState
     reason: str | None = None
     num_samples: int | None = None
     metrics: dict[str, float | int] | None = None   # what the silo reported (training loss, test metrics, ...)

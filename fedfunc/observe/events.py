@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict
 
 from fedfunc import layout
 from fedfunc.contracts import ModelRef
-from fedfunc.protocol import RoundResult, RunFact, SiloFact
+from fedfunc.protocol import RoundResult, RunFact, SiloFact, SiloState
 
 TYPE_PREFIX = "fedfunc."
 SCHEMA = "urn:fedfunc:events:v1"
@@ -51,7 +51,7 @@ class RunStartedData(_Data):
 
 
 class SiloSummary(_Data):
-    state: Literal["received", "failed", "rejected", "waiting"]
+    state: SiloState
     num_samples: int | None = None
     reason: str | None = None
     seconds: float | None = None
