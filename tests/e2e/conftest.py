@@ -39,6 +39,15 @@ def bundle(stack):
     return stack.signed_bundle("digits", HYPERPARAMS)
 
 
+@pytest.fixture(scope="session")
+def basic_run(stack, bundle, subscriber):
+    """One finished 2-round run over the three silos (``e2e-basic``), shared by the tests that read one;
+    the event subscriber listens from before it starts."""
+    run = stack.start_run({"task": "digits", "silos": list(SILOS), "rounds": 2, "round_deadline_s": 120,
+                           "bundle": bundle, "run_id": "e2e-basic"})
+    return stack.wait_run(run, timeout=300)
+
+
 @pytest.fixture
 def spec(bundle):
     """A run spec over the three silos, one round unless overridden."""

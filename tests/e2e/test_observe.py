@@ -19,17 +19,17 @@ SILOS = ("site-1", "site-2", "site-3")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+RUN = "e2e-basic"
+
+
 @pytest.fixture(scope="module")
-def observed(stack, bundle, subscriber):
-    run = stack.start_run({"task": "digits", "silos": list(SILOS), "rounds": 2, "round_deadline_s": 120,
-                           "bundle": bundle, "run_id": "e2e-observe"})
-    status = stack.wait_run(run, timeout=300)
-    assert status["runtime_status"] == "Completed", status
-    return status
+def observed(basic_run):
+    assert basic_run["runtime_status"] == "Completed", basic_run
+    return basic_run
 
 
 def test_a_subscriber_hears_each_fact_once_with_its_figures(subscriber, observed):
-    run = "e2e-observe"
+    run = RUN
     expected = {f"run:{run}:RunStarted", f"run:{run}:RoundCompleted:0", f"run:{run}:RoundCompleted:1",
                 f"run:{run}:RunCompleted"}
     facts = wait_until(lambda: (f := subscriber.facts(f"runs/{run}")) and set(f) >= expected and f,
@@ -52,7 +52,7 @@ def test_the_run_is_in_mlflow_with_rounds_silos_and_the_final_model(stack, obser
     experiment = client.get_experiment_by_name("fedfunc").experiment_id
 
     def finished():
-        runs = client.search_runs([experiment], filter_string="tags.`fedfunc.run` = 'e2e-observe'")
+        runs = client.search_runs([experiment], filter_string=f"tags.`fedfunc.run` = '{RUN}'")
         return runs if runs and runs[0].info.status == "FINISHED" else None
 
     (run,) = wait_until(finished, timeout=60, what="the MLflow run to be FINISHED")
@@ -89,13 +89,13 @@ def test_api_and_cli_show_each_silo(stack, observed):
     from fedfunc.cli import _register, app
 
     _register()
-    out = CliRunner().invoke(app, ["run", "status", "e2e-observe", "--host", stack.host.origin,
+    out = CliRunner().invoke(app, ["run", "status", RUN, "--host", stack.host.origin,
                                    "--api-key", stack.scientist_key], terminal_width=200)
     assert out.exit_code == 0, out.output
     for silo, row in rows.items():
         line = next(x for x in out.output.splitlines() if x.strip().startswith(f"│ {silo}"))
         assert "received" in line and str(row["num_samples"]) in line and f"{row['loss']:.4f}" in line
-    opened = CliRunner().invoke(app, ["run", "open", "e2e-observe", "--ttl", "120", "--host", stack.host.origin,
+    opened = CliRunner().invoke(app, ["run", "open", RUN, "--ttl", "120", "--host", stack.host.origin,
                                       "--api-key", stack.scientist_key], terminal_width=400)
     assert opened.exit_code == 0, opened.output
     link = next(x for x in opened.output.split() if x.startswith("http"))
@@ -103,27 +103,27 @@ def test_api_and_cli_show_each_silo(stack, observed):
 
 
 def test_the_page_answers_only_its_roles_and_links(stack, observed):
-    page = stack.host.url("/api/runs/e2e-observe/report")
-    link = stack.run_page_link("e2e-observe", ttl_s=60)
+    page = stack.host.url(f"/api/runs/{RUN}/report")
+    link = stack.run_page_link(RUN, ttl_s=60)
     assert requests.get(link, timeout=30).status_code == 200
     assert requests.get(page, headers={"x-api-key": stack.admin_key}, timeout=30).status_code == 200
     anonymous = requests.get(page, timeout=30)
     assert anonymous.status_code == 401 and "fedfunc run open" in anonymous.text
     query = parse_qs(urlsplit(link).query)
-    other = requests.get(stack.host.url("/api/runs/e2e-basic/report?") + urlencode(
+    other = requests.get(stack.host.url("/api/runs/e2e-history/report?") + urlencode(
         {k: v[0] for k, v in query.items()}), timeout=30)
-    assert other.status_code == 403 and "does not open run e2e-basic" in other.text
+    assert other.status_code == 403 and "does not open run e2e-history" in other.text
     stretched = requests.get(page + "?" + urlencode({"exp": int(query["exp"][0]) + 3600, "sig": query["sig"][0]}),
                              timeout=30)
     assert stretched.status_code == 403
-    bad_ttl = stack.api("POST", "/api/runs/e2e-observe/link", {"ttl_s": 0}, expect=(400,))
+    bad_ttl = stack.api("POST", f"/api/runs/{RUN}/link", {"ttl_s": 0}, expect=(400,))
     assert "ttl_s" in bad_ttl["error"]
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no headless browser: install Debian's `chromium` (apt-get install -y "
                                               "chromium) to check that the run page renders")
 def test_the_page_renders_in_headless_chromium(stack, observed, tmp_path):
-    link = stack.run_page_link("e2e-observe")
+    link = stack.run_page_link(RUN)
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
              "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
              "--window-size=1280,2400"]

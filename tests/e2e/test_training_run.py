@@ -11,9 +11,8 @@ from fedfunc.host.testing import wait_until
 SILOS = ("site-1", "site-2", "site-3")
 
 
-def test_run_trains_every_silo_and_writes_report(stack, spec):
-    run = stack.start_run(spec(rounds=2, run_id="e2e-basic"))
-    status = stack.wait_run(run, timeout=300)
+def test_run_trains_every_silo_and_writes_report(stack, basic_run):
+    status, run = basic_run, basic_run["run"]
     assert status["runtime_status"] == "Completed", status
     history = status["history"]
     assert [r["round"] for r in history] == [0, 1]
@@ -48,7 +47,7 @@ def test_history_holds_references_not_weights(stack, spec):
     assert largest < model_bytes / 2, f"a stored history value is {largest} bytes; the model is {model_bytes}"
 
 
-def test_runs_are_listed_and_unknown_run_is_404(stack, spec):
+def test_runs_are_listed_and_unknown_run_is_404(stack, basic_run):
     runs = stack.api("GET", "/api/runs")["runs"]
     assert any(r["run"] == "e2e-basic" for r in runs)
     r = stack.api("GET", "/api/runs/no-such-run", expect=(404,))
@@ -74,7 +73,7 @@ def test_cancel_terminates_run_and_round(stack, spec, subscriber):
     assert facts["data"]["error"] == "cancelled through the API" and facts["data"]["rounds_completed"] == 0
 
 
-def test_cli_shows_a_run(stack):
+def test_cli_shows_a_run(stack, basic_run):
     from typer.testing import CliRunner
 
     from fedfunc.cli import _register, app
