@@ -22,8 +22,6 @@ from fedfunc.devstack import DevStack
 from fedfunc.protocol import round_instance_id
 from fedfunc.silo.home import read_credentials, silo_home
 from fedfunc.storage import blob_service
-from fedfunc.tasks.partition import partition
-from fedfunc.tasks.registry import get_task
 
 
 def _instance_times(stack: DevStack, instance: str) -> tuple[datetime, datetime]:
@@ -42,13 +40,9 @@ def _job_seconds(stack: DevStack, run: str, round_: int, silo: str) -> float:
 
 
 def measure(n_silos: int, rounds: int) -> dict:
-    task = get_task("digits")
-    data = task.load_dataset()
     with tempfile.TemporaryDirectory() as tmp, DevStack(Path(tmp)) as stack:
         silos = [f"bench-{i}" for i in range(n_silos)]
-        for silo, idx in zip(silos, partition(data.y_train, n_silos, alpha=None, seed=0)):
-            stack.add_silo(silo)
-            stack.upload_data(silo, "digits", data.x_train[idx], data.y_train[idx])
+        stack.add_silos_with_data(silos)
         hp = {"epochs": 1, "lr": 0.05, "batch_size": 16, "seed": 0}
         run = stack.start_run({"task": "digits", "silos": silos, "rounds": rounds, "round_deadline_s": 600,
                                "bundle": stack.signed_bundle("digits", hp)})

@@ -10,8 +10,8 @@ from fedfunc import layout, weights
 from fedfunc.aggregation import get_strategy
 from fedfunc.contracts import Hyperparams, ModelRef, OutboxReader, SiloJobBackend, SiloJobRequest
 from fedfunc.coordinator.store import RunStore, to_json
-from fedfunc.protocol import (AggregateOrder, AggregateResult, Received, Rejection, RoundJob, RoundPlan, RunStart,
-                              RunState, SampleCap, SiloJobStarted)
+from fedfunc.protocol import (AggregateOrder, AggregateResult, Received, Rejection, RoundJob, RoundPlan, RoundResult,
+                              RunStart, RunState, SampleCap, SiloJobStarted)
 from fedfunc.security import Refused
 from fedfunc.security.egress import MAX_METRICS_BYTES, check_metrics
 from fedfunc.security.update_bound import above_median, resolve_bound
@@ -222,3 +222,16 @@ def evaluate(store: RunStore, job: RoundJob) -> dict:
     model = task.build_model(0)
     weights.load_arrays_into(model, load_global(store, job.model))
     return task.evaluate(model, arrays["x"], arrays["y"])
+
+
+def keep_round_result(store: RunStore, run_id: str, result: RoundResult) -> None:
+    """Add a completed round to the run's round record; a replay rewrites the same entry. One writer per
+    run: the run's own ``observe`` activity, which the run awaits before its next round."""
+    path = layout.round_results(run_id)
+    kept = [r for r in (store.get_json(layout.RUNS, path) or {"rounds": []})["rounds"] if r["round"] != result.round]
+    store.put_json(layout.RUNS, path, {"rounds": sorted([*kept, result.wire()], key=lambda r: r["round"])})
+
+
+def round_results(store: RunStore, run_id: str) -> list[dict]:
+    """The run's completed rounds, oldest first (``RoundResult`` JSON)."""
+    return (store.get_json(layout.RUNS, layout.round_results(run_id)) or {"rounds": []})["rounds"]

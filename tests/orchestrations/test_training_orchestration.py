@@ -1,47 +1,72 @@
-"""``federated_training``, every branch, with a scripted Durable context: the initial model, one
-``federated_round`` sub-orchestration per round, early stop at the target accuracy, ``continue_as_new``
-every ``checkpoint_every`` rounds, and the report written whether the run completes or fails."""
+"""``federated_training``, every branch, with a scripted Durable context: the initial model and the run's
+update bound, one ``federated_round`` sub-orchestration per round, early stop at the target accuracy,
+``continue_as_new`` every ``checkpoint_every`` rounds, the report written whether the run completes or
+fails, and each milestone (started, each round, completed or failed) told to ``observe``."""
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
-from durable_fake import FakeContext, Orchestration, durable_failure, model
+from durable_fake import T0, FakeContext, Orchestration, durable_failure, model
 
 from fedfunc import protocol as p
+from fedfunc.security.update_bound import UpdateBound
 from fedfunc.spec import RunSpec
 from orchestrations.failures import ACTIVITY_RETRY
 from orchestrations.training import federated_training
 
-REPORT = {"json": "runs/run-1/report.json", "png": "runs/run-1/report.png"}
+REPORT = {"json": "runs/run-1/report.json", "png": "runs/run-1/report.png", "html": "runs/run-1/report.html"}
+BOUND = UpdateBound(max_norm=12.5, source="default", how="10 × ‖initial model‖₂")
 
 
 def run_state(**spec) -> p.RunState:
-    return p.RunState(run_id="run-1", spec=RunSpec(**{"task": "digits", "silos": ["a", "b"], "rounds": 3, **spec}))
+    return p.RunState(run_id="run-1", spec=RunSpec(**{"task": "digits", "silos": ["site-a", "site-b"], "rounds": 3, **spec}))
 
 
 def round_result(r: int, **metrics) -> dict:
     outcome = p.SiloOutcome(state="received", num_samples=10)
     return p.RoundResult(round=r, model=model(r + 1), metrics={"loss": 1.0 / (r + 1), **metrics}, num_samples=20,
-                         silos={"a": outcome, "b": outcome}).wire()
+                         silos={"site-a": outcome, "site-b": outcome}).wire()
+
+
+def observed(o: Orchestration, kind: str, *, complete: bool = True) -> p.RunFact:
+    """The pending ``observe`` of a ``kind`` milestone (retried like every activity), completed unless not
+    ``complete``. Its time is the orchestration's clock, so a replay tells the same fact."""
+    task = o.pending
+    assert (task.kind, task.name, task.retry) == ("activity", p.OBSERVE, ACTIVITY_RETRY)
+    fact = p.parse_fact(task.input)
+    assert (fact.kind, fact.run_id, fact.at) == (kind, "run-1", o.context.current_utc_datetime)
+    if complete:
+        o.send(None)
+    return fact
 
 
 def started(state: p.RunState) -> Orchestration:
-    """A run that asked for ``init_run`` (if it had no model) and got the round-0 model."""
+    """A run that asked for ``init_run`` (if it had no model), got the round-0 model and its update bound,
+    and told ``RunStarted``."""
     o = Orchestration(federated_training, FakeContext(state.wire(), instance_id=state.run_id))
     if state.model is None:
         init = o.pending
         assert (init.kind, init.name, init.retry, init.input) == ("activity", p.INIT_RUN, ACTIVITY_RETRY, state.wire())
-        o.send(model(0))
+        o.send(p.RunStart(model=model(0), update_bound=BOUND).wire())
+        assert observed(o, "RunStarted").spec == state.spec
     return o
 
 
-def play_round(o: Orchestration, r: int, **metrics) -> None:
-    """Check the pending round ``r`` (its instance id, job, model) and complete it."""
+def play_round(o: Orchestration, r: int, seconds: float = 30, **metrics) -> None:
+    """Check the pending round ``r`` (its instance id, job, model, the run's bound) and complete it after
+    ``seconds`` on the orchestration clock; the round is told to ``observe`` with its start and end."""
     sub = o.pending
     assert (sub.kind, sub.name, sub.instance_id) == ("orchestration", p.ROUND, f"run-1:r{r}")
     job = p.RoundJob.model_validate(sub.input)
-    assert (job.run_id, job.round, job.model.wire()) == ("run-1", r, model(r))
+    assert (job.run_id, job.round, job.model.wire(), job.update_bound) == ("run-1", r, model(r), BOUND)
     assert o.context.status["phase"] == "training" and o.context.status["round"] == r
+    start = o.context.current_utc_datetime
+    o.context.advance(start + timedelta(seconds=seconds))
     o.send(round_result(r, **metrics))
+    fact = observed(o, "RoundCompleted")
+    assert fact.result.round == r and fact.result.metrics == round_result(r, **metrics)["metrics"]
+    assert (fact.result.started, fact.result.ended) == (start, start + timedelta(seconds=seconds))
 
 
 def report(o: Orchestration) -> p.RunOutcome:
@@ -60,16 +85,23 @@ def test_a_run_initialises_plays_every_round_and_reports():
     outcome = report(o)
     assert (outcome.status, outcome.error, outcome.stop_reason) == ("completed", None, None)
     assert [r.round for r in outcome.rounds] == [0, 1, 2] and outcome.model.wire() == model(3)
+    assert outcome.update_bound == BOUND  # init_run's bound, kept for the report
     o.send(REPORT)
+    done = observed(o, "RunCompleted")
+    assert (done.rounds_completed, done.model.wire(), done.report, done.metrics) == (
+        3, model(3), REPORT, {"loss": 1 / 3, "accuracy": 0.5})
     assert o.done and o.output == {"run": "run-1", "model": model(3), "metrics": {"loss": 1 / 3, "accuracy": 0.5},
                                    "rounds_completed": 3, "report": REPORT, "stop_reason": None}
     phases = [s["phase"] for s in o.context.statuses]
     assert phases[0] == "initialising" and phases[-2:] == ["reporting", "completed"]
-    assert o.context.status["report"] == REPORT and len(o.context.status["history"]) == 3
+    assert o.context.status["report"] == REPORT
+    assert "history" not in o.context.status  # the rounds are in the round record, not in the capped status
+    assert o.context.status["metrics"] == {"loss": 1 / 3, "accuracy": 0.5}
 
 
 def test_a_resumed_run_skips_init_and_starts_at_its_next_round():
     state = run_state().model_copy(update={"model": p.ModelRef.model_validate(model(2)), "next_round": 2,
+                                           "update_bound": BOUND,
                                            "rounds": [p.RoundResult.model_validate(round_result(r)) for r in (0, 1)]})
     o = started(state)
     play_round(o, 2)
@@ -85,8 +117,11 @@ def test_a_failed_round_is_reported_keeps_the_last_good_model_and_fails_the_run(
     assert (outcome.status, outcome.error) == ("failed", why)  # the round's own message, not Durable's payload
     assert outcome.model.wire() == model(1) and [r.round for r in outcome.rounds] == [0]
     assert o.context.status["phase"] == "failed" and o.context.status["error"] == why
+    o.send(REPORT)
+    fact = observed(o, "RunFailed", complete=False)
+    assert (fact.error, fact.rounds_completed, fact.model.wire(), fact.report) == (why, 1, model(1), REPORT)
     with pytest.raises(RuntimeError) as err:
-        o.send(REPORT)
+        o.send(None)
     assert str(err.value) == f"run run-1 stopped at round 1: {why}"
 
 
@@ -97,6 +132,7 @@ def test_the_target_accuracy_stops_the_run_early():
     outcome = report(o)
     assert outcome.stop_reason == "target accuracy 0.9 reached at round 1" and len(outcome.rounds) == 2
     o.send(REPORT)
+    assert observed(o, "RunCompleted").stop_reason == outcome.stop_reason
     assert o.output["stop_reason"] == outcome.stop_reason and o.output["rounds_completed"] == 2
 
 
