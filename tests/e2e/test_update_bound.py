@@ -6,8 +6,8 @@ from __future__ import annotations
 import functools
 import json
 
-import numpy as np
 import pytest
+from e2e_helpers import SILOS, run_spec
 
 from fedfunc import layout, weights
 from fedfunc.security import keys
@@ -57,12 +57,12 @@ def accuracy(status: dict) -> float:
     return status["history"][-1]["metrics"]["accuracy"]
 
 
-def test_default_bound_keeps_a_constant_adding_silo_out(stack, spec, attacker):
+def test_default_bound_keeps_a_constant_adding_silo_out(stack, attacker):
     """Three rounds of two local epochs, so both runs are near convergence: between two runs of the same
     spec (the silos' shuffles derive from the run id) accuracy then moves by tenths of a point, not points."""
-    rounds, honest = 3, spec()["silos"]
+    rounds, honest = 3, list(SILOS)
     bundle = stack.signed_bundle("digits", {"epochs": 2, "lr": 0.05, "batch_size": 16, "seed": 0})
-    spec = functools.partial(spec, bundle=bundle)
+    spec = functools.partial(run_spec, bundle)
     attacked = stack.start_run(spec(silos=[*honest, attacker], rounds=rounds, quorum=0.75, run_id="e2e-bound-default"))
     attack(stack, attacked, rounds)
     with_attacker = stack.wait_run(attacked, timeout=300)
