@@ -11,13 +11,15 @@ import os
 import azure.durable_functions as df
 import azure.functions as func
 
+from activities import observe as observe_activities
 from activities import onboarding as onboarding_activities
 from activities import runs as run_activities
 from fedfunc.settings import SettingsError, load_settings
 from orchestrations import onboarding, retraining, training
 from orchestrations import round as round_orchestration
+from triggers import observe as observe_triggers
 from triggers import retraining as retraining_triggers
-from triggers import runs_api, silo_events, silos_api
+from triggers import run_page, runs_api, silo_events, silos_api
 
 try:
     load_settings(os.environ)
@@ -27,5 +29,6 @@ except SettingsError as e:
 # Routes check roles themselves (API keys locally, App Service Authentication on Azure).
 app = df.DFApp(http_auth_level=func.AuthLevel.ANONYMOUS)
 for blueprint in (training.bp, round_orchestration.bp, onboarding.bp, retraining.bp, run_activities.bp,
-                  onboarding_activities.bp, runs_api.bp, silos_api.bp, silo_events.bp, retraining_triggers.bp):
+                  onboarding_activities.bp, observe_activities.bp, runs_api.bp, run_page.bp, silos_api.bp,
+                  silo_events.bp, retraining_triggers.bp, observe_triggers.bp):
     app.register_functions(blueprint)

@@ -9,7 +9,7 @@ from fedfunc import layout
 from fedfunc import protocol as p
 from fedfunc.coordinator import rounds
 from fedfunc.coordinator.services import services
-from fedfunc.report import build_report, render_png
+from fedfunc.report import build_report, render_html, render_png
 from fedfunc.security.tickets import issue_ticket
 
 bp = df.Blueprint()
@@ -90,7 +90,8 @@ def write_report(outcome: dict) -> dict:
     store = services().store
     report = build_report(outcome.wire(), status=outcome.status, error=outcome.error, stop_reason=outcome.stop_reason,
                           final_evaluation=rounds.final_evaluation(store, outcome))
-    paths = {"json": layout.report(outcome.run_id, "json"), "png": layout.report(outcome.run_id, "png")}
+    paths = {ext: layout.report(outcome.run_id, ext) for ext in ("json", "png", "html")}
     store.put_json(layout.RUNS, paths["json"], report)
     store.put_bytes(layout.RUNS, paths["png"], render_png(report))
+    store.put_bytes(layout.RUNS, paths["html"], render_html(report).encode())
     return {k: f"{layout.RUNS}/{v}" for k, v in paths.items()}

@@ -23,7 +23,6 @@ from fedfunc.devstack import DevStack
 from fedfunc.protocol import round_instance_id
 from fedfunc.silo.home import read_credentials, silo_home
 from fedfunc.storage import blob_service
-from fedfunc.tasks.builtin.datasets import silo_parts
 
 
 def _instance_times(stack: DevStack, instance: str) -> tuple[datetime, datetime]:
@@ -44,9 +43,7 @@ def _job_seconds(stack: DevStack, run: str, round_: int, silo: str) -> float:
 def measure(n_silos: int, rounds: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp, DevStack(Path(tmp)) as stack:
         silos = [f"bench-{i}" for i in range(n_silos)]
-        for silo, part in zip(silos, silo_parts("digits", n_silos, alpha=None, seed=0)):
-            stack.add_silo(silo)
-            stack.upload_data(silo, part.files("digits"))
+        stack.add_silos_with_data(silos)
         hp = {"epochs": 1, "lr": 0.05, "batch_size": 16, "seed": 0}
         run = stack.start_run({"silos": silos, "rounds": rounds, "round_deadline_s": 600,
                                "bundle": stack.bundle("digits", hp)})

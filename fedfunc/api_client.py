@@ -1,4 +1,5 @@
-"""The CLI's one way to call the Function App's HTTP API: host and API key from options or the environment."""
+"""The CLI's one way to call the Function App's HTTP API: host and API key from options or the environment.
+What the API says is printed as text (it may quote silo-written reasons), never read as rich markup."""
 from __future__ import annotations
 
 import requests

@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from fedfunc.run_cli import STRATEGY, STRATEGY_OPTION, strategy_options
 from fedfunc.security.cli import CLIP_NORM, PROXIMAL_MU, parse_clip_norm
@@ -38,7 +39,7 @@ def run_demo(*, task_name: str, n_silos: int, rounds: int, alpha: float | None, 
              lr: float | None, seed: int, workdir: Path, deadline: float, heldout: bool = True,
              strategy: dict | str = "fedavg", silo_side: dict | None = None) -> dict:
     from fedfunc.devstack import DevStack
-    from fedfunc.report import render_png
+    from fedfunc.report import render_html, render_png
     from fedfunc.tasks.builtin import task_dir
     from fedfunc.tasks.builtin.datasets import DATA_FILE, load, silo_parts
     from fedfunc.tasks.signing import prepare
@@ -49,7 +50,7 @@ def run_demo(*, task_name: str, n_silos: int, rounds: int, alpha: float | None, 
     silos = [f"site-{i + 1}" for i in range(n_silos)]
     parts = silo_parts(task_name, n_silos, alpha=alpha, seed=seed)
 
-    with DevStack(root) as stack:
+    with DevStack(root, mlflow_store=workdir.resolve() / "mlflow" / "mlflow.db") as stack:
         console.print(f"[bold]fedfunc host[/] on {stack.host.origin} (state {stack.host.state}); Azurite in {stack.azurite.location}")
         for silo, part in zip(silos, parts):
             t0 = time.monotonic()
@@ -72,6 +73,7 @@ def run_demo(*, task_name: str, n_silos: int, rounds: int, alpha: float | None, 
         run_id = stack.start_run(spec)
         console.print(f"run [bold]{run_id}[/]: {task_name}, {n_silos} silos, {rounds} rounds, "
                       f"{'IID' if alpha is None else f'Dirichlet α={alpha}'}, strategy {strategy}")
+        console.print("  run page (while the demo runs): ", Text(stack.run_page_link(run_id)), soft_wrap=True)
         status = _follow(stack, run_id, rounds)
         if status["runtime_status"] != "Completed":
             raise typer.Exit(_fail(status))
@@ -88,7 +90,8 @@ def run_demo(*, task_name: str, n_silos: int, rounds: int, alpha: float | None, 
         out.mkdir(parents=True, exist_ok=True)
         (out / "report.json").write_text(json.dumps(report, indent=2))
         (out / "report.png").write_bytes(render_png(report))
-    _summary(run_id, report, out)
+        (out / "report.html").write_text(render_html(report))
+    _summary(run_id, report, out, stack.mlflow_ui_command())
     return report
 
 
@@ -120,7 +123,7 @@ def _fail(status: dict) -> int:
     return 1
 
 
-def _summary(run_id: str, report: dict, out: Path) -> None:
+def _summary(run_id: str, report: dict, out: Path, mlflow_ui: str) -> None:
     table = Table(title=f"run {run_id}", show_header=False)
     final = report["final_metrics"] or {}
     table.add_row("rounds", str(report["rounds_completed"]))
@@ -132,7 +135,8 @@ def _summary(run_id: str, report: dict, out: Path) -> None:
         table.add_row("final accuracy on the held-out set (evaluator silo)",
                       f"{final['heldout_accuracy']:.4f} ({final['heldout_num_examples']} examples)")
     table.add_row("centralized baseline", f"{report['baseline']['accuracy']:.4f} ({report['baseline']['how']})")
-    table.add_row("report", f"{out / 'report.json'}\n{out / 'report.png'}")
+    table.add_row("report", f"{out / 'report.json'}\n{out / 'report.png'}\n{out / 'report.html'}")
+    table.add_row("MLflow", Text(f"{mlflow_ui}\n(then open http://127.0.0.1:5000, experiment 'fedfunc', run {run_id})"))
     console.print(table)
 
 
@@ -197,7 +201,9 @@ def up(
   export FEDFUNC_LOCAL_HOME={stack.home}
   host master key (Durable management, Event Grid and admin routes: x-functions-key header or ?code=): {stack.master_key}
   all host keys (system keys, topic keys): {stack.host.keys_path}
-  scientist signing key: {stack.root / 'keys' / 'scientist.pem'} (public: {stack.root / 'keys' / 'scientist.pub'})""")
+  scientist signing key: {stack.root / 'keys' / 'scientist.pem'} (public: {stack.root / 'keys' / 'scientist.pub'})
+  MLflow: {stack.mlflow_ui_command()}
+  a run's page: fedfunc run open RUN_ID""")
         while stack.host.proc and stack.host.proc.poll() is None:
             time.sleep(1)
     except KeyboardInterrupt:

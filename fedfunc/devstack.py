@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,6 +16,8 @@ from pathlib import Path
 import requests
 
 from fedfunc.azurite import REPO_ROOT, Azurite
+from fedfunc.host.eventgrid import WEBHOOK
+from fedfunc.host.topics import topic_endpoint
 from fedfunc.host.keys import FUNCTION_KEY_SETTING, MASTER_KEY_SETTING, HostKeys
 from fedfunc.host.testing import TERMINAL, HostProcess
 from fedfunc.security import keys
@@ -25,6 +28,9 @@ from fedfunc.silo.local import upload_silo_data
 DEFAULT_TASKS = ("digits", "breast_cancer", "tabular", "images")
 
 
+EVENTS_TOPIC = "fedfunc-events"
+
+
 class ApiError(RuntimeError):
     def __init__(self, status: int, body: str):
         super().__init__(f"HTTP {status}: {body}")
@@ -32,11 +38,14 @@ class ApiError(RuntimeError):
 
 
 class DevStack:
-    def __init__(self, root: Path, port: int | None = None, extra_settings: dict | None = None):
+    def __init__(self, root: Path, port: int | None = None, extra_settings: dict | None = None,
+                 mlflow_store: Path | None = None):
+        """``mlflow_store``: the MLflow SQLite file runs are tracked in (default ``root/mlflow/mlflow.db``)."""
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.azurite = Azurite(self.root / "azurite")
         self.home = self.root / "home"
+        self.mlflow_store = Path(mlflow_store or self.root / "mlflow" / "mlflow.db").resolve()
         self.admin_key, self.scientist_key = self._api_keys()
         self.orchestrator_key_path = self._key("orchestrator")
         self.scientist_signing_key = keys.load_private(self._key("scientist"))
@@ -50,11 +59,29 @@ class DevStack:
 
     def _api_keys(self) -> tuple[str, str]:
         path = self.root / "api-keys.json"
-        if not path.exists():
-            path.write_text(json.dumps({"admin": secrets.token_urlsafe(24), "scientist": secrets.token_urlsafe(24)}))
+        k = json.loads(path.read_text()) if path.exists() else {}
+        if not {"admin", "scientist", "links"} <= set(k):   # new, or from before signed links
+            k = {"admin": secrets.token_urlsafe(24), "scientist": secrets.token_urlsafe(24),
+                 "links": secrets.token_urlsafe(32), **k}
+            path.write_text(json.dumps(k))
             path.chmod(0o600)
-        k = json.loads(path.read_text())
+        self.link_key = k["links"]
         return k["admin"], k["scientist"]
+
+    @property
+    def mlflow_uri(self) -> str:
+        return f"sqlite:///{self.mlflow_store}"
+
+    def mlflow_ui_command(self) -> str:
+        """How to look at this stack's MLflow runs."""
+        return f"{Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri {self.mlflow_uri} --port 5000"
+
+    def _init_mlflow(self) -> None:
+        """Create the MLflow store (its schema migrations take seconds) before the app's first tracking call."""
+        from mlflow.tracking import MlflowClient
+
+        self.mlflow_store.parent.mkdir(parents=True, exist_ok=True)
+        MlflowClient(tracking_uri=self.mlflow_uri).search_experiments(max_results=1)
 
     def _key(self, who: str) -> Path:
         stem = self.root / "keys" / who
@@ -74,10 +101,16 @@ class DevStack:
             "FEDFUNC_ORCHESTRATOR_KEY": str(self.orchestrator_key_path),
             "FEDFUNC_RETRAIN_SCHEDULE": "0 0 3 * * *",
             "AzureWebJobs.scheduled_retraining.Disabled": "true",
+            "FEDFUNC_MLFLOW_TRACKING_URI": self.mlflow_uri,
+            "FEDFUNC_LINK_KEY": self.link_key,
+            # domain events go to the host's own custom topic (a path: on the host the app runs on)
+            "FEDFUNC_EVENTS_ENDPOINT": topic_endpoint("", EVENTS_TOPIC),
+            "FEDFUNC_EVENTS_KEY": self.host_keys.topic_key(EVENTS_TOPIC),
         }
 
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self) -> "DevStack":
+        self._init_mlflow()
         self.azurite.start()  # its ports are known from here on
         self.host.env.update({**self.settings(), **self._extra_settings})
         try:
@@ -115,6 +148,11 @@ class DevStack:
             raise ApiError(r.status_code, r.text)
         return r.json() if r.content else {}
 
+    def subscribe_events(self, name: str, webhook: str, **filters) -> dict:
+        """Deliver the app's domain events (its topic) to ``webhook``, at least once, from now on."""
+        return self.api("PUT", f"{WEBHOOK}/subscriptions/{name}", {"topic": EVENTS_TOPIC, "webhook": webhook, **filters},
+                        role=None)
+
     def topic(self, name: str) -> dict:
         """A local Event Grid custom topic on the host: ``{name, endpoint, key}`` (created if new)."""
         return self.api("PUT", f"/admin/eventgrid/topics/{name}", role=None)
@@ -139,6 +177,16 @@ class DevStack:
                 return status
             time.sleep(0.2)
         raise TimeoutError(f"onboarding {name} did not finish within {timeout:.0f}s ({started})")
+
+    def add_silos_with_data(self, silos: list[str], task: str = "digits", *, alpha: float | None = None,
+                            seed: int = 0) -> None:
+        """Onboard ``silos`` and give each its share of a built-in ``task``'s data (train and test parts; IID,
+        or Dirichlet ``alpha``)."""
+        from fedfunc.tasks.builtin.datasets import silo_parts
+
+        for silo, part in zip(silos, silo_parts(task, len(silos), alpha=alpha, seed=seed)):
+            self.add_silo(silo)
+            self.upload_data(silo, part.files(task))
 
     def upload_data(self, silo: str, files: Mapping[str, bytes]) -> list[str]:
         """What the silo owner does: upload its own data (``{task}/{part}/...`` paths) with its own key."""
@@ -176,6 +224,10 @@ class DevStack:
 
     def run_status(self, run_id: str) -> dict:
         return self.api("GET", f"/api/runs/{run_id}")
+
+    def run_page_link(self, run_id: str, ttl_s: int = 3600) -> str:
+        """A signed, expiring link to the run's page (what ``fedfunc run open`` prints)."""
+        return self.api("POST", f"/api/runs/{run_id}/link", {"ttl_s": ttl_s})["url"]
 
     def wait_round(self, run_id: str, round_: int, phase: str = "collecting", timeout: float = 120) -> dict:
         """The run's status once round ``round_`` is in ``phase`` (e.g. waiting for silo updates)."""

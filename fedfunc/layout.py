@@ -43,6 +43,11 @@ def aggregate_record(run: str, round_: int) -> str:
     return f"{round_dir(run, round_)}/aggregate.json"
 
 
+def round_results(run: str) -> str:
+    """Every completed round's result (``RoundResult``s), kept by ``observe`` for the API, page and report."""
+    return f"{run}/rounds.json"
+
+
 def report(run: str, ext: str) -> str:
     return f"{run}/report.{ext}"
 

@@ -7,9 +7,9 @@ Every message crosses the wire as JSON (``wire()``) and is validated again on ar
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, TypeAdapter, field_validator
 
 from fedfunc.contracts import JobMode, Message, ModelRef
 from fedfunc.security.update_bound import UpdateBound
@@ -28,6 +28,7 @@ START_SILO_JOB = "start_silo_job"
 AGGREGATE = "aggregate"
 POOL_EVALUATIONS = "pool_evaluations"
 WRITE_REPORT = "write_report"
+OBSERVE = "observe"   # a run's or silo's milestone → MLflow tracking and domain events (fedfunc.observe)
 
 # Activities of onboarding, in order; ABANDON_ONBOARDING undoes a failed one.
 VALIDATE_SILO = "validate_silo"
@@ -198,12 +199,17 @@ class RoundEvaluation(Message):
     rejected: list[Rejection] = Field(default_factory=list)
 
 
+SiloState = Literal["waiting", "received", "evaluated", "failed", "rejected"]
+
+
 class SiloOutcome(Message):
-    state: Literal["waiting", "received", "evaluated", "failed", "rejected"]
+    state: SiloState
     reason: str | None = None
     num_samples: int | None = None     # the weight aggregation used
     capped: SampleCap | None = None    # when that is less than the silo reported
     clipped: bool | None = None        # the silo's clip step scaled its update (from the update's history)
+    metrics: dict[str, float | int] | None = None   # what the silo reported (training loss, test metrics, ...)
+    seconds: float | None = None                    # from the round's start until its update or failure arrived
 
 
 class RoundResult(Message):
@@ -221,6 +227,8 @@ class RoundResult(Message):
     metrics: dict[str, float | int] | None = None
     num_samples: int = 0
     silos: dict[str, SiloOutcome]
+    started: datetime | None = None   # the run's clock when it started and got back the round
+    ended: datetime | None = None
 
 
 class RunState(Message):
@@ -255,3 +263,38 @@ class RunOutcome(RunState):
     status: Literal["completed", "failed"]
     error: str | None = None
     stop_reason: str | None = None
+
+
+class RunFact(Message):
+    """A milestone of a run, for observers (MLflow tracking, Event Grid domain events): figures and
+    references only. ``at`` is the orchestration's clock, so a replay or a retry records the same fact."""
+
+    kind: Literal["RunStarted", "RoundCompleted", "RunCompleted", "RunFailed", "RunCancelled"]
+    run_id: str
+    at: datetime
+    spec: RunSpec | None = None              # RunStarted
+    result: RoundResult | None = None        # RoundCompleted
+    rounds_completed: int | None = None      # the end of a run
+    metrics: dict[str, float | int] | None = None
+    model: ModelRef | None = None
+    report: dict[str, str] | None = None     # report blobs by format (json, png, html)
+    error: str | None = None
+    stop_reason: str | None = None
+
+
+class SiloFact(Message):
+    """A silo joined or left; ``occurrence`` tells one onboarding (or disabling) of a silo from the next."""
+
+    kind: Literal["SiloOnboarded", "SiloDisabled"]
+    silo: str
+    at: datetime
+    occurrence: str
+    compute: str | None = None
+
+
+Fact = Annotated[RunFact | SiloFact, Field(discriminator="kind")]
+_FACT = TypeAdapter(Fact)
+
+
+def parse_fact(data: dict) -> RunFact | SiloFact:
+    return _FACT.validate_python(data)

@@ -100,6 +100,18 @@ class Settings(BaseModel):
     orchestrator_key: str | None = Field(None, alias="FEDFUNC_ORCHESTRATOR_KEY")
     # Local backend only: Azurite's folder (its accounts.json), from which onboarding claims silo accounts.
     azurite_home: Path | None = Field(None, alias="FEDFUNC_AZURITE_HOME")
+    # MLflow tracking (fedfunc.observe): a tracking URI (sqlite:///…, http(s)://…, azureml://…) or "off";
+    # unset: the AML workspace's own with FEDFUNC_JOB_BACKEND=aml, else off.
+    mlflow_tracking_uri: str | None = Field(None, alias="FEDFUNC_MLFLOW_TRACKING_URI")
+    mlflow_experiment: str = Field("fedfunc", alias="FEDFUNC_MLFLOW_EXPERIMENT", min_length=1, max_length=200)
+    # Domain events: the Event Grid custom topic's endpoint (a path: a topic of the local fedfunc host the app
+    # runs on, at FEDFUNC_HOST_URL); its key only locally (on Azure the app's identity).
+    events_endpoint: str | None = Field(None, alias="FEDFUNC_EVENTS_ENDPOINT", pattern=r"^(https?://[^/]+)?/")
+    events_key: str | None = Field(None, alias="FEDFUNC_EVENTS_KEY")
+    events_source: str = Field("/fedfunc", alias="FEDFUNC_EVENTS_SOURCE", min_length=1)
+    # HMAC key of the run page's signed, expiring links (fedfunc run open); no links without it.
+    link_key: str | None = Field(None, alias="FEDFUNC_LINK_KEY", min_length=32)
+    host_url: str | None = Field(None, alias="FEDFUNC_HOST_URL")   # set by `fedfunc host` for the app it runs
     aml: AmlSettings | None = None
 
     @field_validator("api_keys", "retrain_spec", mode="before")
@@ -127,6 +139,27 @@ class Settings(BaseModel):
         if self.job_backend == "aml" and self.aml is None:
             raise ValueError("FEDFUNC_JOB_BACKEND=aml needs the FEDFUNC_AML_* settings")
         return self
+
+    @property
+    def events_url(self) -> str | None:
+        """The topic's endpoint URL (a path resolved on the local host)."""
+        if self.events_endpoint and self.events_endpoint.startswith("/"):
+            if not self.host_url:
+                raise SettingsError("FEDFUNC_EVENTS_ENDPOINT: a path names a topic of the local fedfunc host, "
+                                    "but FEDFUNC_HOST_URL is not set (the app is not running on fedfunc host)")
+            return self.host_url.rstrip("/") + self.events_endpoint
+        return self.events_endpoint
+
+    @property
+    def tracking_uri(self) -> str | None:
+        """Where MLflow tracking goes: the setting, else the AML workspace's URI with the AML backend."""
+        if self.mlflow_tracking_uri:
+            return None if self.mlflow_tracking_uri.lower() == "off" else self.mlflow_tracking_uri
+        if self.aml is not None:
+            from fedfunc.observe.tracking import aml_tracking_uri
+            return aml_tracking_uri(location=self.aml.location, subscription_id=self.aml.subscription_id,
+                                    resource_group=self.aml.resource_group, workspace=self.aml.workspace)
+        return None
 
 
 def _storage(env: Mapping[str, str]) -> StorageConnection:

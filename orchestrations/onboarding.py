@@ -1,4 +1,4 @@
-"""Onboarding a silo: validate → provision → grant access → smoke job → mark ready.
+"""Onboarding a silo: validate → provision → grant access → smoke job → mark ready → ``SiloOnboarded``.
 
 Each step is an idempotent ensure-activity, so onboarding the same silo twice is safe and a crash
 mid-way resumes. If a step fails, the silo's registry entry is removed again (its storage is kept
@@ -10,6 +10,7 @@ import azure.durable_functions as df
 
 from fedfunc import protocol as p
 from orchestrations.failures import ACTIVITY_RETRY, failure_reason
+from orchestrations.observing import observe
 
 bp = df.Blueprint()
 
@@ -29,5 +30,7 @@ def onboard_silo(context: df.DurableOrchestrationContext):
             context.set_custom_status({"silo": request["name"], "step": step, "done": done, "error": reason})
             raise RuntimeError(f"onboarding {request['name']} failed at {step}: {reason}") from None
         done.append({"step": step, "result": result})
+    yield observe(context, p.SiloFact(kind="SiloOnboarded", silo=request["name"], at=context.current_utc_datetime,
+                                      occurrence=str(context.new_uuid()), compute=request.get("compute")))
     context.set_custom_status({"silo": request["name"], "step": "ready", "done": done})
     return {"silo": request["name"], "status": "ready", "steps": done}

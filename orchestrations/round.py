@@ -29,7 +29,8 @@ def _status(job: p.RoundJob, phase: str, outcomes: dict[str, p.SiloOutcome], **e
 
     return {"round": job.round, "phase": phase, "evaluate_only": job.evaluate_only,
             "received": list(having("received")), "evaluated": list(having("evaluated")),
-            "missing": list(having("waiting")), "failed": having("failed"), "rejected": having("rejected"), **extra}
+            "missing": list(having("waiting")), "failed": having("failed"), "rejected": having("rejected"),
+            "silos": {s: o.wire() for s, o in sorted(outcomes.items())}, **extra}
 
 
 def _quorum_lost(job: p.RoundJob, what: str, count: int, needed: int, outcomes: dict[str, p.SiloOutcome]) -> RoundFailed:
@@ -41,7 +42,8 @@ def _quorum_lost(job: p.RoundJob, what: str, count: int, needed: int, outcomes: 
 @bp.orchestration_trigger(context_name="context")
 def federated_round(context: df.DurableOrchestrationContext):
     job = p.RoundJob.model_validate(context.get_input())
-    deadline = context.current_utc_datetime + timedelta(seconds=job.spec.round_deadline_s)
+    start = context.current_utc_datetime
+    deadline = start + timedelta(seconds=job.spec.round_deadline_s)
     job = job.model_copy(update={"deadline": deadline})
 
     plan = p.RoundPlan.model_validate((yield context.call_activity_with_retry(
@@ -76,21 +78,22 @@ def federated_round(context: df.DurableOrchestrationContext):
     updates: dict[str, p.UpdateNotice] = {}
     while waits:
         context.set_custom_status(_status(job, "collecting", outcomes, needed=needed, jobs=jobs,
-                                          deadline=deadline.isoformat()))
+                                          started=start.isoformat(), deadline=deadline.isoformat()))
         winner = yield context.task_any([*waits, timer])
         if winner is timer:
             break
         silo, kind = waits.pop(winner)
         for task in [t for t, (s, _) in waits.items() if s == silo]:
             del waits[task]
+        seconds = (context.current_utc_datetime - start).total_seconds()
         if kind == "train":
             updates[silo] = p.UpdateNotice.model_validate(winner.result)
-            outcomes[silo] = p.SiloOutcome(state="received")
+            outcomes[silo] = p.SiloOutcome(state="received", seconds=seconds)
         elif kind == "evaluate":
-            outcomes[silo] = p.SiloOutcome(state="evaluated")
+            outcomes[silo] = p.SiloOutcome(state="evaluated", seconds=seconds)
         else:
             outcomes[silo] = p.SiloOutcome(state="failed", reason=p.FailureNotice.model_validate(
-                winner.result or {}).reason)
+                winner.result or {}).reason, seconds=seconds)
     if not timer.is_completed:
         timer.cancel()
     for silo, o in outcomes.items():
@@ -106,7 +109,7 @@ def federated_round(context: df.DurableOrchestrationContext):
         agg = p.AggregateResult.model_validate((yield context.call_activity_with_retry(
             p.AGGREGATE, ACTIVITY_RETRY, p.AggregateOrder(job=job, updates=updates).wire())))
         for r in agg.rejected:
-            outcomes[r.silo] = p.SiloOutcome(state="rejected", reason=r.reason)
+            outcomes[r.silo] = p.SiloOutcome(state="rejected", reason=r.reason, seconds=outcomes[r.silo].seconds)
         if agg.error:
             context.set_custom_status(_status(job, "failed", outcomes, needed=needed, error=agg.error))
             raise RoundFailed(f"round {job.round}: {agg.error}")
@@ -125,7 +128,8 @@ def federated_round(context: df.DurableOrchestrationContext):
     if job.evaluate_only:
         return p.RoundResult(round=job.round, incoming=evaluation.metrics, silos=outcomes).wire()
     silos = {s: o.model_copy(update={"num_samples": agg.samples.get(s), "capped": agg.capped.get(s),
-                                     "clipped": agg.received[s].clipped if s in agg.received else None})
+                                     "clipped": agg.received[s].clipped if s in agg.received else None,
+                                     "metrics": agg.received[s].metrics if s in agg.received else None})
              for s, o in outcomes.items()}
     return p.RoundResult(round=job.round, model=agg.model, incoming=evaluation.metrics, num_samples=agg.num_samples,
                          silos=silos).wire()

@@ -1,16 +1,20 @@
-"""HTTP API for runs (start, list, status, cancel) and for the task bundles runs name (upload, inspect)."""
+"""HTTP API for runs (start, list, status with the per-silo view, cancel) and for the task bundles runs name
+(upload, inspect). The run page: ``run_page.py``."""
 from __future__ import annotations
 
 import json
 import logging
 import uuid
+from datetime import datetime, timezone
 
 import azure.durable_functions as df
 import azure.functions as func
 
 from fedfunc import protocol as p
+from fedfunc.coordinator import rounds
 from fedfunc.coordinator.bundles import UnknownBundle, open_stored, store_bundle
 from fedfunc.coordinator.services import services
+from fedfunc.observe.silos import silo_rows
 from fedfunc.pipeline import silo_side
 from fedfunc.registry import UnknownSilo
 from fedfunc.security import Refused
@@ -18,6 +22,7 @@ from fedfunc.security.bundle import BundleManifest, is_bundle_hash
 from fedfunc.spec import RunSpec, SpecError, is_run_id, parse_spec
 from triggers.auth import requires
 from triggers.http_util import BadRequest, error, json_body, respond
+from triggers.observe import tell
 
 bp = df.Blueprint()
 log = logging.getLogger("fedfunc.runs")
@@ -160,7 +165,7 @@ async def list_runs(req: func.HttpRequest, client: df.DurableOrchestrationClient
     return respond(200, {"runs": [_run_view(s) for s in sorted(runs, key=lambda s: str(s.created_time))]})
 
 
-async def _run(client: df.DurableOrchestrationClient, run_id: str) -> df.DurableOrchestrationStatus | None:
+async def find_run(client: df.DurableOrchestrationClient, run_id: str) -> df.DurableOrchestrationStatus | None:
     if not is_run_id(run_id):  # not a name any run can have: looked up nowhere
         return None
     status = await client.get_status(run_id)
@@ -180,23 +185,28 @@ async def _current_round(client: df.DurableOrchestrationClient, run: df.DurableO
     return status
 
 
+async def run_detail(client: df.DurableOrchestrationClient, status: df.DurableOrchestrationStatus) -> dict:
+    """A run's state, its completed rounds (from its round record), the round in progress and one row per silo."""
+    custom = status.custom_status or {}
+    view = {**_run_view(status), "initial_metrics": custom.get("initial_metrics"),
+            "history": rounds.round_results(services().store, status.instance_id), "report": custom.get("report"), "output": status.output, "current_round": None}
+    round_status = await _current_round(client, status)
+    if round_status:
+        view["current_round"] = {"runtime_status": round_status.runtime_status.value,
+                                 **(round_status.custom_status or {})}
+    view["silos"] = silo_rows(view["history"], view["current_round"], datetime.now(timezone.utc))
+    return view
+
+
 @bp.route(route="runs/{run_id}", methods=["GET"])
 @bp.durable_client_input(client_name="client")
 @requires("scientist", "admin")
 async def get_run(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
     run_id = req.route_params["run_id"]
-    status = await _run(client, run_id)
+    status = await find_run(client, run_id)
     if status is None:
         return error(404, f"no run {run_id!r}")
-    custom = status.custom_status or {}
-    view = {**_run_view(status), "initial_metrics": custom.get("initial_metrics"),
-            "history": custom.get("history", []), "report": custom.get("report"),
-            "output": status.output, "current_round": None}
-    round_status = await _current_round(client, status)
-    if round_status:
-        view["current_round"] = {"runtime_status": round_status.runtime_status.value,
-                                 **(round_status.custom_status or {})}
-    return respond(200, view)
+    return respond(200, await run_detail(client, status))
 
 
 @bp.route(route="runs/{run_id}/cancel", methods=["POST"])
@@ -205,12 +215,14 @@ async def get_run(req: func.HttpRequest, client: df.DurableOrchestrationClient) 
 async def cancel_run(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
     """Terminate the run and its current round, and cancel that round's silo jobs."""
     run_id = req.route_params["run_id"]
-    status = await _run(client, run_id)
+    status = await find_run(client, run_id)
     if status is None:
         return error(404, f"no run {run_id!r}")
-    if status.runtime_status.value not in ("Running", "Pending"):
-        return error(409, f"run {run_id!r} is {status.runtime_status.value}, not running")
     reason = "cancelled through the API"
+    if status.runtime_status.value not in ("Running", "Pending"):
+        if status.runtime_status.value == "Terminated":  # a retried cancel: its fact is recorded (again, once)
+            await tell(_cancelled(status, reason))
+        return error(409, f"run {run_id!r} is {status.runtime_status.value}, not running")
     round_status = await _current_round(client, status)
     await client.terminate(run_id, reason)
     cancelled_jobs = []
@@ -219,4 +231,12 @@ async def cancel_run(req: func.HttpRequest, client: df.DurableOrchestrationClien
         for job_id in ((round_status.custom_status or {}).get("jobs") or {}).values():
             services().backend.cancel(job_id)
             cancelled_jobs.append(job_id)
+    await tell(_cancelled(status, reason))
     return respond(202, {"run": run_id, "cancelled": True, "cancelled_jobs": cancelled_jobs})
+
+
+def _cancelled(status: df.DurableOrchestrationStatus, reason: str) -> p.RunFact:
+    custom = status.custom_status or {}
+    return p.RunFact(kind="RunCancelled", run_id=status.instance_id, at=datetime.now(timezone.utc),
+                     rounds_completed=len(rounds.round_results(services().store, status.instance_id)),
+                     metrics=custom.get("metrics"), model=custom.get("model"), error=reason)

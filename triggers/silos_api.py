@@ -7,10 +7,12 @@ import azure.functions as func
 from fedfunc import protocol as p
 from fedfunc.coordinator import onboarding
 from fedfunc.coordinator.services import services
+from fedfunc.protocol import SiloFact
 from fedfunc.registry import UnknownSilo
 from fedfunc.validation import SILO_NAME_RULE, is_silo_name
 from triggers.auth import requires
 from triggers.http_util import BadRequest, error, json_body, respond
+from triggers.observe import tell
 
 bp = df.Blueprint()
 
@@ -81,12 +83,18 @@ async def onboarding_status(req: func.HttpRequest, client: df.DurableOrchestrati
 @bp.route(route="silos/{name}/disable", methods=["POST"])
 @requires("admin")
 async def disable_silo(req: func.HttpRequest) -> func.HttpResponse:
-    """A disabled silo is left out from the next round on; the round in progress is not disturbed."""
+    """A disabled silo is left out from the next round on; the round in progress is not disturbed.
+    Disabling it again changes nothing and tells ``SiloDisabled`` again under the same id."""
+    registry = services().registry
     try:
-        record = services().registry.set_status(_silo_name(req), "disabled")
+        record = registry.get(_silo_name(req))
     except (NotASilo, UnknownSilo) as e:
         return error(404, str(e))
-    services().audit.record("silo_disabled", silo=record.name)
+    if record.status != "disabled":
+        record = registry.set_status(record.name, "disabled")
+        services().audit.record("silo_disabled", silo=record.name)
+    await tell(SiloFact(kind="SiloDisabled", silo=record.name, at=record.updated_at,
+                        occurrence=f"{record.updated_at:%Y%m%dT%H%M%S%f}", compute=record.compute))
     return respond(200, _public(record))
 
 

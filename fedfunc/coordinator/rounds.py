@@ -19,7 +19,7 @@ from fedfunc.coordinator.bundles import open_stored
 from fedfunc.coordinator.store import RunStore, to_json
 from fedfunc.pipeline import SiloSide
 from fedfunc.protocol import (AggregateOrder, AggregateResult, EvaluationOrder, Received, Rejection, RoundEvaluation,
-                              RoundJob, RoundPlan, RunStart, RunState, SampleCap, SiloJobStarted)
+                              RoundJob, RoundPlan, RoundResult, RunStart, RunState, SampleCap, SiloJobStarted)
 from fedfunc.security import Refused
 from fedfunc.security.bundle import BundleManifest
 from fedfunc.security.egress import MAX_METRICS_BYTES, check_metrics
@@ -359,3 +359,16 @@ def final_evaluation(store: RunStore, state: RunState) -> dict | None:
     the model entering the round after the last one adopted."""
     rounds_done = len(state.rounds)
     return store.get_json(layout.RUNS, layout.round_evaluation(state.run_id, rounds_done))
+
+
+def keep_round_result(store: RunStore, run_id: str, result: RoundResult) -> None:
+    """Add a completed round to the run's round record; a replay rewrites the same entry. One writer per
+    run: the run's own ``observe`` activity, which the run awaits before its next round."""
+    path = layout.round_results(run_id)
+    kept = [r for r in (store.get_json(layout.RUNS, path) or {"rounds": []})["rounds"] if r["round"] != result.round]
+    store.put_json(layout.RUNS, path, {"rounds": sorted([*kept, result.wire()], key=lambda r: r["round"])})
+
+
+def round_results(store: RunStore, run_id: str) -> list[dict]:
+    """The run's completed rounds, oldest first (``RoundResult`` JSON)."""
+    return (store.get_json(layout.RUNS, layout.round_results(run_id)) or {"rounds": []})["rounds"]

@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
+from azure.core.credentials import AzureKeyCredential
 from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import ContainerClient
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -17,6 +18,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fedfunc import layout
 from fedfunc.contracts import BlobRange, OutboxOpener, OutboxReader, SiloJobBackend, SiloProvisioner
 from fedfunc.coordinator.store import RunStore
+from fedfunc.observe.delivery import Observer
+from fedfunc.observe.outbox import ObservationOutbox
 from fedfunc.registry import SiloRecord, SiloRegistry
 from fedfunc.security.audit import AuditLog
 from fedfunc.security.keys import load_private, public_b64
@@ -80,6 +83,21 @@ class Services:
         from fedfunc.backends.local_provisioner import LocalProvisioner
         jobs = LocalProcessBackend(self.settings.local_home)
         return jobs, LocalProvisioner(self.settings, lambda: public_b64(self.ticket_key.public_key()), jobs)
+
+    @cached_property
+    def observer(self) -> Observer:
+        """Facts of runs and silos for MLflow and Event Grid subscribers: the topic's key locally, the
+        app's identity on Azure; a sink without its setting is off."""
+        from fedfunc.observe.mlflow_tracker import MlflowTracker
+        from fedfunc.observe.publisher import EventGridPublisher
+
+        s = self.settings
+        events = None
+        if s.events_endpoint:
+            cred = AzureKeyCredential(s.events_key) if s.events_key else credential()
+            events = EventGridPublisher(s.events_url, cred)
+        tracking = MlflowTracker(s.tracking_uri, s.mlflow_experiment, self.store) if s.tracking_uri else None
+        return Observer(ObservationOutbox.create(table_service(s)), events=events, tracking=tracking, source=s.events_source)
 
     def outbox(self, record: SiloRecord) -> ContainerClient:
         """Read access to one silo's outbox: a read+list SAS locally, the app's managed identity on Azure."""

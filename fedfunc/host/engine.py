@@ -268,6 +268,9 @@ class Engine:
         work: list[tuple] = []  # ("activity", id, name, input) | ("sub", id, name, input, child) | ("timer", id, fire_at)
         if len(new_events) == 1 and self._is_retry_event(new_events[0], engine):
             self._retry_step(new_events[0], engine, scheduled, work)
+        for e in new_events:  # a retried call that succeeded needs no retry bookkeeping (nor its input) any more
+            if e["EventType"] in (ev.TASK_COMPLETED, ev.SUB_COMPLETED):
+                engine["retry_tasks"].pop(str(e["TaskScheduledId"]), None)
         started = next((e for e in history + new_events if e["EventType"] == ev.EXECUTION_STARTED), {})
         context = {"history": [dict(e, IsPlayed=True) for e in history]
                    + [ev.event(ev.ORCHESTRATOR_STARTED)] + new_events,

@@ -13,6 +13,7 @@ import pytest
 from e2e_helpers import HYPERPARAMS, SILOS, CutOff, run_spec
 
 from fedfunc.devstack import DevStack
+from fedfunc.observe.subscriber import EventSubscriber
 from fedfunc.tasks.builtin.datasets import silo_parts
 
 MAX_BUNDLE_MB = 2
@@ -34,9 +35,27 @@ def stack(tmp_path_factory, digits):
 
 
 @pytest.fixture(scope="session")
+def subscriber(stack):
+    """A local subscriber of the app's domain events (a webhook on its topic), de-duplicating by event id."""
+    with EventSubscriber() as sub:
+        stack.subscribe_events("e2e-subscriber", sub.url)
+        yield sub
+
+
+@pytest.fixture(scope="session")
 def bundle(stack):
     """The hash of the signed digits bundle, uploaded through the API."""
     return stack.bundle("digits", HYPERPARAMS)
+
+
+@pytest.fixture(scope="session")
+def basic_run(stack, bundle, subscriber):
+    """A completed two-round run over the session's silos (``e2e-basic``), which the tests given it only
+    read; the event subscriber listens from before it starts."""
+    run = stack.start_run(run_spec(bundle, rounds=2, run_id="e2e-basic"))
+    status = stack.wait_run(run, timeout=300)
+    assert status["runtime_status"] == "Completed", status
+    return status
 
 
 @pytest.fixture

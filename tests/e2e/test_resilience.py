@@ -8,6 +8,7 @@ import pytest
 from e2e_helpers import forge_nan_update, own_outbox
 
 from fedfunc import layout
+from fedfunc.host.testing import wait_until
 from fedfunc.silo.io import BlobOutbox
 from fedfunc.silo.runner import report_failure
 from fedfunc.weights import encode
@@ -43,7 +44,7 @@ def test_below_quorum_fails_clearly_and_keeps_last_good_model(stack, spec, broke
         stack.download(layout.MODELS, layout.global_model(run, 1))
 
 
-def test_kill_9_host_mid_run_finishes_with_each_round_aggregated_once(stack, spec):
+def test_kill_9_host_mid_run_finishes_with_each_round_aggregated_once(stack, spec, subscriber):
     run = stack.start_run(spec(rounds=3, run_id="e2e-kill", checkpoint_every=2))
     stack.wait_round(run, 1)
     stack.host.kill()
@@ -58,11 +59,26 @@ def test_kill_9_host_mid_run_finishes_with_each_round_aggregated_once(stack, spe
     final = status["output"]["model"]
     assert final["path"] == layout.global_model(run, 3)
 
+    # A subscriber de-duplicating by event id hears every fact of the run once, none missing, none extra.
+    expected = {f"run:{run}:RunStarted", *(f"run:{run}:RoundCompleted:{r}" for r in range(3)), f"run:{run}:RunCompleted"}
+    facts = wait_until(lambda: (f := subscriber.facts(f"runs/{run}")) and set(f) >= expected and f,
+                       timeout=120, what="every fact of the run delivered")
+    assert set(facts) == expected
+    assert sorted(e["data"]["round"] for e in facts.values() if e["type"] == "fedfunc.RoundCompleted") == [0, 1, 2]
+    assert facts[f"run:{run}:RunCompleted"]["data"]["model"] == final
+    # and MLflow has each round once
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(stack.mlflow_uri)
+    (tracked,) = client.search_runs([client.get_experiment_by_name("fedfunc").experiment_id],
+                                    filter_string=f"tags.`fedfunc.run` = '{run}'")
+    assert [m.step for m in client.get_metric_history(tracked.info.run_id, "accuracy")] == [0, 1, 2]
+
 
 def test_disabled_silos_leave_and_a_silo_that_becomes_ready_joins_from_the_next_round(stack, spec, own_silo,
-                                                                                      cut_off):
+                                                                                      cut_off, subscriber):
     """Round 0 is held open by a silo whose job cannot write (the gate) until the membership has changed,
-    so onboarding never races the round."""
+    so onboarding never races the round. Each disabling and each onboarding is told as its own event."""
     leaving, gate, joining = own_silo("e2e-leaving"), own_silo("e2e-gate"), own_silo("e2e-joining")
     stack.api("POST", f"/api/silos/{joining}/disable", role="admin")
     gate_creds = cut_off(gate)
@@ -80,6 +96,14 @@ def test_disabled_silos_leave_and_a_silo_that_becomes_ready_joins_from_the_next_
     assert round0 == {leaving: "received", gate: "failed"}  # disabling does not disturb the round in progress
     assert round1 == {joining: "received"}
     assert status["history"][0]["silos"][gate]["reason"] == "held by the test"
+
+    def told(silo: str, kind: str) -> list[dict]:
+        return [e for e in subscriber.facts(f"silos/{silo}").values() if e["type"] == f"fedfunc.{kind}"]
+
+    wait_until(lambda: all(told(s, "SiloDisabled") for s in (leaving, gate, joining))
+               and len(told(joining, "SiloOnboarded")) >= 2, timeout=60, what="the silo events delivered")
+    assert len(told(joining, "SiloOnboarded")) == 2   # onboarded, disabled, onboarded again: two facts
+    assert [e["data"]["silo"] for e in told(leaving, "SiloDisabled")] == [leaving]
 
 
 def test_malformed_update_is_rejected_with_reason_and_round_goes_on(stack, spec, own_silo, cut_off):

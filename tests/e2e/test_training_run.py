@@ -6,19 +6,10 @@ import json
 import re
 import sqlite3
 
-import pytest
-from e2e_helpers import SILOS, run_spec, wait_instance
+from e2e_helpers import SILOS, wait_instance
 
 from fedfunc import layout, weights
-
-
-@pytest.fixture(scope="module")
-def basic_run(stack, bundle) -> dict:
-    """A completed two-round run over the session's silos, which this module's tests only read."""
-    run = stack.start_run(run_spec(bundle, rounds=2, run_id="e2e-basic"))
-    status = stack.wait_run(run, timeout=300)
-    assert status["runtime_status"] == "Completed", status
-    return status
+from fedfunc.host.testing import wait_until
 
 
 def test_run_trains_every_silo_and_writes_report(stack, basic_run, digits):
@@ -92,7 +83,7 @@ def test_runs_are_listed_and_unknown_run_is_404(stack, basic_run):
     assert "no-such-run" in r["error"]
 
 
-def test_cancel_terminates_run_and_round(stack, spec):
+def test_cancel_terminates_run_and_round(stack, spec, subscriber):
     run = stack.start_run(spec(rounds=3, run_id="e2e-cancel"))
     assert set(stack.wait_round(run, 0)["current_round"]["jobs"]) == set(SILOS)  # jobs started, round collecting
     cancelled = stack.api("POST", f"/api/runs/{run}/cancel")
@@ -102,6 +93,9 @@ def test_cancel_terminates_run_and_round(stack, spec):
     assert stack.run_status(run)["runtime_status"] == "Terminated"
     again = stack.api("POST", f"/api/runs/{run}/cancel", expect=(409,))
     assert "Terminated" in again["error"]
+    facts = wait_until(lambda: subscriber.facts(f"runs/{run}").get(f"run:{run}:RunCancelled"), timeout=60,
+                       what="RunCancelled delivered")
+    assert facts["data"]["error"] == "cancelled through the API" and facts["data"]["rounds_completed"] == 0
 
 
 def test_cli_shows_a_run(stack, basic_run, fedfunc):

@@ -7,6 +7,7 @@ import functools
 import json
 
 import pytest
+from e2e_helpers import SILOS, run_spec
 
 from fedfunc import layout, weights
 from fedfunc.security import keys
@@ -62,13 +63,13 @@ def accuracy(status: dict) -> float:
     return status["history"][-1]["metrics"]["accuracy"]
 
 
-def test_default_bound_keeps_a_constant_adding_silo_out(stack, spec, attacker):
+def test_default_bound_keeps_a_constant_adding_silo_out(stack, attacker):
     """Three rounds of two local epochs, so both runs are near convergence: between two runs of the same
     spec (the silos' shuffles derive from the run id) accuracy then moves by tenths of a point, not points."""
-    rounds, honest = 3, spec()["silos"]
+    rounds, honest = 3, list(SILOS)
     # Signed with clipping off, so the orchestrator's own default bound is what stops the attacker.
     bundle = stack.bundle("digits", {"epochs": 2, "lr": 0.05, "batch_size": 16, "seed": 0}, clip_norm="off")
-    spec = functools.partial(spec, bundle=bundle)
+    spec = functools.partial(run_spec, bundle)
     attacked = stack.start_run(spec(silos=[*honest, attacker], rounds=rounds, quorum=0.75, run_id="e2e-bound-default"))
     attack(stack, attacked, rounds)
     with_attacker = stack.wait_run(attacked, timeout=300)

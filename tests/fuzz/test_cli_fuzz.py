@@ -87,6 +87,7 @@ COMMANDS = [
     lambda a, url, f: ["run", "status", a, "--host", url, "--api-key", "k"],
     lambda a, url, f: ["run", "list", "--host", url, "--api-key", "k"],
     lambda a, url, f: ["run", "cancel", a, "--host", url, "--api-key", "k"],
+    lambda a, url, f: ["run", "open", a, "--host", url, "--api-key", "k"],
     lambda a, url, f: ["run", "start", f, "--host", url, "--api-key", "k"],
     lambda a, url, f: ["silo", "list", "--host", url, "--api-key", "k"],
     lambda a, url, f: ["silo", "disable", a, "--host", url, "--api-key", "k"],

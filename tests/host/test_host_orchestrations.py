@@ -2,6 +2,9 @@
 events, timers, custom status, terminate, purge, the SDK client, and bad input."""
 from __future__ import annotations
 
+import json
+import sqlite3
+
 import requests
 from host_helpers import MASTER_KEY, finished, start
 
@@ -23,6 +26,9 @@ def test_activity_retries_including_exhaustion_and_parallel(features):
     assert status["runtimeStatus"] == "Completed", status
     assert status["output"] == {"ok": 3, "exhausted": "Activity function 'flaky' failed: flaky attempt 2 fails",
                                 "parallel": [1, 2, 3]}
+    db = sqlite3.connect(f"file:{features.state}?mode=ro", uri=True)
+    (engine,) = db.execute("SELECT engine FROM instances WHERE id='retry-1'").fetchone()
+    assert json.loads(engine)["retry_tasks"] == {}, "finished retried calls leave no bookkeeping (nor their inputs)"
 
 
 def test_sub_orchestrations_with_explicit_ids_and_continue_as_new(features):

@@ -214,16 +214,17 @@ def delivered(sub: dict, event: func.EventGridEvent) -> bool:
 
 @pytest.fixture
 def accepts(monkeypatch):
-    """``accepts(function, event)``: the app's own routing for that function takes the event (not ignored)."""
+    """``accepts(function, event)``: the app's own routing for that function takes the event (not ignored).
+    The blob each event names is in the silo's outbox, with the event's eTag and size."""
     from fedfunc.azure.events import job_failure
     from fedfunc.coordinator.services import OutboxBlob
     from triggers import retraining, silo_events
 
     record = SimpleNamespace(name="north-eu", account=ACCOUNT)
     fake = SimpleNamespace(registry=SimpleNamespace(get=lambda silo: record, list=lambda: [record]),
-                           outbox_reader=lambda: lambda silo, path, n: b'{"reason": "out of memory"}',
                            outbox_blob=lambda silo, path: OutboxBlob(etag=BLOB_DATA["eTag"],
                                                                      size=BLOB_DATA["contentLength"]),
+                           outbox_reader=lambda: lambda silo, path, n: b'{"reason": "out of memory"}',
                            audit=SimpleNamespace(record=lambda *a, **k: None))
     monkeypatch.setattr(silo_events, "services", lambda: fake)
     monkeypatch.setattr(retraining, "services", lambda: fake)

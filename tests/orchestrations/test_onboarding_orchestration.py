@@ -1,9 +1,10 @@
-"""``onboard_silo`` with a scripted Durable context: validate, then each ensure-step in order; a step that
-fails (after Durable's retries) abandons the onboarding, so no silo stays half-registered."""
+"""``onboard_silo`` with a scripted Durable context: validate, then each ensure-step in order, then
+``SiloOnboarded`` told to ``observe``; a step that fails (after Durable's retries) abandons the onboarding,
+so no silo stays half-registered (and nothing is told)."""
 from __future__ import annotations
 
 import pytest
-from durable_fake import FakeContext, Orchestration, durable_failure
+from durable_fake import T0, FakeContext, Orchestration, durable_failure
 
 from fedfunc import protocol as p
 from orchestrations.failures import ACTIVITY_RETRY
@@ -31,6 +32,12 @@ def test_each_step_runs_in_order_with_retries_and_the_silo_is_ready():
                                     "done": [{"step": s, "result": {"ok": s}} for s in p.ONBOARDING_STEPS
                                              if p.ONBOARDING_STEPS.index(s) < p.ONBOARDING_STEPS.index(step)]}
         o.send({"ok": step})
+    told = o.pending
+    assert (told.kind, told.name, told.retry) == ("activity", p.OBSERVE, ACTIVITY_RETRY)
+    fact = p.parse_fact(told.input)
+    assert (fact.kind, fact.silo, fact.at, fact.compute) == ("SiloOnboarded", "site-9", T0, "local")
+    assert fact.occurrence != request["smoke_id"].removeprefix("onboard:site-9-")  # its own id per onboarding
+    o.send(None)
     assert o.done and o.output["status"] == "ready"
     assert [s["step"] for s in o.output["steps"]] == list(p.ONBOARDING_STEPS)
     assert o.context.status["step"] == "ready"
@@ -49,6 +56,7 @@ def test_a_failed_step_abandons_the_onboarding_and_names_the_step(failing):
     assert str(err.value) == f"onboarding site-9 failed at {failing}: smoke job on silo 'site-9' failed checks ['policy_valid']"
     assert o.context.status["error"] == "smoke job on silo 'site-9' failed checks ['policy_valid']"
     assert o.context.status["step"] == failing
+    assert not any(t.name == p.OBSERVE for t in o.context.created)
 
 
 def test_a_request_that_fails_validation_registers_nothing_so_nothing_is_abandoned():
