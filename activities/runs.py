@@ -10,6 +10,7 @@ from fedfunc import protocol as p
 from fedfunc.coordinator import rounds
 from fedfunc.coordinator.services import services
 from fedfunc.report import build_report, render_png
+from fedfunc.security.audit import entry
 from fedfunc.security.tickets import issue_ticket
 
 bp = df.Blueprint()
@@ -56,12 +57,11 @@ def aggregate(order: dict) -> dict:
     order = p.AggregateOrder.model_validate(order)
     result = rounds.aggregate_round(svc.store, svc.outbox_reader(), order)
     run, round_ = order.job.run_id, order.job.round
-    for silo, got in result.received.items():
-        svc.audit.record("artifact_received", run=run, round=round_, silo=silo,
-                         event_id=f"received:{run}:{round_}:{silo}", sha256=got.sha256, path=got.path)
-    for r in result.rejected:
-        svc.audit.record("update_rejected", run=run, round=round_, silo=r.silo,
-                         event_id=f"rejected:{run}:{round_}:{r.silo}", reason=r.reason)
+    svc.audit.record_many(
+        [entry("artifact_received", run=run, round=round_, silo=silo, event_id=f"received:{run}:{round_}:{silo}",
+               sha256=got.sha256, path=got.path) for silo, got in result.received.items()]
+        + [entry("update_rejected", run=run, round=round_, silo=r.silo, event_id=f"rejected:{run}:{round_}:{r.silo}",
+                 reason=r.reason) for r in result.rejected])
     return result.wire()
 
 

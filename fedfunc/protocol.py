@@ -82,6 +82,7 @@ class SiloJobStarted(Message):
     silo: str
     job_id: str | None = None
     error: str | None = None
+    submitted: datetime | None = None  # the activity's clock as it handed the job to the backend
 
 
 class UpdateNotice(Message):
@@ -90,6 +91,8 @@ class UpdateNotice(Message):
     path: str
     etag: str | None = None
     size: int | None = None
+    landed: datetime | None = None     # the BlobCreated event's time (storage's clock)
+    delivered: datetime | None = None  # when the event reached ``on_update`` (the trigger's clock)
 
 
 class FailureNotice(Message):
@@ -109,12 +112,22 @@ class Rejection(Message):
     reason: str
 
 
+class JobTimes(Message):
+    """When a silo job passed its own steps, as the silo recorded them in its update's metadata
+    (``fedfunc.weights.TIME_KEYS``): a figure for the round's timeline, never trusted for anything else."""
+
+    queued: datetime | None = None   # it waited for a busy worker pool from here (absent: a worker was free)
+    started: datetime | None = None  # a worker began the job
+    trained: datetime | None = None  # local training done; the update was then checked and uploaded
+
+
 class Received(Message):
     """An accepted update as it was read: its hash and the silo's metrics, for the audit trail and the report."""
 
     path: str
     sha256: str
     metrics: dict[str, float | int]
+    times: JobTimes = Field(default_factory=JobTimes)
 
 
 class AggregateResult(Message):
@@ -134,6 +147,28 @@ class SiloOutcome(Message):
     num_samples: int | None = None
 
 
+class SiloTimeline(JobTimes):
+    """One silo's way through a round: the job's own steps plus where its update went after it landed."""
+
+    submitted: datetime | None = None  # start_silo_job handed the job to the backend
+    landed: datetime | None = None     # the update blob was created (its BlobCreated event)
+    delivered: datetime | None = None  # the event reached on_update
+    raised: datetime | None = None     # the round took the event (orchestration clock)
+
+
+class RoundTimeline(Message):
+    """Where a round's time went. Round steps are the round orchestration's clock (replay-safe); silo
+    steps come from the components that saw them (activity, silo job, Event Grid, trigger)."""
+
+    started: datetime
+    planned: datetime | None = None         # prepare_round answered
+    submitted: datetime | None = None       # every start_silo_job answered
+    collected: datetime | None = None       # the last update or failure arrived (or the deadline fired)
+    aggregated: datetime | None = None      # aggregate answered (it started at ``collected``)
+    evaluated: datetime | None = None       # evaluate answered (it started at ``aggregated``); the round ends
+    silos: dict[str, SiloTimeline] = Field(default_factory=dict)
+
+
 class RoundResult(Message):
     """What a completed round returns to the run (and the run keeps, compactly, across continue_as_new)."""
 
@@ -142,6 +177,7 @@ class RoundResult(Message):
     metrics: dict[str, float | int]
     num_samples: int
     silos: dict[str, SiloOutcome]
+    timeline: RoundTimeline | None = None
 
 
 class RunState(Message):
@@ -152,6 +188,7 @@ class RunState(Message):
     model: ModelRef | None = None      # the current global model (None before init_run)
     rounds: list[RoundResult] = Field(default_factory=list)
     next_round: int = 0
+    started: datetime | None = None    # the run's clock at its first step
 
 
 class RunOutcome(RunState):
@@ -160,3 +197,4 @@ class RunOutcome(RunState):
     status: Literal["completed", "failed"]
     error: str | None = None
     stop_reason: str | None = None
+    ended: datetime | None = None

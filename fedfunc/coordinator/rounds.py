@@ -1,7 +1,11 @@
 """Orchestrator-side steps of a run: initial model, round manifest, silo job requests, aggregation, evaluation."""
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime, timezone
+from typing import TypeVar
 
 from azure.core.exceptions import AzureError
 
@@ -9,12 +13,16 @@ from fedfunc import layout, weights
 from fedfunc.aggregation import get_strategy
 from fedfunc.contracts import Hyperparams, ModelRef, OutboxReader, SiloJobBackend, SiloJobRequest
 from fedfunc.coordinator.store import RunStore, to_json
-from fedfunc.protocol import (AggregateOrder, AggregateResult, Received, Rejection, RoundJob, RoundPlan, RunState,
-                              SiloJobStarted)
+from fedfunc.protocol import (AggregateOrder, AggregateResult, JobTimes, Received, Rejection, RoundJob, RoundPlan,
+                              RunState, SiloJobStarted, UpdateNotice)
 from fedfunc.security import Refused
 from fedfunc.security.egress import MAX_METRICS_BYTES, check_metrics
 from fedfunc.spec import RunSpec
 from fedfunc.tasks.registry import get_task
+
+T, R = TypeVar("T"), TypeVar("R")
+READERS = 8                      # outbox reads in flight while the round aggregates
+READ_AHEAD_BYTES = 16 << 20      # ... within this many bytes of updates not yet aggregated
 
 
 def model_ref(path: str, data: bytes) -> ModelRef:
@@ -74,15 +82,29 @@ def silo_job_request(store: RunStore, job: RoundJob, silo: str, ticket: str | No
         run_id=job.run_id, round=job.round, silo=silo, nonce=job.nonce, task=job.spec.task,
         hyperparams=local_hyperparams(job.spec),
         model_url=store.model_read_url(job.model.path), model_sha256=job.model.sha256,
-        outbox_prefix=layout.outbox_prefix(job.run_id, job.round, silo), ticket=ticket, bundle=job.spec.bundle)
+        outbox_prefix=layout.outbox_prefix(job.run_id, job.round, silo), ticket=ticket, bundle=job.spec.bundle,
+        deadline=job.deadline)
 
 
 def start_silo_job(backend: SiloJobBackend, request: SiloJobRequest) -> SiloJobStarted:
     """Submit; a submission error makes the silo fail this round (with the backend's message), not the round."""
+    submitted = datetime.now(timezone.utc)
     try:
-        return SiloJobStarted(silo=request.silo, job_id=backend.submit(request))
+        return SiloJobStarted(silo=request.silo, job_id=backend.submit(request), submitted=submitted)
     except Exception as e:  # any backend error: the round goes on at quorum
         return SiloJobStarted(silo=request.silo, error=f"job submission failed: {type(e).__name__}: {e}")
+
+
+def job_times(metadata: dict[str, str]) -> JobTimes:
+    """The silo's own step times from its update's metadata; a missing or unreadable one is left out
+    (they only draw the round's timeline)."""
+    times = {}
+    for step, key in weights.TIME_KEYS.items():
+        try:
+            times[step] = datetime.fromisoformat(metadata[key])
+        except (KeyError, ValueError):
+            pass
+    return JobTimes(**times)
 
 
 def load_global(store: RunStore, ref: ModelRef) -> dict:
@@ -95,6 +117,24 @@ def load_global(store: RunStore, ref: ModelRef) -> dict:
     return arrays
 
 
+def read_ahead(items: list[T], fetch: Callable[[T], R], size: Callable[[T], int], budget: int,
+               workers: int = READERS) -> Iterator[R]:
+    """``fetch(item)`` for every item, yielded in order, fetched ``workers`` at a time ahead of the consumer
+    while the bytes fetched and not yet consumed stay within ``budget`` (one item is always allowed)."""
+    with ThreadPoolExecutor(workers, thread_name_prefix="outbox-read") as pool:
+        pending: deque[tuple[int, Future]] = deque()
+        held, upcoming = 0, iter(items)
+        nxt = next(upcoming, None)
+        for _ in items:
+            while nxt is not None and (not pending or held + size(nxt) <= budget):
+                pending.append((size(nxt), pool.submit(fetch, nxt)))
+                held += pending[-1][0]
+                nxt = next(upcoming, None)
+            n, future = pending.popleft()
+            yield future.result()
+            held -= n
+
+
 def aggregate_round(store: RunStore, read_outbox: OutboxReader, order: AggregateOrder) -> AggregateResult:
     """Validate every update and stream the accepted ones through the run's strategy.
 
@@ -105,38 +145,54 @@ def aggregate_round(store: RunStore, read_outbox: OutboxReader, order: Aggregate
     """
     job, spec = order.job, order.job.spec
     record_path = layout.aggregate_record(job.run_id, job.round)
-    done = store.get_json(layout.RUNS, record_path)
-    if done is not None:
-        return AggregateResult.model_validate(done)
-    manifest_doc = store.get_json(layout.RUNS, job.manifest)
-    global_arrays = load_global(store, job.model)
+    with ThreadPoolExecutor(3) as pool:  # three independent reads, one round trip
+        done, manifest_doc, global_arrays = pool.submit(store.get_json, layout.RUNS, record_path), \
+            pool.submit(store.get_json, layout.RUNS, job.manifest), pool.submit(load_global, store, job.model)
+    if done.result() is not None:
+        return AggregateResult.model_validate(done.result())
+    manifest_doc, global_arrays = manifest_doc.result(), global_arrays.result()
     manifest = weights.ModelManifest.from_arrays(global_arrays)
     max_bytes = int(spec.max_update_mb * 2**20)
     rejected: list[Rejection] = []
     received: dict[str, Received] = {}
     samples: dict[str, int] = {}
 
-    def check(silo: str, path: str) -> weights.ValidatedUpdate | None:
-        """Read and re-check one update and its metrics; None (with the reason recorded) if rejected."""
+    def fetch(item: tuple[str, UpdateNotice]) -> tuple[bytes, bytes] | Exception:
+        """An update and its metrics, as read from the silo's outbox (a read error is the silo's rejection)."""
+        silo, notice = item
+        try:
+            return (read_outbox(silo, notice.path, max_bytes),
+                    read_outbox(silo, notice.path.removesuffix(layout.UPDATE) + layout.METRICS, MAX_METRICS_BYTES))
+        except (AzureError, ValueError) as e:
+            return e
+
+    def check(silo: str, path: str, read: tuple[bytes, bytes] | Exception) -> weights.ValidatedUpdate | None:
+        """Re-check one update and its metrics; None (with the reason recorded) if rejected."""
         expected = {"run": job.run_id, "round": job.round, "silo": silo, "nonce": job.nonce,
                     "silos": manifest_doc["silos"]}
         try:
-            data = read_outbox(silo, path, max_bytes)
+            if isinstance(read, Exception):
+                raise read
+            data, metrics_bytes = read
             update = weights.validate_update(data, manifest, expected=expected, global_arrays=global_arrays,
                                              max_bytes=max_bytes, max_norm=spec.max_update_norm)
-            metrics = check_metrics(read_outbox(silo, path.removesuffix(layout.UPDATE) + layout.METRICS,
-                                                MAX_METRICS_BYTES))
+            metrics = check_metrics(metrics_bytes)
         except (weights.UpdateRejected, Refused, AzureError, ValueError) as e:
             rejected.append(Rejection(silo=silo, reason=str(e)))
             return None
-        received[silo] = Received(path=path, sha256=weights.sha256(data), metrics=metrics)
+        received[silo] = Received(path=path, sha256=weights.sha256(data), metrics=metrics,
+                                  times=job_times(update.metadata))
         samples[silo] = update.num_samples
         return update
 
     def accepted() -> Iterator[weights.ValidatedUpdate]:
-        """One update alive at a time: each is dropped before the next one is downloaded."""
-        for silo, notice in sorted(order.updates.items()):
-            update = check(silo, notice.path)
+        """In silo order; reads run ahead on threads within ``READ_AHEAD_BYTES`` (one update at least),
+        and each update is dropped before the one after the read-ahead is downloaded."""
+        items = sorted(order.updates.items())
+        reads = read_ahead(items, fetch, lambda item: item[1].size or manifest.nbytes, READ_AHEAD_BYTES)
+        for (silo, notice), read in zip(items, reads):
+            update = check(silo, notice.path, read)
+            read = None
             if update is not None:
                 yield update
             update = None

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Literal
 
 from azure.core.exceptions import ResourceExistsError
-from azure.data.tables import TableClient
+from azure.data.tables import TableClient, TableTransactionError
 from pydantic import BaseModel
 
 TABLE = "audit"
@@ -28,6 +28,7 @@ SILO_LOG_DIR = "audit"
 Kind = Literal["ticket_issued", "job_submitted", "job_started", "job_refused", "job_failed", "artifact_egress",
                "artifact_received", "update_rejected", "silo_onboarded", "silo_disabled", "silo_removed"]
 _NO_RUN = "-"
+TRANSACTION = 100  # Table storage's limit of entities per transaction (all in one partition)
 
 
 def _now() -> datetime:
@@ -57,17 +58,30 @@ class AuditLog:
     def record(self, kind: Kind, *, run: str | None = None, round: int | None = None, silo: str | None = None,
                event_id: str | None = None, **detail) -> AuditEvent:
         """Append one entry. With ``event_id`` a retried activity appends it once (the first entry stays)."""
-        event = AuditEvent(at=_now(), kind=kind, source="orchestrator", run=run, round=round, silo=silo,
-                           detail=detail)
-        row = event_id or f"{event.at:%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:12]}"
-        entity = {"PartitionKey": run or _NO_RUN, "RowKey": row, "at": event.at, "kind": kind,
-                  "source": event.source, "silo": silo or "", "round": -1 if round is None else round,
-                  "detail": json.dumps(detail, sort_keys=True)}
-        try:
-            self.table.create_entity(entity)
-        except ResourceExistsError:
-            pass
-        return event
+        return self.record_many([entry(kind, run=run, round=round, silo=silo, event_id=event_id, **detail)])[0]
+
+    def record_many(self, entries: list[tuple[AuditEvent, str]]) -> list[AuditEvent]:
+        """Append entries (``entry(...)``): each run's entries in Table transactions of up to 100, one
+        request each (a lone entry: one plain insert). A transaction refused because one entry is already
+        there (a retried activity) appends its entries one by one, keeping every entry already written."""
+        by_partition: dict[str, list[dict]] = {}
+        for event, row in entries:
+            by_partition.setdefault(event.run or _NO_RUN, []).append(_entity(event, row))
+        for rows in by_partition.values():
+            for first in range(0, len(rows), TRANSACTION):
+                chunk = rows[first:first + TRANSACTION]
+                if len(chunk) > 1:
+                    try:
+                        self.table.submit_transaction([("create", e) for e in chunk])
+                        continue
+                    except (TableTransactionError, ResourceExistsError):
+                        pass
+                for e in chunk:
+                    try:
+                        self.table.create_entity(e)
+                    except ResourceExistsError:
+                        pass
+        return [event for event, _ in entries]
 
     def query(self, *, run: str | None = None, silo: str | None = None, kind: str | None = None,
               since: datetime | None = None) -> list[AuditEvent]:
@@ -82,6 +96,19 @@ class AuditLog:
         rows = (self.table.query_entities(" and ".join(clauses), parameters=params) if clauses
                 else self.table.list_entities())
         return sorted((_from_entity(r) for r in rows), key=lambda e: e.at)
+
+
+def entry(kind: Kind, *, run: str | None = None, round: int | None = None, silo: str | None = None,
+          event_id: str | None = None, **detail) -> tuple[AuditEvent, str]:
+    """One orchestrator entry and its row key (``event_id``, else a new time-ordered id)."""
+    event = AuditEvent(at=_now(), kind=kind, source="orchestrator", run=run, round=round, silo=silo, detail=detail)
+    return event, event_id or f"{event.at:%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:12]}"
+
+
+def _entity(event: AuditEvent, row: str) -> dict:
+    return {"PartitionKey": event.run or _NO_RUN, "RowKey": row, "at": event.at, "kind": event.kind,
+            "source": event.source, "silo": event.silo or "", "round": -1 if event.round is None else event.round,
+            "detail": json.dumps(event.detail, sort_keys=True)}
 
 
 def _from_entity(row) -> AuditEvent:

@@ -37,7 +37,8 @@ def event(account="silo01", container="outbox", name="update.safetensors", event
 def test_update_from_the_silos_own_outbox_is_routed_to_its_round():
     instance, name, payload = silo_events.route_outbox_event(event())
     assert instance == "run-1:r3" and name == "update:site-1"
-    assert payload == {"path": "runs/run-1/rounds/0003/silos/site-1/update.safetensors", "etag": "0x1", "size": 42}
+    assert payload == {"path": "runs/run-1/rounds/0003/silos/site-1/update.safetensors", "etag": "0x1", "size": 42,
+                       "landed": None, "delivered": None}
     assert silo_events.route_outbox_event(event()) == (instance, name, payload)  # a redelivery is the same event
 
 
