@@ -92,6 +92,8 @@ class Settings(BaseModel):
     orchestrator_key: str | None = Field(None, alias="FEDFUNC_ORCHESTRATOR_KEY")
     # Local backend only: Azurite's folder (its accounts.json), from which onboarding claims silo accounts.
     azurite_home: Path | None = Field(None, alias="FEDFUNC_AZURITE_HOME")
+    # Local backend only: silo jobs running at once in the warm worker pool (default: the number of cores).
+    local_workers: int | None = Field(None, ge=1, le=256, alias="FEDFUNC_LOCAL_WORKERS")
     aml: AmlSettings | None = None
 
     @field_validator("api_keys", "retrain_spec", mode="before")

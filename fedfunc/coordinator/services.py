@@ -69,7 +69,7 @@ class Services:
             return jobs, AzureProvisioner(self.azure_gateway, self.settings, jobs, self.outbox_reader())
         from fedfunc.backends.local import LocalProcessBackend
         from fedfunc.backends.local_provisioner import LocalProvisioner
-        jobs = LocalProcessBackend(self.settings.local_home)
+        jobs = LocalProcessBackend(self.settings.local_home, workers=self.settings.local_workers)
         return jobs, LocalProvisioner(self.settings, lambda: public_b64(self.ticket_key.public_key()), jobs)
 
     def outbox(self, record: SiloRecord) -> ContainerClient:

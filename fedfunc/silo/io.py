@@ -74,6 +74,14 @@ class BlobSiloIO:
         self.models_sas = models_sas
         self.outbox = BlobOutbox(self.service.get_container_client(layout.OUTBOX))
 
+    @classmethod
+    def from_home(cls, home: Path) -> "BlobSiloIO":
+        """The silo's storage with the credentials in its home (``fedfunc.silo.home``)."""
+        from fedfunc.silo.home import read_credentials
+
+        creds = read_credentials(home)
+        return cls(creds.connection_string, creds.models_sas)
+
     def read_data(self, task: str) -> bytes:
         blob = self.service.get_blob_client(layout.DATA, layout.silo_data(task))
         try:

@@ -65,6 +65,8 @@ def silos(azurite, orch_conn, tmp_path, policy_for):
 
     make.home_root = tmp_path
     yield make
+    from fedfunc.backends.local import LocalProcessBackend
+    LocalProcessBackend(tmp_path).stop_pool()  # the warm worker pool the test's jobs started, if any
     for name in made:
         release_local_silo(name, azurite_home=azurite.location, orchestrator_conn=orch_conn, home_root=tmp_path)
 
