@@ -53,19 +53,19 @@ def prepare_round(store: RunStore, ready_silos: list[str], job: RoundJob) -> Rou
     so the silo set cannot change between attempts even if the registry did."""
     spec = job.spec
     path = layout.round_manifest(job.run_id, job.round)
-    existing = store.get_json(layout.RUNS, path)
-    if existing and existing["nonce"] == job.nonce:
-        return RoundPlan(silos=existing["silos"], manifest=path)
     if spec.silos == "all":
         silos, excluded = sorted(ready_silos), {}
     else:
         silos = [s for s in spec.silos if s in ready_silos]
         excluded = {s: "not ready (disabled, onboarding or removed)" for s in spec.silos if s not in ready_silos}
-    store.put_json(layout.RUNS, path, {
-        "run": job.run_id, "round": job.round, "nonce": job.nonce, "model": job.model.wire(),
-        "deadline": job.deadline.isoformat() if job.deadline else None, "silos": silos, "excluded": excluded,
-        "needed": spec.needed(len(silos)),
-    })
+    manifest = {"run": job.run_id, "round": job.round, "nonce": job.nonce, "model": job.model.wire(),
+                "deadline": job.deadline.isoformat() if job.deadline else None, "silos": silos,
+                "excluded": excluded, "needed": spec.needed(len(silos))}
+    if not store.create_once(layout.RUNS, path, to_json(manifest)):
+        existing = store.get_json(layout.RUNS, path)
+        if existing["nonce"] == job.nonce:
+            return RoundPlan(silos=existing["silos"], manifest=path)
+        store.put_json(layout.RUNS, path, manifest)  # a manifest of an earlier attempt at this round
     return RoundPlan(silos=silos, manifest=path)
 
 

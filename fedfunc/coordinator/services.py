@@ -7,6 +7,7 @@ setting picks Azurite keys or managed identity. Orchestrations, activities and t
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
@@ -78,13 +79,19 @@ class Services:
         return ContainerClient(record.blob_url, layout.OUTBOX, credential=cred)
 
     def outbox_reader(self) -> OutboxReader:
-        """``read(silo, path, max_bytes)`` from silos' own outboxes, for one activity: each silo's record
-        and container client are looked up once, and a blob is read in one request, never past the bound."""
+        """``read(silo, path, max_bytes)`` from silos' own outboxes, for one activity (any thread): the
+        registry is read once (one query for every silo) and each silo's container client made once, and
+        a blob is read in one request, never past the bound."""
         outboxes: dict[str, ContainerClient] = {}
+        records: dict[str, SiloRecord] = {}
+        lock = threading.Lock()
 
         def read(silo: str, path: str, max_bytes: int) -> bytes:
             if silo not in outboxes:
-                outboxes[silo] = self.outbox(self.registry.get(silo))
+                with lock:
+                    if not records:
+                        records.update((r.name, r) for r in self.registry.list())
+                outboxes[silo] = self.outbox(records.get(silo) or self.registry.get(silo))
             data = outboxes[silo].get_blob_client(path).download_blob(offset=0, length=max_bytes + 1).readall()
             if len(data) > max_bytes:
                 raise ValueError(f"size: {path} is over the {max_bytes}-byte bound")
