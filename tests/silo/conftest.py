@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import socket
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -52,23 +54,31 @@ def registry(orch_conn) -> SiloRegistry:
     return SiloRegistry.create(table_service(orch_conn))
 
 
+@pytest.fixture(scope="session")
+def home_root(tmp_path_factory):
+    """The local home silos are provisioned in (each test its own silos), whose one warm worker pool serves
+    every test's jobs and is stopped at the end."""
+    root = tmp_path_factory.mktemp("silo-home")
+    yield root
+    from fedfunc.backends.local import LocalProcessBackend
+    LocalProcessBackend(root).stop_pool()
+
+
 @pytest.fixture
-def silos(azurite, orch_conn, tmp_path, policy_for):
+def silos(azurite, orch_conn, home_root, policy_for):
     """``silos(name, **policy)`` provisions a local silo (policy trusting ``trust``); released after the test."""
     made = []
 
     def make(name: str, **policy):
         record = provision_local_silo(name, azurite_home=azurite.location, orchestrator_conn=orch_conn,
-                                      home_root=tmp_path, initial_policy=policy_for(name, **policy))
+                                      home_root=home_root, initial_policy=policy_for(name, **policy))
         made.append(name)
         return record
 
-    make.home_root = tmp_path
+    make.home_root = home_root
     yield make
-    from fedfunc.backends.local import LocalProcessBackend
-    LocalProcessBackend(tmp_path).stop_pool()  # the warm worker pool the test's jobs started, if any
     for name in made:
-        release_local_silo(name, azurite_home=azurite.location, orchestrator_conn=orch_conn, home_root=tmp_path)
+        release_local_silo(name, azurite_home=azurite.location, orchestrator_conn=orch_conn, home_root=home_root)
 
 
 def digits_partition(n: int = 120, offset: int = 0):
@@ -158,3 +168,15 @@ def wait_job_ended():
                 raise TimeoutError(f"job process {pid} still running after {timeout}s")
             time.sleep(0.1)
     return wait
+
+
+@pytest.fixture
+def hanging_server():
+    """An HTTP endpoint that accepts connections and never answers: a job downloading from it blocks."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    conns = []
+    threading.Thread(target=lambda: conns.append(srv.accept()), daemon=True).start()
+    yield f"http://127.0.0.1:{srv.getsockname()[1]}"
+    srv.close()

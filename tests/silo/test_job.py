@@ -2,8 +2,6 @@
 import json
 import os
 import signal
-import socket
-import threading
 import time
 from pathlib import Path
 
@@ -59,18 +57,6 @@ def test_wrong_model_hash_fails_with_the_rule(silo_with_data, own_service, job_f
     failed = json.loads(_read(service, request.outbox_prefix + layout.FAILED))
     assert failed["rule"] == "model.sha256" and "0" * 64 in failed["reason"]
     assert not service.get_blob_client(layout.OUTBOX, request.outbox_prefix + layout.METRICS).exists()
-
-
-@pytest.fixture
-def hanging_server():
-    """An HTTP endpoint that accepts connections and never answers: a job downloading from it blocks."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen()
-    conns = []
-    threading.Thread(target=lambda: conns.append(srv.accept()), daemon=True).start()
-    yield f"http://127.0.0.1:{srv.getsockname()[1]}"
-    srv.close()
 
 
 def _children(pid: int) -> list[int]:
