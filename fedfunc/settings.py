@@ -58,6 +58,9 @@ class AmlSettings(BaseModel):
         pattern=r"(?i)^/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.Web/sites/[^/]+$")
     models_datastore: str = Field("fedfunc_models", alias="FEDFUNC_AML_MODELS_DATASTORE", pattern=r"^A-Za-z0-9_{1,255}$")
     silo_vm_size: str = Field("Standard_DS3_v2", alias="FEDFUNC_AML_SILO_VM_SIZE")
+    # per-round: one AML job per silo per round (the default); per-run: one long-lived job per silo per run
+    # that takes each round's request from its inbox (fedfunc.backends.aml_run_job), not yet verified on Azure.
+    silo_jobs: Literal["per-round", "per-run"] = Field("per-round", alias="FEDFUNC_AML_SILO_JOBS")
 
     @field_validator("environment")
     @classmethod

@@ -163,11 +163,18 @@ class AmlSiloJobBackend:
 
 
 def backend_from_settings(settings: Settings) -> AmlSiloJobBackend:
-    """The production wiring: real gateway, managed identity, compute names from the silo registry."""
+    """The production wiring: real gateway, managed identity, compute names from the silo registry; a job
+    per round, or (``FEDFUNC_AML_SILO_JOBS=per-run``) one per run (``fedfunc.backends.aml_run_job``)."""
     from fedfunc.azure.gateway import AzureMLGateway
     from fedfunc.registry import TABLE, SiloRegistry
     from fedfunc.storage import table_service
 
     registry = SiloRegistry(table_service(settings).get_table_client(TABLE))  # no I/O until a lookup
-    return AmlSiloJobBackend(AzureMLGateway.from_settings(settings), settings,
-                             compute_for=lambda silo: registry.get(silo).compute)
+    gateway, compute_for = AzureMLGateway.from_settings(settings), lambda silo: registry.get(silo).compute
+    if settings.aml.silo_jobs == "per-run":
+        from fedfunc.backends.aml_run_job import INBOX, AmlRunJobBackend
+        from fedfunc.storage import blob_service
+
+        return AmlRunJobBackend(gateway, settings, blob_service(settings).get_container_client(INBOX),
+                                compute_for=compute_for)
+    return AmlSiloJobBackend(gateway, settings, compute_for=compute_for)

@@ -91,6 +91,31 @@ def silo_smoke(
         raise typer.Exit(1)
 
 
+def silo_serve(
+    inbox: str = typer.Option(..., "--inbox", help="the orchestrator's inbox container URL"),
+    run: str = typer.Option(..., "--run", help="the run whose rounds this job serves"),
+    silo: str = typer.Option(..., "--silo", help="this silo's name"),
+    data: Path = typer.Option(..., "--data", help="the silo's data container, mounted"),
+    outbox: Path = typer.Option(..., "--outbox", help="the silo's outbox container, mounted rw"),
+    policy: Optional[Path] = typer.Option(None, "--policy", help="the silo's policy/policy.json"),
+    aml: bool = typer.Option(True, "--aml/--no-aml", hidden=True),
+    poll: float = typer.Option(1.0, "--poll", min=0.05, help="seconds between looks at the inbox"),
+    idle: float = typer.Option(600.0, "--idle", min=1, help="seconds without a new request before the job ends"),
+) -> None:
+    """A silo's long-lived AML job for a whole run: each round's ticketed request, checked as a per-round job."""
+    from azure.storage.blob import ContainerClient
+
+    from fedfunc.silo.io import RunJobSiloIO
+    from fedfunc.silo.serve import BlobInbox, inbox_prefix, serve
+    from fedfunc.storage import credential
+
+    identity = None if "?" in inbox else credential()  # a SAS in the URL (tests), else the job's identity
+    io = RunJobSiloIO(data, outbox, policy, credential=identity)
+    ran = serve(BlobInbox(ContainerClient.from_container_url(inbox, credential=identity), inbox_prefix(run, silo)),
+                lambda: io, run=run, silo=silo, poll_s=poll, idle_s=idle)
+    typer.echo(f"silo {silo}: served {len(ran)} round(s) of {run}")
+
+
 def silo_pool(
     home: Path = typer.Option(..., "--home", file_okay=False, help="the local home whose silos' jobs it runs"),
     workers: int = typer.Option(..., "--workers", min=1, max=256, help="jobs running at once"),
@@ -108,4 +133,5 @@ def register(app: typer.Typer) -> None:
     app.command("silo-job")(silo_job)
     app.command("silo-smoke")(silo_smoke)
     app.command("silo-pool", hidden=True)(silo_pool)
+    app.command("silo-serve")(silo_serve)
     app.add_typer(silo_app, name="silo")

@@ -145,3 +145,17 @@ class MountedSiloIO:
 
     def read_policy(self) -> bytes | None:
         return self.policy.read_bytes() if self.policy and self.policy.is_file() else None
+
+
+class RunJobSiloIO(MountedSiloIO):
+    """A silo's long-lived AML job (``fedfunc.silo.serve``): data, policy and outbox mounted as for a
+    per-round job; each round's global model read from its URL (the job's identity, or a SAS in the URL),
+    since a job's inputs are fixed when it starts. The runner still checks the bytes against the pin."""
+
+    def __init__(self, data: Path, outbox: Path, policy: Path | None, credential=None):
+        super().__init__(data, data, outbox, policy)
+        self.credential = credential
+
+    def read_model(self, request: SiloJobRequest) -> bytes:
+        credential = None if "?" in request.model_url else self.credential
+        return BlobClient.from_blob_url(request.model_url, credential=credential).download_blob().readall()

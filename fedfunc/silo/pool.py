@@ -25,7 +25,6 @@ import fcntl
 import json
 import os
 import re
-import select
 import selectors
 import signal
 import socket
@@ -354,60 +353,14 @@ def _become(home_root: Path, silo: str, log: Path | None) -> Path:
 
 
 def _supervise(home_root: Path, job: PoolJob) -> int:
-    """The job's supervisor: start the worker, end it at the deadline, report it if it could not."""
+    """The job's supervisor: as the silo, run the worker, end it at the deadline, report it if it could not."""
     from fedfunc.silo.io import BlobSiloIO
-    from fedfunc.silo.supervise import REPORTED, crash_reason, report_for
+    from fedfunc.silo.supervise import supervise
 
     started = _now()
-    request = job.request
-    home = _become(home_root, request.silo, home_root / "jobs" / f"{job.key}.log")
+    home = _become(home_root, job.request.silo, home_root / "jobs" / f"{job.key}.log")
     times = {"started": started, **({"queued": job.arrived} if job.waited else {})}
-    worker = os.fork()
-    if worker == 0:
-        os._exit(_work(request, home, times))
-    code = _wait(worker, request.deadline)
-    if code is None:
-        reason = f"silo job passed its deadline {request.deadline.isoformat()} and was stopped"
-    elif code in (0, REPORTED):
-        return 0 if code == 0 else 1
-    else:
-        reason = crash_reason(code)
-    report_for(request, BlobSiloIO.from_home(home), reason)
-    return 1
-
-
-def _wait(pid: int, deadline: datetime | None) -> int | None:
-    """The worker's exit code, or None once it was killed at ``deadline``."""
-    fd = os.pidfd_open(pid)
-    try:
-        timeout = None if deadline is None else max(0.0, (deadline - _now()).total_seconds())
-        ready, _, _ = select.select([fd], [], [], timeout)
-        if not ready:
-            os.kill(pid, signal.SIGKILL)
-        _, status = os.waitpid(pid, 0)
-        return os.waitstatus_to_exitcode(status) if ready else None
-    finally:
-        os.close(fd)
-
-
-def _work(request: SiloJobRequest, home: Path, times: dict) -> int:
-    from fedfunc.silo.io import BlobSiloIO
-    from fedfunc.silo.runner import JobFailed, run_job
-    from fedfunc.silo.supervise import REPORTED
-
-    code = 1
-    try:
-        run_job(request, BlobSiloIO.from_home(home), times=times)
-        print(f"silo job {request.job_key}: update published")
-        code = 0
-    except JobFailed as e:
-        print(f"silo job {request.job_key} failed: {e.reason}", file=sys.stderr)
-        code = REPORTED
-    except BaseException:
-        traceback.print_exc()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    return code
+    return supervise(job.request, lambda: BlobSiloIO.from_home(home), times)
 
 
 def _report(home_root: Path, request: SiloJobRequest, reason: str) -> int:

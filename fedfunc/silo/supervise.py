@@ -7,7 +7,13 @@ the orchestrator ticketed: a forged job never speaks for a round.
 """
 from __future__ import annotations
 
+import os
+import select
 import signal
+import sys
+import traceback
+from collections.abc import Callable
+from datetime import datetime, timezone
 
 from fedfunc import layout
 from fedfunc.contracts import SiloJobRequest
@@ -33,3 +39,53 @@ def report_for(request: SiloJobRequest, io: SiloIO, reason: str) -> None:
     except Refused:
         return
     report_failure(io.outbox, layout.outbox_prefix(request.run_id, request.round, request.silo), reason, None)
+
+
+def supervise(request: SiloJobRequest, io: Callable[[], SiloIO], times: dict[str, datetime]) -> int:
+    """Run the job in a forked worker, end it at ``request.deadline``, and speak for it if it could not;
+    0 if it published its update, 1 otherwise. ``io()`` is called in the worker (where credentials may
+    be read) and here only to report for a worker that did not."""
+    worker = os.fork()
+    if worker == 0:
+        os._exit(_work(request, io, times))
+    code = _wait(worker, request.deadline)
+    if code is None:
+        reason = f"silo job passed its deadline {request.deadline.isoformat()} and was stopped"
+    elif code in (0, REPORTED):
+        return 0 if code == 0 else 1
+    else:
+        reason = crash_reason(code)
+    report_for(request, io(), reason)
+    return 1
+
+
+def _wait(pid: int, deadline: datetime | None) -> int | None:
+    """The worker's exit code, or None once it was killed at ``deadline``."""
+    fd = os.pidfd_open(pid)
+    try:
+        timeout = None if deadline is None else max(0.0, (deadline - datetime.now(timezone.utc)).total_seconds())
+        ready, _, _ = select.select([fd], [], [], timeout)
+        if not ready:
+            os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+        return os.waitstatus_to_exitcode(status) if ready else None
+    finally:
+        os.close(fd)
+
+
+def _work(request: SiloJobRequest, io: Callable[[], SiloIO], times: dict[str, datetime]) -> int:
+    from fedfunc.silo.runner import JobFailed, run_job
+
+    code = 1
+    try:
+        run_job(request, io(), times=times)
+        print(f"silo job {request.job_key}: update published")
+        code = 0
+    except JobFailed as e:
+        print(f"silo job {request.job_key} failed: {e.reason}", file=sys.stderr)
+        code = REPORTED
+    except BaseException:
+        traceback.print_exc()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return code
