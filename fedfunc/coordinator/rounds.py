@@ -1,7 +1,7 @@
 """Orchestrator-side steps of a run: initial model, round manifest, silo job requests, aggregation, evaluation."""
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -107,14 +107,33 @@ def job_times(metadata: dict[str, str]) -> JobTimes:
     return JobTimes(**times)
 
 
+# The last global models this process read or wrote, by sha256 (a model never changes under its hash):
+# the next round's aggregation and this round's evaluation find the model aggregation just wrote.
+_MODELS: OrderedDict[str, dict] = OrderedDict()
+MODEL_CACHE, MODEL_CACHE_BYTES = 2, 64 << 20
+
+
+def _keep_model(sha256: str, arrays: dict) -> None:
+    for a in arrays.values():
+        a.setflags(write=False)  # shared by later callers: nobody may change it in place
+    if sum(a.nbytes for a in arrays.values()) <= MODEL_CACHE_BYTES:
+        _MODELS[sha256] = arrays
+        while len(_MODELS) > MODEL_CACHE:
+            _MODELS.popitem(last=False)
+
+
 def load_global(store: RunStore, ref: ModelRef) -> dict:
+    """The global model's arrays (read-only), checked against its sha256 when read from storage."""
+    if ref.sha256 in _MODELS:
+        return dict(_MODELS[ref.sha256])
     data = store.get_bytes(layout.MODELS, ref.path)
     if data is None:
         raise FileNotFoundError(f"global model {ref.path} is missing from {layout.MODELS}")
     if weights.sha256(data) != ref.sha256:
         raise ValueError(f"global model {ref.path} does not match its recorded sha256")
     arrays, _ = weights.decode(data)
-    return arrays
+    _keep_model(ref.sha256, arrays)
+    return dict(arrays)
 
 
 def read_ahead(items: list[T], fetch: Callable[[T], R], size: Callable[[T], int], budget: int,
@@ -212,6 +231,7 @@ def aggregate_round(store: RunStore, read_outbox: OutboxReader, order: Aggregate
     data = weights.encode(new_arrays, {"run": job.run_id, "round": str(job.round + 1)})
     store.put_bytes(layout.MODELS, path, data)
     result = result.model_copy(update={"model": model_ref(path, data)})
+    _keep_model(result.model.sha256, weights.decode(data)[0])
     if not store.create_once(layout.RUNS, record_path, to_json(result.wire())):
         return AggregateResult.model_validate(store.get_json(layout.RUNS, record_path))
     return result

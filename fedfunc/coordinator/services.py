@@ -74,9 +74,18 @@ class Services:
         return jobs, LocalProvisioner(self.settings, lambda: public_b64(self.ticket_key.public_key()), jobs)
 
     def outbox(self, record: SiloRecord) -> ContainerClient:
-        """Read access to one silo's outbox: a read+list SAS locally, the app's managed identity on Azure."""
-        cred = record.outbox_read_sas or credential()
-        return ContainerClient(record.blob_url, layout.OUTBOX, credential=cred)
+        """Read access to one silo's outbox: a read+list SAS locally, the app's managed identity on Azure.
+        One client per (account, credential), kept, so rounds reuse its connections; a silo onboarded
+        again (a new SAS) gets a new one."""
+        key = (record.blob_url, record.outbox_read_sas)
+        if key not in self._outboxes:
+            self._outboxes[key] = ContainerClient(record.blob_url, layout.OUTBOX,
+                                                  credential=record.outbox_read_sas or credential())
+        return self._outboxes[key]
+
+    @cached_property
+    def _outboxes(self) -> dict[tuple[str, str | None], ContainerClient]:
+        return {}
 
     def outbox_reader(self) -> OutboxReader:
         """``read(silo, path, max_bytes)`` from silos' own outboxes, for one activity (any thread): the

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import json
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from typing import Literal
 
 from azure.core.exceptions import ResourceExistsError
-from azure.data.tables import TableClient, TableTransactionError
+from azure.data.tables import TableClient
 from pydantic import BaseModel
 
 TABLE = "audit"
@@ -28,7 +29,7 @@ SILO_LOG_DIR = "audit"
 Kind = Literal["ticket_issued", "job_submitted", "job_started", "job_refused", "job_failed", "artifact_egress",
                "artifact_received", "update_rejected", "silo_onboarded", "silo_disabled", "silo_removed"]
 _NO_RUN = "-"
-TRANSACTION = 100  # Table storage's limit of entities per transaction (all in one partition)
+WRITERS = 8  # entries written at once by record_many
 
 
 def _now() -> datetime:
@@ -61,26 +62,20 @@ class AuditLog:
         return self.record_many([entry(kind, run=run, round=round, silo=silo, event_id=event_id, **detail)])[0]
 
     def record_many(self, entries: list[tuple[AuditEvent, str]]) -> list[AuditEvent]:
-        """Append entries (``entry(...)``): each run's entries in Table transactions of up to 100, one
-        request each (a lone entry: one plain insert). A transaction refused because one entry is already
-        there (a retried activity) appends its entries one by one, keeping every entry already written."""
-        by_partition: dict[str, list[dict]] = {}
-        for event, row in entries:
-            by_partition.setdefault(event.run or _NO_RUN, []).append(_entity(event, row))
-        for rows in by_partition.values():
-            for first in range(0, len(rows), TRANSACTION):
-                chunk = rows[first:first + TRANSACTION]
-                if len(chunk) > 1:
-                    try:
-                        self.table.submit_transaction([("create", e) for e in chunk])
-                        continue
-                    except (TableTransactionError, ResourceExistsError):
-                        pass
-                for e in chunk:
-                    try:
-                        self.table.create_entity(e)
-                    except ResourceExistsError:
-                        pass
+        """Append entries (``entry(...)``), up to ``WRITERS`` at a time: one round trip for a round's
+        entries of a few silos. An entry already there (a retried activity) is kept as it was."""
+        def create(entity: dict) -> None:
+            try:
+                self.table.create_entity(entity)
+            except ResourceExistsError:
+                pass
+
+        entities = [_entity(event, row) for event, row in entries]
+        if len(entities) == 1:
+            create(entities[0])
+        elif entities:
+            with ThreadPoolExecutor(min(WRITERS, len(entities)), thread_name_prefix="audit") as pool:
+                list(pool.map(create, entities))
         return [event for event, _ in entries]
 
     def query(self, *, run: str | None = None, silo: str | None = None, kind: str | None = None,
