@@ -218,6 +218,7 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
         { name: 'FEDFUNC_AML_FUNCTION_APP_ID', value: resourceId('Microsoft.Web/sites', functionAppName) }
         { name: 'FEDFUNC_AML_MODELS_DATASTORE', value: modelsDatastore.name }
         { name: 'FEDFUNC_AML_SILO_VM_SIZE', value: siloVmSize }
+        { name: 'FEDFUNC_AML_SILO_JOBS', value: 'per-round' } // 'per-run': one job per silo per run (docs/azure.md), not verified on Azure yet
         { name: 'FEDFUNC_ORCHESTRATOR_KEY', value: '@Microsoft.KeyVault(VaultName=${vault.name};SecretName=${ticketKeySecret})' }
       ]
     }
