@@ -28,6 +28,14 @@ def _status(job: p.RoundJob, phase: str, outcomes: dict[str, p.SiloOutcome], **e
             "failed": having("failed"), "rejected": having("rejected"), **extra}
 
 
+def _show(context: df.DurableOrchestrationContext, job: p.RoundJob, phase: str, outcomes: dict[str, p.SiloOutcome],
+          **extra) -> None:
+    """Set the round's custom status, except while replaying: every episode ends past its replay, where
+    the status is set again, so building it on replayed steps (O(silos) each) would only be thrown away."""
+    if not context.is_replaying:
+        context.set_custom_status(_status(job, phase, outcomes, **extra))
+
+
 def _quorum_lost(job: p.RoundJob, what: str, count: int, needed: int, outcomes: dict[str, p.SiloOutcome]) -> RoundFailed:
     why = "; ".join(f"{s}: {o.reason}" for s, o in sorted(outcomes.items()) if o.state in ("failed", "rejected"))
     return RoundFailed(f"round {job.round}: {count} {what} of {len(outcomes)} silo(s), quorum needs {needed}"
@@ -51,9 +59,10 @@ def federated_round(context: df.DurableOrchestrationContext):
     if len(plan.silos) < needed:
         raise RoundFailed(f"round {job.round}: {len(plan.silos)} ready silo(s), quorum needs {needed}")
 
-    context.set_custom_status(_status(job, "starting jobs", outcomes, needed=needed))
+    _show(context, job, "starting jobs", outcomes, needed=needed)
+    job_wire = job.wire()  # once: every silo's order carries the same job (the activity validates it)
     started = yield context.task_all([
-        context.call_activity(p.START_SILO_JOB, p.SiloJobOrder(job=job, silo=s).wire()) for s in plan.silos])
+        context.call_activity(p.START_SILO_JOB, {"job": job_wire, "silo": s}) for s in plan.silos])
     times["submitted"] = clock(context)
     jobs = {}
     for answer in map(p.SiloJobStarted.model_validate, started):
@@ -71,8 +80,7 @@ def federated_round(context: df.DurableOrchestrationContext):
     timer = context.create_timer(deadline)
     updates: dict[str, p.UpdateNotice] = {}
     while waits:
-        context.set_custom_status(_status(job, "collecting", outcomes, needed=needed, jobs=jobs,
-                                          deadline=deadline.isoformat()))
+        _show(context, job, "collecting", outcomes, needed=needed, jobs=jobs, deadline=deadline.isoformat())
         winner = yield context.task_any([*waits, timer])
         if winner is timer:
             break
