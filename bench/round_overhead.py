@@ -8,8 +8,10 @@ BlobCreated event, the on_update trigger). Nothing here times anything on its ow
 overhead = round wall time − critical path of silo work, where a silo's work runs from a worker
 starting its job (or, if the job waited for a busy worker pool, from when it started waiting) to its
 update landing, and the critical path is the longest of those. What is left is what fedfunc adds:
-manifest, tickets and submission, the wait for a free... no: start of a job on an idle worker, event
-delivery, aggregation and evaluation.
+manifest, tickets and submission, starting a job on an idle worker, event delivery, aggregation and
+evaluation. The columns after ``overhead`` break the round down (to the critical job's start, from its
+landing to the round, aggregation, evaluation: they sum to the wall time with its work) and give the
+medians over silos of each step (plan, submit, idle worker start, event delivered, raised, train, upload).
 
     .venv/bin/python bench/round_overhead.py [--silos 1 3 10 30 100] [--rounds 3] [--epochs 1]
 """
