@@ -166,7 +166,6 @@ class Pool:
 
     def _accept(self) -> None:
         conn, _ = self._listener.accept()
-        keep = False
         try:
             conn.settimeout(5)
             data = b""
@@ -178,7 +177,7 @@ class Pool:
             message = json.loads(data)
             op = message.get("op")
             if op == "smoke":
-                keep = self._smoke(conn, str(message.get("silo")), str(message.get("id")))
+                self._smoke(conn, str(message.get("silo")), str(message.get("id")))
                 return
             answer = {"submit": lambda: self._submit(str(message.get("job"))),
                       "cancel": lambda: self._cancel(str(message.get("job"))),
@@ -188,8 +187,7 @@ class Pool:
         except (OSError, ValueError) as e:
             print(f"silo pool: bad client message: {e}", flush=True)
         finally:
-            if not keep:
-                conn.close()
+            conn.close()  # a smoke job's child answers on its own copy
 
     # ---- operations ------------------------------------------------------------------------------
     def _paths(self, key: str) -> tuple[Path, Path]:
@@ -285,14 +283,13 @@ class Pool:
             self.helpers.add(self._fork(lambda: _report(self.home_root, job.request,
                                                         "silo job supervisor: " + crash_reason(code))))
 
-    def _smoke(self, conn: socket.socket, silo: str, smoke_id: str) -> bool:
+    def _smoke(self, conn: socket.socket, silo: str, smoke_id: str) -> None:
         """Run the onboarding smoke job as the silo; the child answers on ``conn`` itself."""
         if not re.match(SILO_NAME, silo):
             conn.sendall(json.dumps({"ok": False, "checks": {}, "reason": f"silo: {silo[:40]!r}"}).encode() + b"\n")
-            return False
+            return
         self.helpers.add(self._fork(lambda: _smoke(self.home_root, silo, smoke_id, conn.fileno()),
                                     keep_fd=conn.fileno()))
-        return False
 
     def _fork(self, child, keep_fd: int | None = None) -> int:
         sys.stdout.flush()
