@@ -6,9 +6,10 @@ types and protocols; none of them owns them. Nothing here does I/O or imports Az
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 if TYPE_CHECKING:
     from fedfunc.registry import SiloRecord
@@ -54,6 +55,12 @@ class SiloJobRequest(BaseModel):
     outbox_prefix: str   # fedfunc.layout.outbox_prefix(run, round, silo)
     ticket: str | None = None   # job ticket signed by the orchestrator (fedfunc.security)
     bundle: dict | None = None  # signed code bundle reference (fedfunc.security)
+    deadline: datetime | None = None  # the round's deadline: a job still running then is stopped and fails
+
+    @field_validator("deadline")
+    @classmethod
+    def _utc(cls, v: datetime | None) -> datetime | None:
+        return v if v is None or v.tzinfo else v.replace(tzinfo=timezone.utc)
 
     @property
     def job_key(self) -> str:

@@ -1,4 +1,5 @@
-"""A run's report: per-round metrics and silo outcomes as JSON, and the training curve as PNG."""
+"""A run's report: per-round metrics, silo outcomes and timelines (ISO timestamps: where each round's time
+went) as JSON, the run's start and end, and the training curve as PNG."""
 from __future__ import annotations
 
 import io
@@ -20,8 +21,9 @@ def build_report(state: dict, *, status: str, error: str | None = None, stop_rea
         "spec": state["spec"], "model": state.get("model"), "update_bound": state.get("update_bound"),
         "rounds_completed": len(rounds),
         "final_metrics": final, "best_accuracy": best, "baseline": baseline,
-        "rounds": [{"round": r["round"], **r["metrics"], "num_samples": r["num_samples"], "silos": r["silos"]}
-                   for r in rounds],
+        "started": state.get("started"), "ended": state.get("ended"),
+        "rounds": [{"round": r["round"], **r["metrics"], "num_samples": r["num_samples"], "silos": r["silos"],
+                    "timeline": r.get("timeline")} for r in rounds],
     }
 
 

@@ -29,6 +29,8 @@ _ST_TO_NUMPY = {
 }
 _HEADER_LEN_BYTES = 8
 METADATA_KEYS = ("run", "round", "silo", "nonce", "num_samples")
+# Optional metadata: when the silo job passed its steps (ISO 8601, UTC), for the round's timeline only.
+TIME_KEYS = {"queued": "queued_at", "started": "started_at", "trained": "trained_at"}
 
 
 class UpdateRejected(ValueError):

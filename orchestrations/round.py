@@ -10,6 +10,7 @@ from datetime import timedelta
 import azure.durable_functions as df
 
 from fedfunc import protocol as p
+from orchestrations.clock import clock
 from orchestrations.failures import ACTIVITY_RETRY
 
 bp = df.Blueprint()
@@ -27,6 +28,14 @@ def _status(job: p.RoundJob, phase: str, outcomes: dict[str, p.SiloOutcome], **e
             "failed": having("failed"), "rejected": having("rejected"), **extra}
 
 
+def _show(context: df.DurableOrchestrationContext, job: p.RoundJob, phase: str, outcomes: dict[str, p.SiloOutcome],
+          **extra) -> None:
+    """Set the round's custom status, except while replaying: every episode ends past its replay, where
+    the status is set again, so building it on replayed steps (O(silos) each) would only be thrown away."""
+    if not context.is_replaying:
+        context.set_custom_status(_status(job, phase, outcomes, **extra))
+
+
 def _quorum_lost(job: p.RoundJob, what: str, count: int, needed: int, outcomes: dict[str, p.SiloOutcome]) -> RoundFailed:
     why = "; ".join(f"{s}: {o.reason}" for s, o in sorted(outcomes.items()) if o.state in ("failed", "rejected"))
     return RoundFailed(f"round {job.round}: {count} {what} of {len(outcomes)} silo(s), quorum needs {needed}"
@@ -36,23 +45,29 @@ def _quorum_lost(job: p.RoundJob, what: str, count: int, needed: int, outcomes: 
 @bp.orchestration_trigger(context_name="context")
 def federated_round(context: df.DurableOrchestrationContext):
     job = p.RoundJob.model_validate(context.get_input())
-    deadline = context.current_utc_datetime + timedelta(seconds=job.spec.round_deadline_s)
+    times = {"started": clock(context)}
+    silo_times: dict[str, dict] = {}
+    deadline = times["started"] + timedelta(seconds=job.spec.round_deadline_s)
     job = job.model_copy(update={"deadline": deadline})
 
     plan = p.RoundPlan.model_validate((yield context.call_activity_with_retry(
         p.PREPARE_ROUND, ACTIVITY_RETRY, job.wire())))
+    times["planned"] = clock(context)
     job = job.model_copy(update={"manifest": plan.manifest})
     needed = job.spec.needed(len(plan.silos))
     outcomes = {s: p.SiloOutcome(state="waiting") for s in plan.silos}
     if len(plan.silos) < needed:
         raise RoundFailed(f"round {job.round}: {len(plan.silos)} ready silo(s), quorum needs {needed}")
 
-    context.set_custom_status(_status(job, "starting jobs", outcomes, needed=needed))
+    _show(context, job, "starting jobs", outcomes, needed=needed)
+    job_wire = job.wire()  # once: every silo's order carries the same job (the activity validates it)
     started = yield context.task_all([
-        context.call_activity_with_retry(p.START_SILO_JOB, ACTIVITY_RETRY, p.SiloJobOrder(job=job, silo=s).wire())
+        context.call_activity_with_retry(p.START_SILO_JOB, ACTIVITY_RETRY, {"job": job_wire, "silo": s})
         for s in plan.silos])  # idempotent (one job per run, round, silo): a storage fault is retried
+    times["submitted"] = clock(context)
     jobs = {}
     for answer in map(p.SiloJobStarted.model_validate, started):
+        silo_times[answer.silo] = {"submitted": answer.submitted}
         if answer.error:
             outcomes[answer.silo] = p.SiloOutcome(state="failed", reason=answer.error)
         else:
@@ -66,22 +81,24 @@ def federated_round(context: df.DurableOrchestrationContext):
     timer = context.create_timer(deadline)
     updates: dict[str, p.UpdateNotice] = {}
     while waits:
-        context.set_custom_status(_status(job, "collecting", outcomes, needed=needed, jobs=jobs,
-                                          deadline=deadline.isoformat()))
+        _show(context, job, "collecting", outcomes, needed=needed, jobs=jobs, deadline=deadline.isoformat())
         winner = yield context.task_any([*waits, timer])
         if winner is timer:
             break
         silo, kind = waits.pop(winner)
         for task in [t for t, (s, _) in waits.items() if s == silo]:
             del waits[task]
+        silo_times[silo]["raised"] = clock(context)
         if kind == "update":
             updates[silo] = p.UpdateNotice.model_validate(winner.result)
             outcomes[silo] = p.SiloOutcome(state="received")
+            silo_times[silo].update(landed=updates[silo].landed, delivered=updates[silo].delivered)
         else:
             outcomes[silo] = p.SiloOutcome(state="failed", reason=p.FailureNotice.model_validate(
                 winner.result or {}).reason)
     if not timer.is_completed:
         timer.cancel()
+    times["collected"] = clock(context)
     for silo, o in outcomes.items():
         if o.state == "waiting":
             outcomes[silo] = p.SiloOutcome(state="failed", reason=f"no update before the deadline {deadline.isoformat()}")
@@ -93,6 +110,9 @@ def federated_round(context: df.DurableOrchestrationContext):
     context.set_custom_status(_status(job, "aggregating", outcomes, needed=needed))
     agg = p.AggregateResult.model_validate((yield context.call_activity_with_retry(
         p.AGGREGATE, ACTIVITY_RETRY, p.AggregateOrder(job=job, updates=updates).wire())))
+    times["aggregated"] = clock(context)
+    for silo, got in agg.received.items():
+        silo_times[silo].update(got.times.model_dump(exclude_none=True))
     for r in agg.rejected:
         outcomes[r.silo] = p.SiloOutcome(state="rejected", reason=r.reason)
     if agg.model is None:
@@ -101,8 +121,10 @@ def federated_round(context: df.DurableOrchestrationContext):
 
     metrics = yield context.call_activity_with_retry(p.EVALUATE, ACTIVITY_RETRY, job.model_copy(
         update={"model": agg.model}).wire())
+    times["evaluated"] = clock(context)
     silos = {s: o.model_copy(update={"num_samples": agg.samples.get(s), "capped": agg.capped.get(s)})
              for s, o in outcomes.items()}
+    timeline = p.RoundTimeline(**times, silos={s: p.SiloTimeline(**t) for s, t in silo_times.items()})
     context.set_custom_status(_status(job, "done", outcomes, needed=needed, metrics=metrics))
     return p.RoundResult(round=job.round, model=agg.model, metrics=metrics, num_samples=agg.num_samples,
-                         silos=silos).wire()
+                         silos=silos, timeline=timeline).wire()

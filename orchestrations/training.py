@@ -8,13 +8,15 @@ from __future__ import annotations
 import azure.durable_functions as df
 
 from fedfunc import protocol as p
+from orchestrations.clock import clock
 from orchestrations.failures import ACTIVITY_RETRY, failure_reason
 
 bp = df.Blueprint()
 
 
 def _summary(state: p.RunState, phase: str, **extra) -> dict:
-    rounds = state.wire()["rounds"]
+    """The run's custom status (timelines stay out: the status is capped, the report has them)."""
+    rounds = state.model_dump(mode="json", exclude={"rounds": {"__all__": {"timeline"}}})["rounds"]
     return {
         "run": state.run_id, "phase": phase, "round": state.next_round, "rounds": state.spec.rounds,
         "model": state.model and state.model.wire(), "metrics": rounds[-1]["metrics"] if rounds else None,
@@ -26,6 +28,8 @@ def _summary(state: p.RunState, phase: str, **extra) -> dict:
 def federated_training(context: df.DurableOrchestrationContext):
     state = p.RunState.model_validate(context.get_input())
     spec = state.spec
+    if state.started is None:
+        state = state.model_copy(update={"started": clock(context)})
 
     if state.model is None:
         context.set_custom_status(_summary(state, "initialising"))
@@ -46,7 +50,7 @@ def federated_training(context: df.DurableOrchestrationContext):
             failure = failure_reason(e)
             context.set_custom_status(_summary(state, "failed", error=failure))
             yield context.call_activity_with_retry(p.WRITE_REPORT, ACTIVITY_RETRY, p.RunOutcome(
-                **dict(state), status="failed", error=failure).wire())
+                **dict(state), status="failed", error=failure, ended=clock(context)).wire())
             raise RuntimeError(f"run {state.run_id} stopped at round {round_}: {failure}") from None
         state = state.model_copy(update={"model": result.model, "rounds": [*state.rounds, result],
                                          "next_round": round_ + 1})
@@ -61,7 +65,7 @@ def federated_training(context: df.DurableOrchestrationContext):
 
     context.set_custom_status(_summary(state, "reporting"))
     report = yield context.call_activity_with_retry(p.WRITE_REPORT, ACTIVITY_RETRY, p.RunOutcome(
-        **dict(state), status="completed", stop_reason=stop_reason).wire())
+        **dict(state), status="completed", stop_reason=stop_reason, ended=clock(context)).wire())
     context.set_custom_status(_summary(state, "completed", report=report))
     return {"run": state.run_id, "model": state.model.wire(), "metrics": state.rounds[-1].metrics,
             "rounds_completed": len(state.rounds), "report": report, "stop_reason": stop_reason}

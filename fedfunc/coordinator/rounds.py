@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime, timezone
+from typing import TypeVar
 
 from azure.core.exceptions import AzureError
 
@@ -10,13 +14,17 @@ from fedfunc import layout, weights
 from fedfunc.aggregation import get_strategy
 from fedfunc.contracts import Hyperparams, ModelRef, OutboxReader, SiloJobBackend, SiloJobRequest
 from fedfunc.coordinator.store import RunStore, to_json
-from fedfunc.protocol import (AggregateOrder, AggregateResult, Received, Rejection, RoundJob, RoundPlan, RunStart,
-                              RunState, SampleCap, SiloJobStarted)
+from fedfunc.protocol import (AggregateOrder, AggregateResult, JobTimes, Received, Rejection, RoundJob, RoundPlan,
+                              RunStart, RunState, SampleCap, SiloJobStarted, UpdateNotice)
 from fedfunc.security import Refused
 from fedfunc.security.egress import MAX_METRICS_BYTES, check_metrics
 from fedfunc.security.update_bound import above_median, resolve_bound
 from fedfunc.spec import RunSpec
 from fedfunc.tasks.registry import get_task
+
+T, R = TypeVar("T"), TypeVar("R")
+READERS = 8                      # outbox reads in flight while the round aggregates
+READ_AHEAD_BYTES = 16 << 20      # ... within this many bytes of updates not yet aggregated
 
 
 def model_ref(path: str, data: bytes) -> ModelRef:
@@ -51,21 +59,21 @@ def prepare_round(store: RunStore, ready_silos: list[str], job: RoundJob,
     manifest already written, so the silo set cannot change between attempts even if the registry did."""
     spec = job.spec
     path = layout.round_manifest(job.run_id, job.round)
-    existing = store.get_json(layout.RUNS, path)
-    if existing and existing["nonce"] == job.nonce:
-        return RoundPlan(silos=existing["silos"], manifest=path)
     if spec.silos == "all":
         silos, excluded = sorted(ready_silos), {}
     else:
         silos = [s for s in spec.silos if s in ready_silos]
         excluded = {s: "not ready (disabled, onboarding or removed)" for s in spec.silos if s not in ready_silos}
-    store.put_json(layout.RUNS, path, {
-        "run": job.run_id, "round": job.round, "nonce": job.nonce, "model": job.model.wire(),
-        "deadline": job.deadline.isoformat() if job.deadline else None, "silos": silos, "excluded": excluded,
-        "needed": spec.needed(len(silos)),
-        "sample_caps": {s: c for s, c in sorted((sample_caps or {}).items()) if s in silos},
-        "update_bound": job.update_bound.wire() if job.update_bound else None,
-    })
+    manifest = {"run": job.run_id, "round": job.round, "nonce": job.nonce, "model": job.model.wire(),
+                "deadline": job.deadline.isoformat() if job.deadline else None, "silos": silos,
+                "excluded": excluded, "needed": spec.needed(len(silos)),
+                "sample_caps": {s: c for s, c in sorted((sample_caps or {}).items()) if s in silos},
+                "update_bound": job.update_bound.wire() if job.update_bound else None}
+    if not store.create_once(layout.RUNS, path, to_json(manifest)):
+        existing = store.get_json(layout.RUNS, path)
+        if existing["nonce"] == job.nonce:
+            return RoundPlan(silos=existing["silos"], manifest=path)
+        store.put_json(layout.RUNS, path, manifest)  # a manifest of an earlier attempt at this round
     return RoundPlan(silos=silos, manifest=path)
 
 
@@ -82,25 +90,76 @@ def silo_job_request(store: RunStore, job: RoundJob, silo: str, ticket: str | No
         run_id=job.run_id, round=job.round, silo=silo, nonce=job.nonce, task=job.spec.task,
         hyperparams=local_hyperparams(job.spec),
         model_url=store.model_read_url(job.model.path), model_sha256=job.model.sha256,
-        outbox_prefix=layout.outbox_prefix(job.run_id, job.round, silo), ticket=ticket, bundle=job.spec.bundle)
+        outbox_prefix=layout.outbox_prefix(job.run_id, job.round, silo), ticket=ticket, bundle=job.spec.bundle,
+        deadline=job.deadline)
 
 
 def start_silo_job(backend: SiloJobBackend, request: SiloJobRequest) -> SiloJobStarted:
     """Submit; a submission error makes the silo fail this round (with the backend's message), not the round."""
+    submitted = datetime.now(timezone.utc)
     try:
-        return SiloJobStarted(silo=request.silo, job_id=backend.submit(request))
+        return SiloJobStarted(silo=request.silo, job_id=backend.submit(request), submitted=submitted)
     except Exception as e:  # any backend error: the round goes on at quorum
         return SiloJobStarted(silo=request.silo, error=f"job submission failed: {type(e).__name__}: {e}")
 
 
+def job_times(metadata: dict[str, str]) -> JobTimes:
+    """The silo's own step times from its update's metadata; a missing or unreadable one is left out
+    (they only draw the round's timeline)."""
+    times = {}
+    for step, key in weights.TIME_KEYS.items():
+        try:
+            times[step] = datetime.fromisoformat(metadata[key])
+        except (KeyError, ValueError):
+            pass
+    return JobTimes(**times)
+
+
+# The last global models this process read or wrote, by sha256 (a model never changes under its hash):
+# the next round's aggregation and this round's evaluation find the model aggregation just wrote.
+_MODELS: OrderedDict[str, dict] = OrderedDict()
+MODEL_CACHE, MODEL_CACHE_BYTES = 2, 64 << 20
+
+
+def _keep_model(sha256: str, arrays: dict) -> None:
+    for a in arrays.values():
+        a.setflags(write=False)  # shared by later callers: nobody may change it in place
+    if sum(a.nbytes for a in arrays.values()) <= MODEL_CACHE_BYTES:
+        _MODELS[sha256] = arrays
+        while len(_MODELS) > MODEL_CACHE:
+            _MODELS.popitem(last=False)
+
+
 def load_global(store: RunStore, ref: ModelRef) -> dict:
+    """The global model's arrays (read-only), checked against its sha256 when read from storage."""
+    if ref.sha256 in _MODELS:
+        return dict(_MODELS[ref.sha256])
     data = store.get_bytes(layout.MODELS, ref.path)
     if data is None:
         raise FileNotFoundError(f"global model {ref.path} is missing from {layout.MODELS}")
     if weights.sha256(data) != ref.sha256:
         raise ValueError(f"global model {ref.path} does not match its recorded sha256")
     arrays, _ = weights.decode(data)
-    return arrays
+    _keep_model(ref.sha256, arrays)
+    return dict(arrays)
+
+
+def read_ahead(items: list[T], fetch: Callable[[T], R], size: Callable[[T], int], budget: int,
+               workers: int = READERS) -> Iterator[R]:
+    """``fetch(item)`` for every item, yielded in order, fetched ``workers`` at a time ahead of the consumer
+    while the bytes fetched and not yet consumed stay within ``budget`` (one item is always allowed)."""
+    with ThreadPoolExecutor(workers, thread_name_prefix="outbox-read") as pool:
+        pending: deque[tuple[int, Future]] = deque()
+        held, upcoming = 0, iter(items)
+        nxt = next(upcoming, None)
+        for _ in items:
+            while nxt is not None and (not pending or held + size(nxt) <= budget):
+                pending.append((size(nxt), pool.submit(fetch, nxt)))
+                held += pending[-1][0]
+                nxt = next(upcoming, None)
+            n, future = pending.popleft()
+            yield future.result()
+            held -= n
 
 
 def aggregate_round(store: RunStore, read_outbox: OutboxReader, order: AggregateOrder) -> AggregateResult:
@@ -117,11 +176,12 @@ def aggregate_round(store: RunStore, read_outbox: OutboxReader, order: Aggregate
     """
     job, spec = order.job, order.job.spec
     record_path = layout.aggregate_record(job.run_id, job.round)
-    done = store.get_json(layout.RUNS, record_path)
-    if done is not None:
-        return AggregateResult.model_validate(done)
-    manifest_doc = store.get_json(layout.RUNS, job.manifest)
-    global_arrays = load_global(store, job.model)
+    with ThreadPoolExecutor(3) as pool:  # three independent reads, one round trip
+        done, manifest_doc, global_arrays = pool.submit(store.get_json, layout.RUNS, record_path), \
+            pool.submit(store.get_json, layout.RUNS, job.manifest), pool.submit(load_global, store, job.model)
+    if done.result() is not None:
+        return AggregateResult.model_validate(done.result())
+    manifest_doc, global_arrays = manifest_doc.result(), global_arrays.result()
     manifest = weights.ModelManifest.from_arrays(global_arrays)
     max_bytes = int(spec.max_update_mb * 2**20)
     bound = job.update_bound or resolve_bound(spec.max_update_norm, spec.bundle, global_arrays)
@@ -131,16 +191,26 @@ def aggregate_round(store: RunStore, read_outbox: OutboxReader, order: Aggregate
     samples: dict[str, int] = {}
     capped: dict[str, SampleCap] = {}
 
-    def check(silo: str, path: str) -> weights.ValidatedUpdate | None:
-        """Read and re-check one update and its metrics; None (with the reason recorded) if rejected."""
+    def fetch(item: tuple[str, UpdateNotice]) -> tuple[bytes, bytes] | Exception:
+        """An update and its metrics, as read from the silo's outbox (a read error is the silo's rejection)."""
+        silo, notice = item
+        try:
+            return (read_outbox(silo, notice.path, max_bytes),
+                    read_outbox(silo, notice.path.removesuffix(layout.UPDATE) + layout.METRICS, MAX_METRICS_BYTES))
+        except (AzureError, ValueError) as e:
+            return e
+
+    def check(silo: str, path: str, read: tuple[bytes, bytes] | Exception) -> weights.ValidatedUpdate | None:
+        """Re-check one update and its metrics; None (with the reason recorded) if rejected."""
         expected = {"run": job.run_id, "round": job.round, "silo": silo, "nonce": job.nonce,
                     "silos": manifest_doc["silos"]}
         try:
-            data = read_outbox(silo, path, max_bytes)
+            if isinstance(read, Exception):
+                raise read
+            data, metrics_bytes = read
             update = weights.validate_update(data, manifest, expected=expected, global_arrays=global_arrays,
                                              max_bytes=max_bytes, max_norm=bound.max_norm)
-            metrics = check_metrics(read_outbox(silo, path.removesuffix(layout.UPDATE) + layout.METRICS,
-                                                MAX_METRICS_BYTES))
+            metrics = check_metrics(metrics_bytes)
             digest = weights.sha256(data)
             if silo in received and received[silo].sha256 != digest:
                 raise ValueError(f"{path} changed between reads (sha256 {received[silo].sha256} then {digest})")
@@ -149,7 +219,8 @@ def aggregate_round(store: RunStore, read_outbox: OutboxReader, order: Aggregate
             rejected[silo] = Rejection(silo=silo, reason=why)
             received.pop(silo, None)
             return None
-        received[silo] = Received(path=path, sha256=digest, metrics=metrics, norm=update.norm)
+        received[silo] = Received(path=path, sha256=digest, metrics=metrics, norm=update.norm,
+                                  times=job_times(update.metadata))
         cap = sample_cap(silo, update.num_samples, caps.get(silo), spec.max_samples_per_silo)
         if cap is not None:
             capped[silo] = cap
@@ -157,27 +228,31 @@ def aggregate_round(store: RunStore, read_outbox: OutboxReader, order: Aggregate
         samples[silo] = update.num_samples
         return update
 
+    def checked(items: list[tuple[str, UpdateNotice]]) -> Iterator[weights.ValidatedUpdate]:
+        """The accepted updates of ``items``, in silo order; reads run ahead on threads within
+        ``READ_AHEAD_BYTES`` (one update at least), and each update is dropped before the one after the
+        read-ahead is downloaded."""
+        reads = read_ahead(items, fetch, lambda item: item[1].size or manifest.nbytes, READ_AHEAD_BYTES)
+        for (silo, notice), read in zip(items, reads):
+            update = check(silo, notice.path, read)
+            read = None
+            if update is not None:
+                yield update
+            update = None
+
     candidates = sorted(order.updates.items())
     if spec.max_update_norm_vs_median is not None:
-        for silo, notice in candidates:  # first pass: the round's norms, one update alive at a time
-            check(silo, notice.path)
+        for _ in checked(candidates):  # first pass: the round's norms, each update dropped once measured
+            pass
         outliers = above_median({s: r.norm for s, r in received.items()}, spec.max_update_norm_vs_median)
         rejected.update({s: Rejection(silo=s, reason=why) for s, why in outliers.items()})
         candidates = [(s, n) for s, n in candidates if s in received and s not in outliers]
         samples.clear()
         capped.clear()
 
-    def accepted() -> Iterator[weights.ValidatedUpdate]:
-        """One update alive at a time: each is dropped before the next one is downloaded."""
-        for silo, notice in candidates:
-            update = check(silo, notice.path)
-            if update is not None:
-                yield update
-            update = None
-
     strategy = get_strategy(spec.aggregator)
     try:
-        new_arrays = strategy.aggregate(global_arrays, accepted())
+        new_arrays = strategy.aggregate(global_arrays, checked(candidates))
     except ValueError:
         if samples:  # a real aggregation error, not "no update accepted"
             raise
@@ -192,6 +267,7 @@ def aggregate_round(store: RunStore, read_outbox: OutboxReader, order: Aggregate
     data = weights.encode(new_arrays, {"run": job.run_id, "round": str(job.round + 1)})
     store.put_bytes(layout.MODELS, path, data)
     result = result.model_copy(update={"model": model_ref(path, data)})
+    _keep_model(result.model.sha256, weights.decode(data)[0])
     if not store.create_once(layout.RUNS, record_path, to_json(result.wire())):
         return AggregateResult.model_validate(store.get_json(layout.RUNS, record_path))
     return result

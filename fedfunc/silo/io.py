@@ -75,6 +75,14 @@ class BlobSiloIO:
         self.models_sas = models_sas
         self.outbox = BlobOutbox(self.service.get_container_client(layout.OUTBOX))
 
+    @classmethod
+    def from_home(cls, home: Path) -> "BlobSiloIO":
+        """The silo's storage with the credentials in its home (``fedfunc.silo.home``)."""
+        from fedfunc.silo.home import read_credentials
+
+        creds = read_credentials(home)
+        return cls(creds.connection_string, creds.models_sas)
+
     def read_data(self, task: str) -> bytes:
         blob = self.service.get_blob_client(layout.DATA, layout.silo_data(task))
         try:
@@ -138,3 +146,17 @@ class MountedSiloIO:
 
     def read_policy(self) -> bytes | None:
         return self.policy.read_bytes() if self.policy and self.policy.is_file() else None
+
+
+class RunJobSiloIO(MountedSiloIO):
+    """A silo's long-lived AML job (``fedfunc.silo.serve``): data, policy and outbox mounted as for a
+    per-round job; each round's global model read from its URL (the job's identity, or a SAS in the URL),
+    since a job's inputs are fixed when it starts. The runner still checks the bytes against the pin."""
+
+    def __init__(self, data: Path, outbox: Path, policy: Path | None, credential=None):
+        super().__init__(data, data, outbox, policy)
+        self.credential = credential
+
+    def read_model(self, request: SiloJobRequest) -> bytes:
+        credential = None if "?" in request.model_url else self.credential
+        return BlobClient.from_blob_url(request.model_url, credential=credential).download_blob().readall()

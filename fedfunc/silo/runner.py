@@ -15,7 +15,8 @@ import hashlib
 import json
 import logging
 import math
-from datetime import datetime
+from collections.abc import Mapping
+from datetime import datetime, timezone
 
 import numpy as np
 
@@ -28,7 +29,7 @@ from fedfunc.security.egress import check_egress
 from fedfunc.security.policy import SiloPolicy, enforce, parse_policy, recent_usage
 from fedfunc.security.tickets import verify_ticket
 from fedfunc.silo.io import Outbox, OutboxConflict, SiloIO
-from fedfunc.weights import ModelManifest, decode, encode, load_arrays_into, model_to_arrays, sha256
+from fedfunc.weights import TIME_KEYS, ModelManifest, decode, encode, load_arrays_into, model_to_arrays, sha256
 
 log = logging.getLogger(__name__)
 
@@ -117,11 +118,13 @@ def train(request: SiloJobRequest, global_arrays: dict[str, np.ndarray], x: np.n
                                     "epochs": hp.epochs}
 
 
-def package(request: SiloJobRequest, arrays: dict[str, np.ndarray],
-            metrics: dict[str, float | int]) -> dict[str, bytes]:
-    """The artifacts to publish, byte-for-byte reproducible: canonical JSON, fixed metadata."""
+def package(request: SiloJobRequest, arrays: dict[str, np.ndarray], metrics: dict[str, float | int],
+            times: Mapping[str, datetime] | None = None) -> dict[str, bytes]:
+    """The artifacts to publish: canonical JSON, the round's identity in the update's metadata, and when
+    the job passed its steps (``TIME_KEYS``; only figures for the round's timeline)."""
     meta = {"run": request.run_id, "round": str(request.round), "silo": request.silo, "nonce": request.nonce,
-            "num_samples": str(metrics["num_samples"])}
+            "num_samples": str(metrics["num_samples"]),
+            **{TIME_KEYS[step]: at.astimezone(timezone.utc).isoformat() for step, at in (times or {}).items()}}
     return {layout.METRICS: json.dumps(metrics, sort_keys=True).encode(), layout.UPDATE: encode(arrays, meta)}
 
 
@@ -142,12 +145,15 @@ def report_failure(outbox: Outbox, prefix: str, reason: str, rule: str | None) -
         log.info("an earlier failed.json stays at %s", prefix)
 
 
-def run_job(request: SiloJobRequest, io: SiloIO, now: datetime | None = None) -> dict[str, bytes]:
+def run_job(request: SiloJobRequest, io: SiloIO, now: datetime | None = None,
+            times: Mapping[str, datetime] | None = None) -> dict[str, bytes]:
     """Run the pipeline; on failure publish ``failed.json`` and raise ``JobFailed``.
 
     A re-run of a job whose update is already published does nothing and returns the published artifacts
-    (safetensors does not promise byte-identical output, so retraining could not rewrite the same bytes).
+    (the update carries its step times, so retraining could not rewrite the same bytes). ``times`` are
+    the steps before this call that the caller saw (a worker pool: ``queued``, ``started``).
     """
+    times = {"started": datetime.now(timezone.utc), **(times or {})}
     prefix = layout.outbox_prefix(request.run_id, request.round, request.silo)
     published = {name: io.outbox.read(prefix + name) for name in (layout.METRICS, layout.UPDATE)}
     if published[layout.UPDATE] is not None:
@@ -165,7 +171,7 @@ def run_job(request: SiloJobRequest, io: SiloIO, now: datetime | None = None) ->
         global_arrays = fetch_global_model(io, request)  # before any data is read: a wrong model is refused
         x, y = read_training_data(io, request.task)
         arrays, metrics = train(request, global_arrays, x, y)
-        artifacts = package(request, arrays, metrics)
+        artifacts = package(request, arrays, metrics, {**times, "trained": datetime.now(timezone.utc)})
         check_egress(artifacts, manifest=ModelManifest.from_arrays(global_arrays),
                      expected={"run": request.run_id, "round": request.round, "silo": request.silo,
                                "nonce": request.nonce})

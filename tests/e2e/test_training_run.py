@@ -5,6 +5,7 @@ import base64
 import json
 import re
 import sqlite3
+from datetime import datetime
 
 import pytest
 from e2e_helpers import SILOS, run_spec, wait_instance
@@ -33,11 +34,29 @@ def test_run_trains_every_silo_and_writes_report(stack, basic_run):
 
     report = json.loads(stack.download(layout.RUNS, layout.report(run, "json")))
     assert report["status"] == "completed" and report["rounds_completed"] == 2
+    assert report["started"] < report["ended"]
+    for r in report["rounds"]:
+        _assert_timeline_in_order(r["timeline"], report)
     assert stack.download(layout.RUNS, layout.report(run, "png"))[:8] == b"\x89PNG\r\n\x1a\n"
     for r in (0, 1):
         record = json.loads(stack.download(layout.RUNS, layout.aggregate_record(run, r)))
         assert record["accepted"] == sorted(SILOS) and record["rejected"] == []
     assert stack.download(layout.MODELS, layout.global_model(run, 2))
+
+
+def _assert_timeline_in_order(timeline: dict, report: dict) -> None:
+    """Every step of the round and of each silo's job is stamped, in the order the steps happen."""
+    at = {k: datetime.fromisoformat(v) for k, v in timeline.items() if k != "silos"}
+    steps = ["started", "planned", "submitted", "collected", "aggregated", "evaluated"]
+    assert [at[s] for s in steps] == sorted(at[s] for s in steps)
+    assert datetime.fromisoformat(report["started"]) <= at["started"]
+    assert at["evaluated"] <= datetime.fromisoformat(report["ended"])
+    assert set(timeline["silos"]) == set(SILOS)
+    for silo, t in timeline["silos"].items():
+        seen = [datetime.fromisoformat(t[s]) for s in ("submitted", "started", "trained", "landed", "delivered",
+                                                          "raised")]
+        assert seen == sorted(seen), (silo, t)
+        assert at["planned"] <= seen[0] and seen[-1] <= at["collected"]
 
 
 def test_history_holds_references_not_weights(stack, basic_run):
