@@ -12,7 +12,7 @@ from fedfunc.spec import RunSpec
 from orchestrations.failures import ACTIVITY_RETRY
 from orchestrations.round import RoundFailed, federated_round
 
-SILOS = ["a", "b", "c"]
+SILOS = ["site-a", "site-b", "site-c"]
 MANIFEST = "run-1/rounds/0000/manifest.json"
 DEADLINE = T0 + timedelta(seconds=60)
 SILENT = f"no update before the deadline {DEADLINE.isoformat()}"
@@ -39,6 +39,7 @@ def collecting(ready=SILOS, errors: dict[str, str] | None = None, **spec) -> Orc
     assert isinstance(o.pending, AllOf)
     orders = [p.SiloJobOrder.model_validate(t.input) for t in o.pending.tasks]
     assert [t.name for t in o.pending.tasks] == [p.START_SILO_JOB] * len(ready)
+    assert all(t.retry == ACTIVITY_RETRY for t in o.pending.tasks)  # a transient storage fault is retried
     assert [order.silo for order in orders] == ready
     assert all(order.job.manifest == MANIFEST and order.job.deadline == DEADLINE for order in orders)
     errors = errors or {}
@@ -101,51 +102,53 @@ def test_every_silo_updates_then_the_round_aggregates_evaluates_and_returns_refe
     assert (status["phase"], status["missing"], status["deadline"]) == ("collecting", SILOS, DEADLINE.isoformat())
     assert status["jobs"] == {s: f"job-{s}" for s in SILOS}
 
-    update(o, "b")
+    update(o, "site-b")
     events, same_timer = waits(o)
-    assert same_timer is timer and set(events) == {p.update_event("a"), p.failed_event("a"),
-                                                   p.update_event("c"), p.failed_event("c")}
-    assert (o.context.status["received"], o.context.status["missing"]) == (["b"], ["a", "c"])
-    update(o, "a")
-    update(o, "c")
+    assert same_timer is timer and set(events) == {p.update_event("site-a"), p.failed_event("site-a"),
+                                                   p.update_event("site-c"), p.failed_event("site-c")}
+    assert (o.context.status["received"], o.context.status["missing"]) == (["site-b"], ["site-a", "site-c"])
+    update(o, "site-a")
+    update(o, "site-c")
     assert timer.cancelled  # nothing left to wait for: the deadline timer does not keep the instance alive
     order = p.AggregateOrder.model_validate(o.pending.input)
-    assert sorted(order.updates) == SILOS and order.updates["a"].path == "runs/run-1/a/update.safetensors"
+    assert sorted(order.updates) == SILOS and order.updates["site-a"].path == "runs/run-1/site-a/update.safetensors"
     aggregate(o, accepted=SILOS)
     result = finish(o, {"loss": 0.4, "accuracy": 0.9})
     assert result.model.wire() == model(1) and result.metrics == {"loss": 0.4, "accuracy": 0.9}
     assert result.num_samples == 30
     assert {s: (x.state, x.num_samples) for s, x in result.silos.items()} == {s: ("received", 10) for s in SILOS}
     assert o.context.status["phase"] == "done" and o.context.status["metrics"]["accuracy"] == 0.9
+    assert (result.timeline.started, result.timeline.evaluated) == (T0, T0)  # the orchestration clock
+    assert {s: t.raised for s, t in result.timeline.silos.items()} == {s: T0 for s in SILOS}
 
 
 def test_deadline_fails_the_silent_silo_and_the_round_goes_on_at_quorum():
     o = collecting()
-    update(o, "a")
-    update(o, "b")
+    update(o, "site-a")
+    update(o, "site-b")
     deadline(o)
     order = p.AggregateOrder.model_validate(o.pending.input)
-    assert sorted(order.updates) == ["a", "b"]
-    aggregate(o, accepted=["a", "b"])
+    assert sorted(order.updates) == ["site-a", "site-b"]
+    aggregate(o, accepted=["site-a", "site-b"])
     result = finish(o)
-    assert result.silos["c"].state == "failed" and result.silos["c"].reason == SILENT
-    assert result.silos["c"].num_samples is None
+    assert result.silos["site-c"].state == "failed" and result.silos["site-c"].reason == SILENT
+    assert result.silos["site-c"].num_samples is None
 
 
 def test_deadline_below_quorum_fails_the_round_naming_each_silent_silo():
     o = collecting()
-    update(o, "a")
+    update(o, "site-a")
     with pytest.raises(RoundFailed) as err:
         deadline(o)
-    assert str(err.value) == f"round 0: 1 update(s) of 3 silo(s), quorum needs 2; b: {SILENT}; c: {SILENT}"
+    assert str(err.value) == f"round 0: 1 update(s) of 3 silo(s), quorum needs 2; site-b: {SILENT}; site-c: {SILENT}"
     status = o.context.status
-    assert status["phase"] == "failed" and status["failed"] == {"b": SILENT, "c": SILENT}
-    assert status["received"] == ["a"]
+    assert status["phase"] == "failed" and status["failed"] == {"site-b": SILENT, "site-c": SILENT}
+    assert status["received"] == ["site-a"]
     assert not any(t.name == p.AGGREGATE for t in o.context.created)  # nothing aggregated, the last model stays
 
 
 @pytest.mark.parametrize("ready, spec, message", [
-    (["a"], {"min_silos": 2}, "round 0: 1 ready silo(s), quorum needs 2"),
+    (["site-a"], {"min_silos": 2}, "round 0: 1 ready silo(s), quorum needs 2"),
     ([], {"silos": "all"}, "round 0: 0 ready silo(s), quorum needs 1"),
 ])
 def test_too_few_ready_silos_fail_the_round_before_any_job_starts(ready, spec, message):
@@ -158,15 +161,15 @@ def test_too_few_ready_silos_fail_the_round_before_any_job_starts(ready, spec, m
 
 def test_a_submission_error_fails_that_silo_only_and_it_is_not_waited_for():
     error = "job submission failed: FileNotFoundError: silo 'c' has no home"
-    o = collecting(errors={"c": error})
+    o = collecting(errors={"site-c": error})
     events, _ = waits(o)
-    assert set(events) == {p.update_event("a"), p.failed_event("a"), p.update_event("b"), p.failed_event("b")}
-    assert o.context.status["failed"] == {"c": error}
-    update(o, "a")
-    update(o, "b")  # every started silo answered: no wait for the deadline
-    aggregate(o, accepted=["a", "b"])
+    assert set(events) == {p.update_event("site-a"), p.failed_event("site-a"), p.update_event("site-b"), p.failed_event("site-b")}
+    assert o.context.status["failed"] == {"site-c": error}
+    update(o, "site-a")
+    update(o, "site-b")  # every started silo answered: no wait for the deadline
+    aggregate(o, accepted=["site-a", "site-b"])
     result = finish(o)
-    assert (result.silos["c"].state, result.silos["c"].reason) == ("failed", error)
+    assert (result.silos["site-c"].state, result.silos["site-c"].reason) == ("failed", error)
 
 
 def test_every_submission_failing_ends_the_round_at_once():
@@ -176,8 +179,9 @@ def test_every_submission_failing_ends_the_round_at_once():
     [timer] = [t for t in o.context.created if t.kind == "timer"]
     assert timer.cancelled and not any(t.kind == "event" for t in o.context.created)
     assert str(err.value) == ("round 0: 0 update(s) of 3 silo(s), quorum needs 2; "
-                              "a: job submission failed: a unreachable; b: job submission failed: b unreachable; "
-                              "c: job submission failed: c unreachable")
+                              "site-a: job submission failed: site-a unreachable; "
+                              "site-b: job submission failed: site-b unreachable; "
+                              "site-c: job submission failed: site-c unreachable")
 
 
 @pytest.mark.parametrize("notice, reason", [
@@ -188,35 +192,35 @@ def test_every_submission_failing_ends_the_round_at_once():
 ])
 def test_a_failed_silo_is_reported_with_its_reason_and_its_update_no_longer_awaited(notice, reason):
     o = collecting()
-    failed(o, "c", notice)
+    failed(o, "site-c", notice)
     events, _ = waits(o)
-    assert p.update_event("c") not in events and p.failed_event("c") not in events
-    update(o, "a")
-    update(o, "b")
-    aggregate(o, accepted=["a", "b"])
+    assert p.update_event("site-c") not in events and p.failed_event("site-c") not in events
+    update(o, "site-a")
+    update(o, "site-b")
+    aggregate(o, accepted=["site-a", "site-b"])
     result = finish(o)
-    assert (result.silos["c"].state, result.silos["c"].reason) == ("failed", reason)
+    assert (result.silos["site-c"].state, result.silos["site-c"].reason) == ("failed", reason)
 
 
 def test_an_update_after_the_silos_failure_is_not_awaited_and_a_failure_after_its_update_neither():
     o = collecting()
-    update(o, "a")
+    update(o, "site-a")
     events, _ = waits(o)
-    assert p.failed_event("a") not in events  # a's later failure note cannot undo its update
-    failed(o, "b", None)
+    assert p.failed_event("site-a") not in events  # a's later failure note cannot undo its update
+    failed(o, "site-b", None)
     events, _ = waits(o)
-    assert p.update_event("b") not in events
-    assert set(events) == {p.update_event("c"), p.failed_event("c")}
+    assert p.update_event("site-b") not in events
+    assert set(events) == {p.update_event("site-c"), p.failed_event("site-c")}
 
 
 def test_quorum_lost_to_failures_fails_the_round_with_every_reason():
     o = collecting()
-    failed(o, "b", p.FailureNotice(reason="out of memory").wire())
-    update(o, "a")
+    failed(o, "site-b", p.FailureNotice(reason="out of memory").wire())
+    update(o, "site-a")
     with pytest.raises(RoundFailed) as err:
-        failed(o, "c", p.FailureNotice(reason="refused: ticket.expired", rule="ticket.expired").wire())
-    assert str(err.value) == ("round 0: 1 update(s) of 3 silo(s), quorum needs 2; b: out of memory; "
-                              "c: refused: ticket.expired")
+        failed(o, "site-c", p.FailureNotice(reason="refused: ticket.expired", rule="ticket.expired").wire())
+    assert str(err.value) == ("round 0: 1 update(s) of 3 silo(s), quorum needs 2; site-b: out of memory; "
+                              "site-c: refused: ticket.expired")
     assert not any(t.name == p.AGGREGATE for t in o.context.created)
 
 
@@ -224,10 +228,10 @@ def test_a_rejected_update_is_reported_and_the_round_goes_on():
     o = collecting()
     for s in SILOS:
         update(o, s)
-    aggregate(o, accepted=["a", "b"], rejected={"c": "non_finite: update holds NaN"})
+    aggregate(o, accepted=["site-a", "site-b"], rejected={"site-c": "non_finite: update holds NaN"})
     result = finish(o)
-    assert (result.silos["c"].state, result.silos["c"].reason) == ("rejected", "non_finite: update holds NaN")
-    assert result.num_samples == 20 and result.silos["a"].num_samples == 10
+    assert (result.silos["site-c"].state, result.silos["site-c"].reason) == ("rejected", "non_finite: update holds NaN")
+    assert result.num_samples == 20 and result.silos["site-a"].num_samples == 10
 
 
 def test_quorum_lost_to_rejected_updates_fails_the_round_without_evaluating():
@@ -235,11 +239,11 @@ def test_quorum_lost_to_rejected_updates_fails_the_round_without_evaluating():
     for s in SILOS:
         update(o, s)
     with pytest.raises(RoundFailed) as err:
-        aggregate(o, accepted=["a"], rejected={"b": "nonce: stale", "c": "size: over the bound"}, model_=False)
-    assert str(err.value) == ("round 0: 1 valid update(s) of 3 silo(s), quorum needs 2; b: nonce: stale; "
-                              "c: size: over the bound")
+        aggregate(o, accepted=["site-a"], rejected={"site-b": "nonce: stale", "site-c": "size: over the bound"}, model_=False)
+    assert str(err.value) == ("round 0: 1 valid update(s) of 3 silo(s), quorum needs 2; site-b: nonce: stale; "
+                              "site-c: size: over the bound")
     status = o.context.status
-    assert status["phase"] == "failed" and status["rejected"] == {"b": "nonce: stale", "c": "size: over the bound"}
+    assert status["phase"] == "failed" and status["rejected"] == {"site-b": "nonce: stale", "site-c": "size: over the bound"}
     assert not any(t.name == p.EVALUATE for t in o.context.created)
 
 

@@ -4,33 +4,36 @@ every ``checkpoint_every`` rounds, and the report written whether the run comple
 from __future__ import annotations
 
 import pytest
-from durable_fake import FakeContext, Orchestration, durable_failure, model
+from durable_fake import T0, FakeContext, Orchestration, durable_failure, model
 
 from fedfunc import protocol as p
+from fedfunc.security.update_bound import UpdateBound
 from fedfunc.spec import RunSpec
 from orchestrations.failures import ACTIVITY_RETRY
 from orchestrations.training import federated_training
 
 REPORT = {"json": "runs/run-1/report.json", "png": "runs/run-1/report.png"}
+BOUND = UpdateBound(max_norm=12.5, source="default", how="10 × ‖initial model‖₂")
 
 
 def run_state(**spec) -> p.RunState:
-    return p.RunState(run_id="run-1", spec=RunSpec(**{"task": "digits", "silos": ["a", "b"], "rounds": 3, **spec}))
+    return p.RunState(run_id="run-1", spec=RunSpec(**{"task": "digits", "silos": ["site-a", "site-b"], "rounds": 3, **spec}))
 
 
 def round_result(r: int, **metrics) -> dict:
     outcome = p.SiloOutcome(state="received", num_samples=10)
     return p.RoundResult(round=r, model=model(r + 1), metrics={"loss": 1.0 / (r + 1), **metrics}, num_samples=20,
-                         silos={"a": outcome, "b": outcome}).wire()
+                         silos={"site-a": outcome, "site-b": outcome}).wire()
 
 
 def started(state: p.RunState) -> Orchestration:
-    """A run that asked for ``init_run`` (if it had no model) and got the round-0 model."""
+    """A run that asked for ``init_run`` (if it had no model) and got the round-0 model and the run's bound."""
     o = Orchestration(federated_training, FakeContext(state.wire(), instance_id=state.run_id))
     if state.model is None:
         init = o.pending
-        assert (init.kind, init.name, init.retry, init.input) == ("activity", p.INIT_RUN, ACTIVITY_RETRY, state.wire())
-        o.send(model(0))
+        stamped = state.model_copy(update={"started": T0}).wire()  # the run's clock at its first step
+        assert (init.kind, init.name, init.retry, init.input) == ("activity", p.INIT_RUN, ACTIVITY_RETRY, stamped)
+        o.send(p.RunStart(model=p.ModelRef.model_validate(model(0)), update_bound=BOUND).wire())
     return o
 
 
@@ -40,6 +43,7 @@ def play_round(o: Orchestration, r: int, **metrics) -> None:
     assert (sub.kind, sub.name, sub.instance_id) == ("orchestration", p.ROUND, f"run-1:r{r}")
     job = p.RoundJob.model_validate(sub.input)
     assert (job.run_id, job.round, job.model.wire()) == ("run-1", r, model(r))
+    assert job.update_bound == BOUND  # init_run's bound holds for every round, across continue_as_new
     assert o.context.status["phase"] == "training" and o.context.status["round"] == r
     o.send(round_result(r, **metrics))
 
@@ -60,6 +64,7 @@ def test_a_run_initialises_plays_every_round_and_reports():
     outcome = report(o)
     assert (outcome.status, outcome.error, outcome.stop_reason) == ("completed", None, None)
     assert [r.round for r in outcome.rounds] == [0, 1, 2] and outcome.model.wire() == model(3)
+    assert (outcome.update_bound, outcome.started, outcome.ended) == (BOUND, T0, T0)
     o.send(REPORT)
     assert o.done and o.output == {"run": "run-1", "model": model(3), "metrics": {"loss": 1 / 3, "accuracy": 0.5},
                                    "rounds_completed": 3, "report": REPORT, "stop_reason": None}
@@ -70,6 +75,7 @@ def test_a_run_initialises_plays_every_round_and_reports():
 
 def test_a_resumed_run_skips_init_and_starts_at_its_next_round():
     state = run_state().model_copy(update={"model": p.ModelRef.model_validate(model(2)), "next_round": 2,
+                                           "update_bound": BOUND,
                                            "rounds": [p.RoundResult.model_validate(round_result(r)) for r in (0, 1)]})
     o = started(state)
     play_round(o, 2)
@@ -114,6 +120,7 @@ def test_every_checkpoint_continues_as_new_with_a_compact_state_until_the_last_r
     assert o.done and o.output is None  # continued as new: this execution's history ends here
     state = p.RunState.model_validate(o.context.continued_as_new)
     assert (state.next_round, state.model.wire(), [r.round for r in state.rounds]) == (2, model(2), [0, 1])
+    assert (state.update_bound, state.started) == (BOUND, T0)
 
     o = started(state)
     play_round(o, 2)
