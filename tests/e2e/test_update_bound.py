@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+from e2e_helpers import run_spec
 
 from fedfunc import layout, weights
 from fedfunc.security import keys
@@ -62,7 +63,7 @@ def test_default_bound_keeps_a_constant_adding_silo_out(stack, spec, attacker):
     spec (the silos' shuffles derive from the run id) accuracy then moves by tenths of a point, not points."""
     rounds, honest = 3, spec()["silos"]
     bundle = stack.signed_bundle("digits", {"epochs": 2, "lr": 0.05, "batch_size": 16, "seed": 0})
-    spec = functools.partial(spec, bundle=bundle)
+    spec = functools.partial(run_spec, bundle)
     attacked = stack.start_run(spec(silos=[*honest, attacker], rounds=rounds, quorum=0.75, run_id="e2e-bound-default"))
     attack(stack, attacked, rounds)
     with_attacker = stack.wait_run(attacked, timeout=300)
