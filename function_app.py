@@ -7,6 +7,7 @@ admin fixes it, instead of an app with no functions at all.
 """
 import logging
 import os
+import threading
 
 import azure.durable_functions as df
 import azure.functions as func
@@ -14,6 +15,7 @@ import azure.functions as func
 from activities import observe as observe_activities
 from activities import onboarding as onboarding_activities
 from activities import runs as run_activities
+from fedfunc import kernels
 from fedfunc.settings import SettingsError, load_settings
 from orchestrations import onboarding, retraining, training
 from orchestrations import round as round_orchestration
@@ -25,6 +27,8 @@ try:
     load_settings(os.environ)
 except SettingsError as e:
     logging.getLogger("fedfunc").error("invalid app setting; HTTP calls answer 503 until it is fixed: %s", e)
+# Aggregation's compiled kernels load while the app waits for its first round, not during it.
+threading.Thread(target=kernels.warm, name="warm-kernels", daemon=True).start()
 
 # Routes check roles themselves (API keys locally, App Service Authentication on Azure).
 app = df.DFApp(http_auth_level=func.AuthLevel.ANONYMOUS)

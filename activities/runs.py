@@ -10,6 +10,7 @@ from fedfunc import protocol as p
 from fedfunc.coordinator import rounds
 from fedfunc.coordinator.services import services
 from fedfunc.report import build_report, render_html, render_png
+from fedfunc.security.audit import entry
 from fedfunc.security.tickets import issue_ticket
 
 bp = df.Blueprint()
@@ -34,7 +35,9 @@ def prepare_round(job: dict) -> dict:
 @bp.function_name(p.START_SILO_JOB)
 @bp.activity_trigger(input_name="order")
 def start_silo_job(order: dict) -> dict:
-    """Issue the silo's job ticket (valid until the round deadline, bound to the global model) and submit its job."""
+    """Issue the silo's job ticket (valid until the round deadline, bound to the global model), submit its
+    job, and record both in the audit log in one request (after the submission, so the job starts one round
+    trip sooner; a retried activity records the ticket it issued then, under the same entry id)."""
     svc = services()
     order = p.SiloJobOrder.model_validate(order)
     job, silo = order.job, order.silo
@@ -45,11 +48,11 @@ def start_silo_job(order: dict) -> dict:
                           nonce=job.nonce, model_url=request.model_url, model_sha256=request.model_sha256,
                           ttl=expires - datetime.now(timezone.utc))
     where = dict(run=job.run_id, round=job.round, silo=silo)
-    svc.audit.record("ticket_issued", **where, event_id=f"ticket:{job.run_id}:{job.round}:{silo}",
-                     code_hash=code_hash, model_sha256=request.model_sha256, expires_at=expires.isoformat())
+    issued = entry("ticket_issued", **where, event_id=f"ticket:{job.run_id}:{job.round}:{silo}",
+                   code_hash=code_hash, model_sha256=request.model_sha256, expires_at=expires.isoformat())
     started = rounds.start_silo_job(svc.backend, request.model_copy(update={"ticket": ticket}))
-    svc.audit.record("job_submitted", **where, event_id=f"job:{job.run_id}:{job.round}:{silo}",
-                     job_id=started.job_id, error=started.error)
+    svc.audit.record_many([issued, entry("job_submitted", **where, event_id=f"job:{job.run_id}:{job.round}:{silo}",
+                                         job_id=started.job_id, error=started.error)])
     return started.wire()
 
 
@@ -60,13 +63,11 @@ def aggregate(order: dict) -> dict:
     order = p.AggregateOrder.model_validate(order)
     result = rounds.aggregate_round(svc.store, svc.outbox_reader(), svc.outbox_opener(), order)
     run, round_ = order.job.run_id, order.job.round
-    for silo, got in result.received.items():
-        svc.audit.record("artifact_received", run=run, round=round_, silo=silo,
-                         event_id=f"received:{run}:{round_}:{silo}", sha256=got.sha256, version=got.version,
-                         path=got.path)
-    for r in result.rejected:
-        svc.audit.record("update_rejected", run=run, round=round_, silo=r.silo,
-                         event_id=f"rejected:{run}:{round_}:{r.silo}", reason=r.reason)
+    svc.audit.record_many(
+        [entry("artifact_received", run=run, round=round_, silo=silo, event_id=f"received:{run}:{round_}:{silo}",
+               sha256=got.sha256, version=got.version, path=got.path) for silo, got in result.received.items()]
+        + [entry("update_rejected", run=run, round=round_, silo=r.silo, event_id=f"rejected:{run}:{round_}:{r.silo}",
+                 reason=r.reason) for r in result.rejected])
     return result.wire()
 
 

@@ -6,9 +6,10 @@ types and protocols; none of them owns them. Nothing here does I/O or imports Az
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 if TYPE_CHECKING:
     from fedfunc.registry import SiloRecord
@@ -77,6 +78,12 @@ class SiloJobRequest(BaseModel):
     outbox_prefix: str   # fedfunc.layout.outbox_prefix(run, round, silo)
     ticket: str | None = None   # job ticket signed by the orchestrator (fedfunc.security)
     bundle: str | None = Field(None, pattern=BUNDLE_HASH)  # the signed bundle's hash (fedfunc.security.bundle)
+    deadline: datetime | None = None  # the round's deadline: a job still running then is stopped and fails
+
+    @field_validator("deadline")
+    @classmethod
+    def _utc(cls, v: datetime | None) -> datetime | None:
+        return v if v is None or v.tzinfo else v.replace(tzinfo=timezone.utc)
 
     @property
     def job_key(self) -> str:

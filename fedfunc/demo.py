@@ -50,14 +50,17 @@ def run_demo(*, task_name: str, n_silos: int, rounds: int, alpha: float | None, 
     silos = [f"site-{i + 1}" for i in range(n_silos)]
     parts = silo_parts(task_name, n_silos, alpha=alpha, seed=seed)
 
-    with DevStack(root, mlflow_store=workdir.resolve() / "mlflow" / "mlflow.db") as stack:
+    with DevStack(root, mlflow_store=workdir.resolve() / "mlflow" / "mlflow.db",
+                  pool_size=n_silos + int(heldout)) as stack:
         console.print(f"[bold]fedfunc host[/] on {stack.host.origin} (state {stack.host.state}); Azurite in {stack.azurite.location}")
+        t0 = time.monotonic()
+        stack.add_silos(silos)
+        console.print(f"  onboarded {n_silos} silo(s) side by side in {time.monotonic() - t0:.1f}s")
         for silo, part in zip(silos, parts):
-            t0 = time.monotonic()
-            stack.add_silo(silo)
             stack.upload_data(silo, part.files(task_name))
-            console.print(f"  onboarded [cyan]{silo}[/] ({len(part.train)} train / {len(part.test)} test samples, "
-                          f"labels {sorted(set(part.train.y.tolist()))}) in {time.monotonic() - t0:.1f}s")
+            if n_silos <= 12:
+                console.print(f"  [cyan]{silo}[/] uploaded {len(part.train)} train / {len(part.test)} test samples, "
+                              f"labels {sorted(set(part.train.y.tolist()))}")
         if heldout:
             stack.add_silo(HELDOUT_SILO)
             held = load(task_name)[1]
@@ -141,7 +144,7 @@ def _summary(run_id: str, report: dict, out: Path, mlflow_ui: str) -> None:
 
 
 def demo(
-    silos: int = typer.Option(3, "--silos", min=1, max=11, help="local silos (Azurite pool accounts)"),
+    silos: int = typer.Option(3, "--silos", min=1, max=500, help="local silos (one Azurite account each)"),
     rounds: int = typer.Option(10, "--rounds", min=1, help="FL rounds"),
     alpha: Optional[float] = typer.Option(None, "--alpha", min=0.01, help="Dirichlet α label skew; omit for IID"),
     local_epochs: Optional[int] = typer.Option(None, "--local-epochs", min=1, help="local epochs per round"),
@@ -173,7 +176,7 @@ def demo(
 
 
 def up(
-    silos: int = typer.Option(3, "--silos", min=0, max=12, help="local silos to onboard with data at first start"),
+    silos: int = typer.Option(3, "--silos", min=0, max=500, help="local silos to onboard with data at first start"),
     task: str = typer.Option("digits", "--task", help="the built-in task whose data the silos get"),
     alpha: Optional[float] = typer.Option(None, "--alpha", min=0.01),
     seed: int = typer.Option(0, "--seed"),
@@ -184,7 +187,7 @@ def up(
     from fedfunc.devstack import DevStack
     from fedfunc.tasks.builtin.datasets import silo_parts
 
-    stack = DevStack(workdir, port=port).start()
+    stack = DevStack(workdir, port=port, pool_size=silos).start()
     try:
         existing = {s["name"] for s in stack.api("GET", "/api/silos", role="admin")["silos"]}
         parts = silo_parts(task, silos, alpha=alpha, seed=seed) if silos else []

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import requests
 
-from fedfunc.azurite import REPO_ROOT, Azurite
+from fedfunc.azurite import REPO_ROOT, SILO_POOL_SIZE, Azurite
 from fedfunc.host.eventgrid import WEBHOOK
 from fedfunc.host.topics import topic_endpoint
 from fedfunc.host.keys import FUNCTION_KEY_SETTING, MASTER_KEY_SETTING, HostKeys
@@ -39,11 +39,12 @@ class ApiError(RuntimeError):
 
 class DevStack:
     def __init__(self, root: Path, port: int | None = None, extra_settings: dict | None = None,
-                 mlflow_store: Path | None = None):
-        """``mlflow_store``: the MLflow SQLite file runs are tracked in (default ``root/mlflow/mlflow.db``)."""
+                 mlflow_store: Path | None = None, pool_size: int = SILO_POOL_SIZE):
+        """``mlflow_store``: the MLflow SQLite file runs are tracked in (default ``root/mlflow/mlflow.db``);
+        ``pool_size``: Azurite accounts for silos (one each), fixed when the stack is first created."""
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
-        self.azurite = Azurite(self.root / "azurite")
+        self.azurite = Azurite(self.root / "azurite", pool_size=max(pool_size, SILO_POOL_SIZE))
         self.home = self.root / "home"
         self.mlflow_store = Path(mlflow_store or self.root / "mlflow" / "mlflow.db").resolve()
         self.admin_key, self.scientist_key = self._api_keys()
@@ -121,7 +122,10 @@ class DevStack:
         return self
 
     def stop(self) -> None:
+        from fedfunc.backends.local import LocalProcessBackend
+
         self.host.stop()
+        LocalProcessBackend(self.home).stop_pool()  # the silos' warm worker pool, if one runs
         self.azurite.stop()
 
     def __enter__(self) -> "DevStack":
@@ -166,17 +170,28 @@ class DevStack:
     def add_silo(self, name: str, *, policy: dict | None = None, max_samples: int | None = None,
                  timeout: float = 60) -> dict:
         """Onboard through the admin API and wait until the silo is ready (or onboarding failed)."""
-        started = self.api("POST", "/api/silos", {"name": name, "compute": "local", "max_samples": max_samples,
-                                                   "policy": policy or self.silo_policy()}, role="admin")
-        deadline = time.monotonic() + timeout
+        return self.add_silos([name], policy=policy, max_samples=max_samples, timeout=timeout)[name]
+
+    def add_silos(self, names: list[str], *, policy: dict | None = None, max_samples: int | None = None,
+                  timeout: float | None = None) -> dict:
+        """Onboard several silos at once (the onboardings run side by side) and wait until all are ready."""
+        for name in names:
+            self.api("POST", "/api/silos", {"name": name, "compute": "local", "max_samples": max_samples,
+                                            "policy": policy or self.silo_policy()}, role="admin")
+        deadline = time.monotonic() + (timeout or 60 + 2 * len(names))
+        done: dict[str, dict] = {}
         while time.monotonic() < deadline:
-            status = self.api("GET", f"/api/silos/{name}/onboarding", role="admin")
-            if status["runtime_status"] in TERMINAL:
+            for name in [n for n in names if n not in done]:
+                status = self.api("GET", f"/api/silos/{name}/onboarding", role="admin")
+                if status["runtime_status"] not in TERMINAL:
+                    break
                 if status["runtime_status"] != "Completed":
                     raise RuntimeError(f"onboarding {name} {status['runtime_status']}: {status.get('error')}")
-                return status
+                done[name] = status
+            if len(done) == len(names):
+                return done
             time.sleep(0.2)
-        raise TimeoutError(f"onboarding {name} did not finish within {timeout:.0f}s ({started})")
+        raise TimeoutError(f"onboarding {sorted(set(names) - set(done))} did not finish in time")
 
     def add_silos_with_data(self, silos: list[str], task: str = "digits", *, alpha: float | None = None,
                             seed: int = 0) -> None:

@@ -157,3 +157,13 @@ def _jit() -> SimpleNamespace:
         acc1=numba.njit(**plain)(_acc1), acc2=numba.njit(**plain)(_acc2), acc4=numba.njit(**plain)(_acc4),
         sumsq=numba.njit(**reassoc)(_sumsq), sumsq_diff=numba.njit(**reassoc)(_sumsq_diff),
         sorted_middle_mean=numba.njit(**plain)(_sorted_middle_mean), pairwise_sq=numba.njit(**plain)(_pairwise_sq))
+
+
+def warm(dtype=np.float32) -> None:
+    """Import numba and compile (or load from the cache) the kernels every round uses for ``dtype``,
+    ahead of the first round: the host calls it on a background thread when the app loads."""
+    u, acc = np.zeros(8, dtype), np.zeros(8, np.float64)
+    sumsq(u)
+    sumsq(u, u)
+    accumulate(acc, [u] * 7, [1.0] * 7)  # four, two and one at a time
+

@@ -108,6 +108,7 @@ class SiloJobStarted(Message):
     silo: str
     job_id: str | None = None
     error: str | None = None
+    submitted: datetime | None = None  # the activity's clock as it handed the job to the backend
 
 
 class UpdateNotice(Message):
@@ -117,6 +118,8 @@ class UpdateNotice(Message):
     path: str
     etag: str | None = None
     size: int | None = None
+    landed: datetime | None = None     # the BlobCreated event's time (storage's clock)
+    delivered: datetime | None = None  # when the event reached ``on_update`` (the trigger's clock)
 
 
 class FailureNotice(Message):
@@ -136,6 +139,15 @@ class Rejection(Message):
     reason: str
 
 
+class JobTimes(Message):
+    """When a silo job passed its own steps, as the silo recorded them in its update's metadata
+    (``fedfunc.weights.TIME_KEYS``): a figure for the round's timeline, never trusted for anything else."""
+
+    queued: datetime | None = None   # it waited for a busy worker pool from here (absent: a worker was free)
+    started: datetime | None = None  # a worker began the job
+    trained: datetime | None = None  # local training done; the update was then checked and uploaded
+
+
 class Received(Message):
     """An accepted update as it was read, for the audit trail and the report: its sha256 when it was read
     whole, else the blob version (ETag) every range read was pinned to; the silo's metrics; its payload
@@ -150,6 +162,7 @@ class Received(Message):
     transforms: list[dict] = Field(default_factory=list)
     clipped: bool = False
     norm: float | None = None   # ‖update − global‖₂
+    times: JobTimes = Field(default_factory=JobTimes)
 
 
 class SampleCap(Message):
@@ -212,6 +225,28 @@ class SiloOutcome(Message):
     seconds: float | None = None                    # from the round's start until its update or failure arrived
 
 
+class SiloTimeline(JobTimes):
+    """One silo's way through a round: the job's own steps plus where its update went after it landed."""
+
+    submitted: datetime | None = None  # start_silo_job handed the job to the backend
+    landed: datetime | None = None     # the update blob was created (its BlobCreated event)
+    delivered: datetime | None = None  # the event reached on_update
+    raised: datetime | None = None     # the round took the event (orchestration clock)
+
+
+class RoundTimeline(Message):
+    """Where a round's time went. Round steps are the round orchestration's clock (replay-safe); silo
+    steps come from the components that saw them (activity, silo job, Event Grid, trigger)."""
+
+    started: datetime
+    planned: datetime | None = None         # prepare_round answered
+    submitted: datetime | None = None       # every start_silo_job answered
+    collected: datetime | None = None       # the last update or failure arrived (or the deadline fired)
+    aggregated: datetime | None = None      # aggregate answered (it started at ``collected``)
+    evaluated: datetime | None = None       # evaluate answered (it started at ``aggregated``); the round ends
+    silos: dict[str, SiloTimeline] = Field(default_factory=dict)
+
+
 class RoundResult(Message):
     """What a completed round returns to the run (and the run keeps, compactly, across continue_as_new).
 
@@ -229,6 +264,7 @@ class RoundResult(Message):
     silos: dict[str, SiloOutcome]
     started: datetime | None = None   # the run's clock when it started and got back the round
     ended: datetime | None = None
+    timeline: RoundTimeline | None = None
 
 
 class RunState(Message):
@@ -241,6 +277,7 @@ class RunState(Message):
     initial_metrics: dict[str, float | int] | None = None   # the evaluation of the round-0 model
     rounds: list[RoundResult] = Field(default_factory=list)
     next_round: int = 0
+    started: datetime | None = None    # the run's clock at its first step
 
     def with_evaluation(self, metrics: dict[str, float | int]) -> RunState:
         """Record the evaluation of the current model (the initial one, or the last round's)."""
@@ -263,6 +300,7 @@ class RunOutcome(RunState):
     status: Literal["completed", "failed"]
     error: str | None = None
     stop_reason: str | None = None
+    ended: datetime | None = None
 
 
 class RunFact(Message):

@@ -1,5 +1,6 @@
-"""A run's report: per-round metrics, silo outcomes and the per-silo table as JSON, the training curves as
-PNG, and the run page as a static HTML file (``fedfunc.observe.page``).
+"""A run's report: per-round metrics, silo outcomes, the per-silo table and each round's timeline (ISO
+timestamps: where its time went) as JSON, the run's start and end, the training curves as PNG, and the run
+page as a static HTML file (``fedfunc.observe.page``).
 
 Accuracy and loss are pooled over the silos' test parts (each silo evaluates the model on its own test
 part; only the counts leave); a held-out evaluator's figures (``heldout_*``) are shown beside them.
@@ -11,7 +12,7 @@ from fedfunc.observe.chart import curves, render
 from fedfunc.observe.page import render_page
 from fedfunc.observe.silos import silo_rows
 
-_NOT_METRICS = ("round", "num_samples", "silos", "started", "ended", "clipped", "rejected")
+_NOT_METRICS = ("round", "num_samples", "silos", "started", "ended", "clipped", "rejected", "timeline")
 _STATUS = {"completed": "Completed", "failed": "Failed"}
 
 
@@ -27,10 +28,12 @@ def build_report(state: dict, *, status: str, error: str | None = None, stop_rea
         "rounds_completed": len(rounds),
         "initial_metrics": state.get("initial_metrics"), "final_metrics": final, "best_accuracy": best,
         "final_evaluation": final_evaluation, "baseline": baseline, "silos": silo_rows(rounds),
+        "started": state.get("started"), "ended": state.get("ended"),
         "rounds": [{"round": r["round"], **(r["metrics"] or {}), "num_samples": r["num_samples"],
                     "clipped": sorted(s for s, o in r["silos"].items() if o.get("clipped")),
                     "rejected": {s: o["reason"] for s, o in sorted(r["silos"].items()) if o["state"] == "rejected"},
-                    "silos": r["silos"], "started": r.get("started"), "ended": r.get("ended")} for r in rounds],
+                    "silos": r["silos"], "started": r.get("started"), "ended": r.get("ended"),
+                    "timeline": r.get("timeline")} for r in rounds],
     }
 
 

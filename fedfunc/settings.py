@@ -63,6 +63,9 @@ class AmlSettings(BaseModel):
     models_datastore: str = Field("fedfunc_models", alias="FEDFUNC_AML_MODELS_DATASTORE", pattern=DATASTORE)
     code_datastore: str = Field("fedfunc_code", alias="FEDFUNC_AML_CODE_DATASTORE", pattern=DATASTORE)
     silo_vm_size: str = Field("Standard_DS3_v2", alias="FEDFUNC_AML_SILO_VM_SIZE")
+    # per-round: one AML job per silo per round (the default); per-run: one long-lived job per silo per run
+    # that takes each round's request from its inbox (fedfunc.backends.aml_run_job), not yet verified on Azure.
+    silo_jobs: Literal["per-round", "per-run"] = Field("per-round", alias="FEDFUNC_AML_SILO_JOBS")
 
     @field_validator("environment")
     @classmethod
@@ -112,6 +115,8 @@ class Settings(BaseModel):
     # HMAC key of the run page's signed, expiring links (fedfunc run open); no links without it.
     link_key: str | None = Field(None, alias="FEDFUNC_LINK_KEY", min_length=32)
     host_url: str | None = Field(None, alias="FEDFUNC_HOST_URL")   # set by `fedfunc host` for the app it runs
+    # Local backend only: silo jobs running at once in the warm worker pool (default: the number of cores).
+    local_workers: int | None = Field(None, ge=1, le=256, alias="FEDFUNC_LOCAL_WORKERS")
     aml: AmlSettings | None = None
 
     @field_validator("api_keys", "retrain_spec", mode="before")

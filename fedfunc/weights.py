@@ -29,9 +29,11 @@ _ST_TO_NUMPY = {
 }
 _HEADER_LEN_BYTES = 8
 METADATA_KEYS = ("run", "round", "silo", "nonce", "num_samples")
-# The payload kind and silo-side history (``fedfunc.pipeline.history``); no other key may travel in an
-# update's metadata, so it is no free-form channel out of a silo.
-OPTIONAL_METADATA_KEYS = ("payload", "transforms")
+# Optional metadata: when the silo job passed its steps (ISO 8601, UTC), for the round's timeline only.
+TIME_KEYS = {"queued": "queued_at", "started": "started_at", "trained": "trained_at"}
+# The payload kind and silo-side history (``fedfunc.pipeline.history``) and the job's step times; no other
+# key may travel in an update's metadata, so it is no free-form channel out of a silo.
+OPTIONAL_METADATA_KEYS = ("payload", "transforms", *TIME_KEYS.values())
 
 
 class UpdateRejected(ValueError):

@@ -234,6 +234,7 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
         { name: 'FEDFUNC_AML_MODELS_DATASTORE', value: sharedDatastores[0].name }
         { name: 'FEDFUNC_AML_CODE_DATASTORE', value: sharedDatastores[1].name }
         { name: 'FEDFUNC_AML_SILO_VM_SIZE', value: siloVmSize }
+        { name: 'FEDFUNC_AML_SILO_JOBS', value: 'per-round' } // 'per-run': one job per silo per run (docs/azure.md), not verified on Azure yet
         { name: 'FEDFUNC_ORCHESTRATOR_KEY', value: '@Microsoft.KeyVault(VaultName=${vault.name};SecretName=${ticketKeySecret})' }
         { name: 'FEDFUNC_RETRAIN_SCHEDULE', value: retrainSchedule }
         { name: 'AzureWebJobs.scheduled_retraining.Disabled', value: scheduledRetraining ? 'false' : 'true' }

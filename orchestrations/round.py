@@ -14,6 +14,7 @@ from datetime import timedelta
 import azure.durable_functions as df
 
 from fedfunc import protocol as p
+from orchestrations.clock import clock
 from orchestrations.failures import ACTIVITY_RETRY
 
 bp = df.Blueprint()
@@ -33,6 +34,14 @@ def _status(job: p.RoundJob, phase: str, outcomes: dict[str, p.SiloOutcome], **e
             "silos": {s: o.wire() for s, o in sorted(outcomes.items())}, **extra}
 
 
+def _show(context: df.DurableOrchestrationContext, job: p.RoundJob, phase: str, outcomes: dict[str, p.SiloOutcome],
+          **extra) -> None:
+    """Set the round's custom status, except while replaying: every episode ends past its replay, where
+    the status is set again, so building it on replayed steps (O(silos) each) would only be thrown away."""
+    if not context.is_replaying:
+        context.set_custom_status(_status(job, phase, outcomes, **extra))
+
+
 def _quorum_lost(job: p.RoundJob, what: str, count: int, needed: int, outcomes: dict[str, p.SiloOutcome]) -> RoundFailed:
     why = "; ".join(f"{s}: {o.reason}" for s, o in sorted(outcomes.items()) if o.state in ("failed", "rejected"))
     return RoundFailed(f"round {job.round}: {count} {what} of {len(outcomes)} silo(s), quorum needs {needed}"
@@ -42,12 +51,15 @@ def _quorum_lost(job: p.RoundJob, what: str, count: int, needed: int, outcomes: 
 @bp.orchestration_trigger(context_name="context")
 def federated_round(context: df.DurableOrchestrationContext):
     job = p.RoundJob.model_validate(context.get_input())
-    start = context.current_utc_datetime
+    times = {"started": clock(context)}
+    silo_times: dict[str, dict] = {}
+    start = times["started"]
     deadline = start + timedelta(seconds=job.spec.round_deadline_s)
     job = job.model_copy(update={"deadline": deadline})
 
     plan = p.RoundPlan.model_validate((yield context.call_activity_with_retry(
         p.PREPARE_ROUND, ACTIVITY_RETRY, job.wire())))
+    times["planned"] = clock(context)
     job = job.model_copy(update={"manifest": plan.manifest})
     modes = plan.modes(job)
     trainers = [s for s, mode in modes.items() if mode == "train"]
@@ -56,13 +68,15 @@ def federated_round(context: df.DurableOrchestrationContext):
     if len(trainers) < needed:
         raise RoundFailed(f"round {job.round}: {len(trainers)} ready silo(s), quorum needs {needed}")
 
-    context.set_custom_status(_status(job, "starting jobs", outcomes, needed=needed))
+    _show(context, job, "starting jobs", outcomes, needed=needed)
+    job_wire = job.wire()  # once: every silo's order carries the same job (the activity validates it)
     started = yield context.task_all([
-        context.call_activity_with_retry(p.START_SILO_JOB, ACTIVITY_RETRY,
-                                         p.SiloJobOrder(job=job, silo=s, mode=mode).wire())
+        context.call_activity_with_retry(p.START_SILO_JOB, ACTIVITY_RETRY, {"job": job_wire, "silo": s, "mode": mode})
         for s, mode in modes.items()])  # idempotent (one job per run, round, silo): a storage fault is retried
+    times["submitted"] = clock(context)
     jobs = {}
     for answer in map(p.SiloJobStarted.model_validate, started):
+        silo_times[answer.silo] = {"submitted": answer.submitted}
         if answer.error:
             outcomes[answer.silo] = p.SiloOutcome(state="failed", reason=answer.error)
         else:
@@ -77,18 +91,20 @@ def federated_round(context: df.DurableOrchestrationContext):
     timer = context.create_timer(deadline)
     updates: dict[str, p.UpdateNotice] = {}
     while waits:
-        context.set_custom_status(_status(job, "collecting", outcomes, needed=needed, jobs=jobs,
-                                          started=start.isoformat(), deadline=deadline.isoformat()))
+        _show(context, job, "collecting", outcomes, needed=needed, jobs=jobs, started=start.isoformat(),
+              deadline=deadline.isoformat())
         winner = yield context.task_any([*waits, timer])
         if winner is timer:
             break
         silo, kind = waits.pop(winner)
         for task in [t for t, (s, _) in waits.items() if s == silo]:
             del waits[task]
+        silo_times[silo]["raised"] = clock(context)
         seconds = (context.current_utc_datetime - start).total_seconds()
         if kind == "train":
             updates[silo] = p.UpdateNotice.model_validate(winner.result)
             outcomes[silo] = p.SiloOutcome(state="received", seconds=seconds)
+            silo_times[silo].update(landed=updates[silo].landed, delivered=updates[silo].delivered)
         elif kind == "evaluate":
             outcomes[silo] = p.SiloOutcome(state="evaluated", seconds=seconds)
         else:
@@ -96,6 +112,7 @@ def federated_round(context: df.DurableOrchestrationContext):
                 winner.result or {}).reason, seconds=seconds)
     if not timer.is_completed:
         timer.cancel()
+    times["collected"] = clock(context)
     for silo, o in outcomes.items():
         if o.state == "waiting":
             outcomes[silo] = p.SiloOutcome(state="failed", reason=f"no result before the deadline {deadline.isoformat()}")
@@ -108,6 +125,9 @@ def federated_round(context: df.DurableOrchestrationContext):
         context.set_custom_status(_status(job, "aggregating", outcomes, needed=needed))
         agg = p.AggregateResult.model_validate((yield context.call_activity_with_retry(
             p.AGGREGATE, ACTIVITY_RETRY, p.AggregateOrder(job=job, updates=updates).wire())))
+        times["aggregated"] = clock(context)
+        for silo, got in agg.received.items():
+            silo_times[silo].update(got.times.model_dump(exclude_none=True))
         for r in agg.rejected:
             outcomes[r.silo] = p.SiloOutcome(state="rejected", reason=r.reason, seconds=outcomes[r.silo].seconds)
         if agg.error:
@@ -118,18 +138,20 @@ def federated_round(context: df.DurableOrchestrationContext):
             raise _quorum_lost(job, "valid update(s)", len(agg.accepted), needed, outcomes)
 
     # Figures of silos whose update was rejected are not trusted either.
-    context.set_custom_status(_status(job, "pooling evaluations", outcomes, needed=needed))
+    _show(context, job, "pooling evaluations", outcomes, needed=needed)
     done = [s for s, o in outcomes.items() if o.state in ("received", "evaluated")]
     evaluation = p.RoundEvaluation.model_validate((yield context.call_activity_with_retry(
         p.POOL_EVALUATIONS, ACTIVITY_RETRY, p.EvaluationOrder(
             job=job, silos=[s for s in done if s not in plan.evaluators],
             evaluators=[s for s in done if s in plan.evaluators]).wire())))
+    times["evaluated"] = clock(context)
+    timeline = p.RoundTimeline(**times, silos={s: p.SiloTimeline(**t) for s, t in silo_times.items()})
     context.set_custom_status(_status(job, "done", outcomes, needed=needed, incoming=evaluation.metrics))
     if job.evaluate_only:
-        return p.RoundResult(round=job.round, incoming=evaluation.metrics, silos=outcomes).wire()
+        return p.RoundResult(round=job.round, incoming=evaluation.metrics, silos=outcomes, timeline=timeline).wire()
     silos = {s: o.model_copy(update={"num_samples": agg.samples.get(s), "capped": agg.capped.get(s),
                                      "clipped": agg.received[s].clipped if s in agg.received else None,
                                      "metrics": agg.received[s].metrics if s in agg.received else None})
              for s, o in outcomes.items()}
     return p.RoundResult(round=job.round, model=agg.model, incoming=evaluation.metrics, num_samples=agg.num_samples,
-                         silos=silos).wire()
+                         silos=silos, timeline=timeline).wire()

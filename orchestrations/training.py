@@ -15,6 +15,7 @@ from __future__ import annotations
 import azure.durable_functions as df
 
 from fedfunc import protocol as p
+from orchestrations.clock import clock
 from orchestrations.failures import ACTIVITY_RETRY, failure_reason
 from orchestrations.observing import observe
 
@@ -22,7 +23,8 @@ bp = df.Blueprint()
 
 
 def _summary(state: p.RunState, phase: str, **extra) -> dict:
-    """Kept small (Durable caps custom status at 16 KB): the rounds' results are in the round record."""
+    """Kept small (Durable caps custom status at 16 KB): the rounds' results (and their timelines) are in the
+    round record and the report."""
     return {
         "run": state.run_id, "phase": phase, "round": state.next_round, "rounds": state.spec.rounds,
         "model": state.model and state.model.wire(), "metrics": state.latest_metrics(),
@@ -48,6 +50,8 @@ def _ended(context, state: p.RunState, kind: str, report: dict, **extra) -> p.Ru
 def federated_training(context: df.DurableOrchestrationContext):
     state = p.RunState.model_validate(context.get_input())
     spec = state.spec
+    if state.started is None:
+        state = state.model_copy(update={"started": clock(context)})
 
     if state.model is None:
         context.set_custom_status(_summary(state, "initialising"))
@@ -76,7 +80,7 @@ def federated_training(context: df.DurableOrchestrationContext):
             failure = failure_reason(e)
             context.set_custom_status(_summary(state, "failed", error=failure))
             report = yield context.call_activity_with_retry(p.WRITE_REPORT, ACTIVITY_RETRY, p.RunOutcome(
-                **dict(state), status="failed", error=failure).wire())
+                **dict(state), status="failed", error=failure, ended=clock(context)).wire())
             yield observe(context, _ended(context, state, "RunFailed", report, error=failure))
             raise RuntimeError(f"run {state.run_id} stopped at round {round_}: {failure}") from None
         result = result.model_copy(update={"started": started, "ended": context.current_utc_datetime})
@@ -99,7 +103,7 @@ def federated_training(context: df.DurableOrchestrationContext):
 
     context.set_custom_status(_summary(state, "reporting"))
     report = yield context.call_activity_with_retry(p.WRITE_REPORT, ACTIVITY_RETRY, p.RunOutcome(
-        **dict(state), status="completed", stop_reason=stop_reason).wire())
+        **dict(state), status="completed", stop_reason=stop_reason, ended=clock(context)).wire())
     yield observe(context, _ended(context, state, "RunCompleted", report, stop_reason=stop_reason))
     context.set_custom_status(_summary(state, "completed", report=report))
     return {"run": state.run_id, "model": state.model.wire(), "metrics": state.latest_metrics(),

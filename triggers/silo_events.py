@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import datetime, timezone
 
 import azure.durable_functions as df
 import azure.functions as func
@@ -42,9 +43,10 @@ def account_of(topic: str) -> str:
     return topic.rstrip("/").rsplit("/", 1)[-1]
 
 
-def route_outbox_event(event: func.EventGridEvent) -> tuple[str, str, dict] | None:
+def route_outbox_event(event: func.EventGridEvent, delivered: datetime | None = None) -> tuple[str, str, dict] | None:
     """(round instance, event name, payload) for an update, evaluation or failure note from a registered
-    silo's own outbox that is really there; None (with the reason logged) for anything else."""
+    silo's own outbox that is really there; None (with the reason logged) for anything else. ``delivered``:
+    when the event arrived, for the round's timeline (with the event's own time, when the update landed)."""
     blob = blob_of(event.subject or "")
     parsed = layout.parse_outbox_blob(blob[1]) if blob and blob[0] == layout.OUTBOX else None
     if event.event_type != SystemEventNames.StorageBlobCreatedEventName or not parsed:
@@ -69,7 +71,8 @@ def route_outbox_event(event: func.EventGridEvent) -> tuple[str, str, dict] | No
     instance = round_instance_id(parsed["run"], parsed["round"])
     if parsed["name"] in (layout.UPDATE, layout.EVALUATION):
         name = update_event(silo) if parsed["name"] == layout.UPDATE else evaluated_event(silo)
-        return instance, name, UpdateNotice(path=blob[1], etag=landed.etag, size=landed.size).wire()
+        return instance, name, UpdateNotice(path=blob[1], etag=landed.etag, size=landed.size,
+                                            landed=event.event_time, delivered=delivered).wire()
     note = _failure_note(silo, blob[1])
     services().audit.record("job_refused" if note.get("rule") else "job_failed", run=parsed["run"],
                             round=parsed["round"], silo=silo, event_id=f"failed:{parsed['run']}:{parsed['round']}:{silo}",
@@ -121,7 +124,7 @@ async def raise_to_round(client: df.DurableOrchestrationClient, instance: str, n
 @bp.event_grid_trigger(arg_name="event")
 @bp.durable_client_input(client_name="client")
 async def on_update(event: func.EventGridEvent, client: df.DurableOrchestrationClient) -> None:
-    routed = route_outbox_event(event)
+    routed = route_outbox_event(event, delivered=datetime.now(timezone.utc))
     if routed:
         await raise_to_round(client, *routed)
 

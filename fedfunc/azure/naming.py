@@ -52,6 +52,11 @@ def job_name(run: str, round_: int, silo: str) -> str:
     return f"{safe}-{_digest(run, str(round_), silo)}"
 
 
+def run_job_name(run: str, silo: str) -> str:
+    """Deterministic name of a silo's long-lived job for a whole run (``fedfunc.backends.aml_run_job``)."""
+    return f"{_safe(f'fedfunc-{run}-{silo}')[:200]}-{_digest(run, silo)}"
+
+
 def smoke_job_name(silo: str, smoke_id: str) -> str:
     """Deterministic name of an onboarding smoke job: a retried onboarding step finds the same job."""
     return f"{_safe(f'fedfunc-smoke-{silo}')[:120]}-{_digest(silo, smoke_id)}"

@@ -224,12 +224,18 @@ class AmlSiloJobBackend:
 
 
 def backend_from_settings(settings: Settings) -> AmlSiloJobBackend:
-    """The production wiring: real gateway, managed identity, compute names from the silo registry."""
+    """The production wiring: real gateway, managed identity, compute names from the silo registry; a job
+    per round, or (``FEDFUNC_AML_SILO_JOBS=per-run``) one per run (``fedfunc.backends.aml_run_job``)."""
     from fedfunc.azure.gateway import AzureMLGateway
     from fedfunc.registry import TABLE, SiloRegistry
     from fedfunc.storage import blob_service, table_service
 
     registry = SiloRegistry(table_service(settings).get_table_client(TABLE))  # no I/O until a lookup
+    gateway, compute_for = AzureMLGateway.from_settings(settings), lambda silo: registry.get(silo).compute
     code = CodePublisher(Path(settings.aml.code), blob_service(settings).get_container_client(CODE_CONTAINER))
-    return AmlSiloJobBackend(AzureMLGateway.from_settings(settings), settings, publish_code=code,
-                             compute_for=lambda silo: registry.get(silo).compute)
+    if settings.aml.silo_jobs == "per-run":
+        from fedfunc.backends.aml_run_job import INBOX, AmlRunJobBackend
+
+        return AmlRunJobBackend(gateway, settings, blob_service(settings).get_container_client(INBOX),
+                                publish_code=code, compute_for=compute_for)
+    return AmlSiloJobBackend(gateway, settings, publish_code=code, compute_for=compute_for)

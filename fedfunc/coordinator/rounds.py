@@ -4,7 +4,10 @@ from the signed bundle, every evaluation from the silos)."""
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 from azure.core.exceptions import AzureError
 
@@ -18,13 +21,13 @@ from fedfunc.contracts import BlobRange, JobMode, ModelRef, OutboxOpener, Outbox
 from fedfunc.coordinator.bundles import open_stored
 from fedfunc.coordinator.store import RunStore, to_json
 from fedfunc.pipeline import SiloSide
-from fedfunc.protocol import (AggregateOrder, AggregateResult, EvaluationOrder, Received, Rejection, RoundEvaluation,
-                              RoundJob, RoundPlan, RoundResult, RunStart, RunState, SampleCap, SiloJobStarted)
+from fedfunc.protocol import (AggregateOrder, AggregateResult, EvaluationOrder, JobTimes, Received, Rejection,
+                              RoundEvaluation, RoundJob, RoundPlan, RoundResult, RunStart, RunState, SampleCap,
+                              SiloJobStarted)
 from fedfunc.security import Refused
 from fedfunc.security.bundle import BundleManifest
 from fedfunc.security.egress import MAX_METRICS_BYTES, check_metrics
 from fedfunc.security.update_bound import above_median, resolve_bound
-
 
 # A round's updates are downloaded whole (one request each, then read from memory) while they fit in this
 # many bytes together; otherwise each is read by byte ranges, block by block (memory O(updates × block +
@@ -73,22 +76,22 @@ def prepare_round(store: RunStore, ready_silos: list[str], job: RoundJob,
     the registry did."""
     spec = job.spec
     path = layout.round_manifest(job.run_id, job.round)
-    existing = store.get_json(layout.RUNS, path)
-    if existing and existing["nonce"] == job.nonce:
-        return RoundPlan(silos=existing["silos"], evaluators=existing.get("evaluators", []), manifest=path)
     wanted = [s for s in sorted(ready_silos) if s not in spec.evaluators] if spec.silos == "all" else spec.silos
     silos = [s for s in wanted if s in ready_silos]
     evaluators = [s for s in spec.evaluators if s in ready_silos]
     excluded = {s: "not ready (disabled, onboarding or removed)"
                 for s in [*wanted, *spec.evaluators] if s not in ready_silos}
-    store.put_json(layout.RUNS, path, {
-        "run": job.run_id, "round": job.round, "nonce": job.nonce, "model": job.model.wire(),
-        "deadline": job.deadline.isoformat() if job.deadline else None, "silos": silos, "evaluators": evaluators,
-        "excluded": excluded, "evaluate_only": job.evaluate_only,
-        "needed": 0 if job.evaluate_only else spec.needed(len(silos)),
-        "sample_caps": {s: c for s, c in sorted((sample_caps or {}).items()) if s in silos},
-        "update_bound": job.update_bound.wire() if job.update_bound else None,
-    })
+    manifest = {"run": job.run_id, "round": job.round, "nonce": job.nonce, "model": job.model.wire(),
+                "deadline": job.deadline.isoformat() if job.deadline else None, "silos": silos,
+                "evaluators": evaluators, "excluded": excluded, "evaluate_only": job.evaluate_only,
+                "needed": 0 if job.evaluate_only else spec.needed(len(silos)),
+                "sample_caps": {s: c for s, c in sorted((sample_caps or {}).items()) if s in silos},
+                "update_bound": job.update_bound.wire() if job.update_bound else None}
+    if not store.create_once(layout.RUNS, path, to_json(manifest)):
+        existing = store.get_json(layout.RUNS, path)
+        if existing["nonce"] == job.nonce:
+            return RoundPlan(silos=existing["silos"], evaluators=existing.get("evaluators", []), manifest=path)
+        store.put_json(layout.RUNS, path, manifest)  # a manifest of an earlier attempt at this round
     return RoundPlan(silos=silos, evaluators=evaluators, manifest=path)
 
 
@@ -96,25 +99,58 @@ def silo_job_request(store: RunStore, job: RoundJob, silo: str, mode: JobMode, t
     return SiloJobRequest(
         run_id=job.run_id, round=job.round, silo=silo, nonce=job.nonce, task=job.spec.task, mode=mode,
         model_url=store.model_read_url(job.model.path), model_sha256=job.model.sha256,
-        outbox_prefix=layout.outbox_prefix(job.run_id, job.round, silo), ticket=ticket, bundle=job.spec.bundle)
+        outbox_prefix=layout.outbox_prefix(job.run_id, job.round, silo), ticket=ticket, bundle=job.spec.bundle,
+        deadline=job.deadline)
 
 
 def start_silo_job(backend: SiloJobBackend, request: SiloJobRequest) -> SiloJobStarted:
     """Submit; a submission error makes the silo fail this round (with the backend's message), not the round."""
+    submitted = datetime.now(timezone.utc)
     try:
-        return SiloJobStarted(silo=request.silo, job_id=backend.submit(request))
+        return SiloJobStarted(silo=request.silo, job_id=backend.submit(request), submitted=submitted)
     except Exception as e:  # any backend error: the round goes on at quorum
         return SiloJobStarted(silo=request.silo, error=f"job submission failed: {type(e).__name__}: {e}")
 
 
+def job_times(metadata: dict[str, str]) -> JobTimes:
+    """The silo's own step times from its update's metadata; a missing or unreadable one is left out
+    (they only draw the round's timeline)."""
+    times = {}
+    for step, key in weights.TIME_KEYS.items():
+        try:
+            times[step] = datetime.fromisoformat(metadata[key])
+        except (KeyError, ValueError):
+            pass
+    return JobTimes(**times)
+
+
+# The last global models this process read or wrote, by sha256 (a model never changes under its hash):
+# the next round's aggregation and this round's evaluation find the model aggregation just wrote.
+_MODELS: OrderedDict[str, dict] = OrderedDict()
+MODEL_CACHE, MODEL_CACHE_BYTES = 2, 64 << 20
+
+
+def _keep_model(sha256: str, arrays: dict) -> None:
+    for a in arrays.values():
+        a.setflags(write=False)  # shared by later callers: nobody may change it in place
+    if sum(a.nbytes for a in arrays.values()) <= MODEL_CACHE_BYTES:
+        _MODELS[sha256] = arrays
+        while len(_MODELS) > MODEL_CACHE:
+            _MODELS.popitem(last=False)
+
+
 def load_global(store: RunStore, ref: ModelRef) -> dict:
+    """The global model's arrays (read-only), checked against its sha256 when read from storage."""
+    if ref.sha256 in _MODELS:
+        return dict(_MODELS[ref.sha256])
     data = store.get_bytes(layout.MODELS, ref.path)
     if data is None:
         raise FileNotFoundError(f"global model {ref.path} is missing from {layout.MODELS}")
     if weights.sha256(data) != ref.sha256:
         raise ValueError(f"global model {ref.path} does not match its recorded sha256")
     arrays, _ = weights.decode(data)
-    return arrays
+    _keep_model(ref.sha256, arrays)
+    return dict(arrays)
 
 
 def load_state(store: RunStore, ref: ModelRef, strategy: Strategy) -> State:
@@ -150,6 +186,7 @@ class Opened:
     sha256: str | None
     kind: pipeline.Payload
     history: list[pipeline.Step]
+    times: JobTimes   # when the silo job passed its steps (its own figures, for the round's timeline only)
 
 
 def open_update(blob: BlobRange, silo: str, global_arrays: dict, *, expected: dict, max_bytes: int,
@@ -174,7 +211,8 @@ def open_update(blob: BlobRange, silo: str, global_arrays: dict, *, expected: di
     source = RangeUpdate(read, blob.size, manifest, expected=expected, max_bytes=max_bytes)
     kind, history = pipeline.from_metadata(source.metadata)
     pipeline.check_history(kind, history, side)
-    return Opened(DeltaUpdate(source, global_arrays) if kind == "delta" else source, digest, kind, history)
+    return Opened(DeltaUpdate(source, global_arrays) if kind == "delta" else source, digest, kind, history,
+                  job_times(source.metadata))
 
 
 def aggregate_round(store: RunStore, read_outbox: OutboxReader, open_outbox: OutboxOpener, order: AggregateOrder, *,
@@ -196,11 +234,12 @@ def aggregate_round(store: RunStore, read_outbox: OutboxReader, open_outbox: Out
     """
     job, spec = order.job, order.job.spec
     record_path = layout.aggregate_record(job.run_id, job.round)
-    done = store.get_json(layout.RUNS, record_path)
-    if done is not None:
-        return AggregateResult.model_validate(done)
-    manifest_doc = store.get_json(layout.RUNS, job.manifest)
-    global_arrays = load_global(store, job.model)
+    with ThreadPoolExecutor(3) as pool:  # three independent reads, one round trip
+        done, manifest_doc, global_arrays = pool.submit(store.get_json, layout.RUNS, record_path), \
+            pool.submit(store.get_json, layout.RUNS, job.manifest), pool.submit(load_global, store, job.model)
+    if done.result() is not None:
+        return AggregateResult.model_validate(done.result())
+    manifest_doc, global_arrays = manifest_doc.result(), global_arrays.result()
     max_bytes = int(spec.max_update_mb * 2**20)
     side = silo_side(store, job.run_id)
     bound = job.update_bound or resolve_bound(spec.max_update_norm, side.clip_norm, global_arrays)
@@ -281,6 +320,7 @@ def aggregate_round(store: RunStore, read_outbox: OutboxReader, open_outbox: Out
     state_data = encode_state(agg.state, strategy.describe())
     store.put_bytes(layout.MODELS, path, data)
     store.put_bytes(layout.RUNS, state_path, state_data)
+    _keep_model(weights.sha256(data), agg.arrays)
     committed = result(**fields, model=model_ref(path, data, state_path, state_data))
     if not store.create_once(layout.RUNS, record_path, to_json(committed.wire())):
         return AggregateResult.model_validate(store.get_json(layout.RUNS, record_path))

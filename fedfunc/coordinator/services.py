@@ -7,6 +7,7 @@ setting picks Azurite keys or managed identity. Orchestrations, activities and t
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
@@ -81,7 +82,7 @@ class Services:
             return jobs, AzureProvisioner(self.azure_gateway, self.settings, jobs, self.outbox_reader())
         from fedfunc.backends.local import LocalProcessBackend
         from fedfunc.backends.local_provisioner import LocalProvisioner
-        jobs = LocalProcessBackend(self.settings.local_home)
+        jobs = LocalProcessBackend(self.settings.local_home, workers=self.settings.local_workers)
         return jobs, LocalProvisioner(self.settings, lambda: public_b64(self.ticket_key.public_key()), jobs)
 
     @cached_property
@@ -100,9 +101,19 @@ class Services:
         return Observer(ObservationOutbox.create(table_service(s)), events=events, tracking=tracking, source=s.events_source)
 
     def outbox(self, record: SiloRecord) -> ContainerClient:
-        """Read access to one silo's outbox: a read+list SAS locally, the app's managed identity on Azure."""
-        cred = record.outbox_read_sas or credential()
-        return ContainerClient(record.blob_url, layout.OUTBOX, credential=cred, **client_options(record.blob_url))
+        """Read access to one silo's outbox: a read+list SAS locally, the app's managed identity on Azure.
+        One client per (account, credential), kept, so rounds reuse its connections; a silo onboarded
+        again (a new SAS) gets a new one."""
+        key = (record.blob_url, record.outbox_read_sas)
+        if key not in self._outboxes:
+            self._outboxes[key] = ContainerClient(record.blob_url, layout.OUTBOX,
+                                                  credential=record.outbox_read_sas or credential(),
+                                                  **client_options(record.blob_url))
+        return self._outboxes[key]
+
+    @cached_property
+    def _outboxes(self) -> dict[tuple[str, str | None], ContainerClient]:
+        return {}
 
     def outbox_blob(self, silo: str, path: str) -> OutboxBlob | None:
         """The etag and size of ``path`` in silo ``silo``'s own outbox, or None if no such blob exists
@@ -115,13 +126,19 @@ class Services:
         return OutboxBlob(etag=props.etag.strip('"'), size=props.size)
 
     def outbox_reader(self) -> OutboxReader:
-        """``read(silo, path, max_bytes)`` from silos' own outboxes, for one activity: each silo's record
-        and container client are looked up once, and a blob is read in one request, never past the bound."""
+        """``read(silo, path, max_bytes)`` from silos' own outboxes, for one activity (any thread): the
+        registry is read once (one query for every silo) and each silo's container client made once, and
+        a blob is read in one request, never past the bound."""
         outboxes: dict[str, ContainerClient] = {}
+        records: dict[str, SiloRecord] = {}
+        lock = threading.Lock()
 
         def read(silo: str, path: str, max_bytes: int) -> bytes:
             if silo not in outboxes:
-                outboxes[silo] = self.outbox(self.registry.get(silo))
+                with lock:
+                    if not records:
+                        records.update((r.name, r) for r in self.registry.list())
+                outboxes[silo] = self.outbox(records.get(silo) or self.registry.get(silo))
             data = outboxes[silo].get_blob_client(path).download_blob(offset=0, length=max_bytes + 1).readall()
             if len(data) > max_bytes:
                 raise ValueError(f"size: {path} is over the {max_bytes}-byte bound")

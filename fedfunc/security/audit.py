@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from typing import Literal
 
@@ -29,6 +30,7 @@ Kind = Literal["ticket_issued", "job_submitted", "job_started", "job_refused", "
                "artifact_received", "update_rejected", "evaluation_rejected", "bundle_uploaded", "silo_onboarded",
                "silo_disabled", "silo_removed"]
 _NO_RUN = "-"
+WRITERS = 8  # entries written at once by record_many
 
 
 def _now() -> datetime:
@@ -58,17 +60,24 @@ class AuditLog:
     def record(self, kind: Kind, *, run: str | None = None, round: int | None = None, silo: str | None = None,
                event_id: str | None = None, **detail) -> AuditEvent:
         """Append one entry. With ``event_id`` a retried activity appends it once (the first entry stays)."""
-        event = AuditEvent(at=_now(), kind=kind, source="orchestrator", run=run, round=round, silo=silo,
-                           detail=detail)
-        row = event_id or f"{event.at:%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:12]}"
-        entity = {"PartitionKey": run or _NO_RUN, "RowKey": row, "at": event.at, "kind": kind,
-                  "source": event.source, "silo": silo or "", "round": -1 if round is None else round,
-                  "detail": json.dumps(detail, sort_keys=True)}
-        try:
-            self.table.create_entity(entity)
-        except ResourceExistsError:
-            pass
-        return event
+        return self.record_many([entry(kind, run=run, round=round, silo=silo, event_id=event_id, **detail)])[0]
+
+    def record_many(self, entries: list[tuple[AuditEvent, str]]) -> list[AuditEvent]:
+        """Append entries (``entry(...)``), up to ``WRITERS`` at a time: one round trip for a round's
+        entries of a few silos. An entry already there (a retried activity) is kept as it was."""
+        def create(entity: dict) -> None:
+            try:
+                self.table.create_entity(entity)
+            except ResourceExistsError:
+                pass
+
+        entities = [_entity(event, row) for event, row in entries]
+        if len(entities) == 1:
+            create(entities[0])
+        elif entities:
+            with ThreadPoolExecutor(min(WRITERS, len(entities)), thread_name_prefix="audit") as pool:
+                list(pool.map(create, entities))
+        return [event for event, _ in entries]
 
     def query(self, *, run: str | None = None, silo: str | None = None, kind: str | None = None,
               since: datetime | None = None) -> list[AuditEvent]:
@@ -83,6 +92,19 @@ class AuditLog:
         rows = (self.table.query_entities(" and ".join(clauses), parameters=params) if clauses
                 else self.table.list_entities())
         return sorted((_from_entity(r) for r in rows), key=lambda e: e.at)
+
+
+def entry(kind: Kind, *, run: str | None = None, round: int | None = None, silo: str | None = None,
+          event_id: str | None = None, **detail) -> tuple[AuditEvent, str]:
+    """One orchestrator entry and its row key (``event_id``, else a new time-ordered id)."""
+    event = AuditEvent(at=_now(), kind=kind, source="orchestrator", run=run, round=round, silo=silo, detail=detail)
+    return event, event_id or f"{event.at:%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:12]}"
+
+
+def _entity(event: AuditEvent, row: str) -> dict:
+    return {"PartitionKey": event.run or _NO_RUN, "RowKey": row, "at": event.at, "kind": event.kind,
+            "source": event.source, "silo": event.silo or "", "round": -1 if event.round is None else event.round,
+            "detail": json.dumps(event.detail, sort_keys=True)}
 
 
 def _from_entity(row) -> AuditEvent:

@@ -1,13 +1,13 @@
-"""``fedfunc silo-job``: the command a silo job runs, the same locally and on AML.
+"""``fedfunc silo-job``: the command a silo job runs on AML (and by hand on a local silo home);
+``fedfunc silo-pool``: the warm worker pool local silo jobs start from (``fedfunc.silo.pool``).
 
-The command is a thin supervisor: it runs the real job in a child process and, if that child dies
+``silo-job`` is a thin supervisor: it runs the real job in a child process and, if that child dies
 without reporting (segfault, OOM kill), publishes ``failed.json`` for it, so the orchestrator always
 hears back. ``--worker`` (internal) is the child.
 """
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +15,6 @@ from typing import Optional
 
 import typer
 
-from fedfunc import layout
 from fedfunc.contracts import SiloJobRequest
 
 
@@ -28,21 +27,9 @@ def _io(aml: bool, data: Path | None, model: Path | None, outbox: Path | None, p
         if missing:
             raise typer.BadParameter(f"--aml needs {', '.join(missing)}")
         return MountedSiloIO(data, model, outbox, policy, bundle)
-    from fedfunc.silo.home import home_from_env, read_credentials
+    from fedfunc.silo.home import home_from_env
 
-    home = home_from_env()
-    return BlobSiloIO.of(read_credentials(home), data_cache=home / DATA_CACHE)
-
-
-DATA_CACHE = "data-cache"  # in the silo's home: its own data, kept between rounds (keyed by ETag)
-REPORTED = 3  # the worker ended the job itself (published failed.json, or refused an unauthenticated job)
-
-
-def _crash_reason(returncode: int) -> str:
-    if returncode < 0:
-        name = signal.Signals(-returncode).name
-        return f"silo job process was killed by signal {name} (crash or out of memory)"
-    return f"silo job process exited with code {returncode} without reporting"
+    return BlobSiloIO.from_home(home_from_env())
 
 
 def silo_job(
@@ -56,8 +43,8 @@ def silo_job(
     worker: bool = typer.Option(False, "--worker", hidden=True),
 ) -> None:
     """Run one silo job (train, or evaluate only) from a job request."""
-    from fedfunc.security import Refused
-    from fedfunc.silo.runner import JobFailed, authenticate, report_failure, run_job
+    from fedfunc.silo.runner import JobFailed, run_job
+    from fedfunc.silo.supervise import REPORTED, crash_reason, report_for
 
     from pydantic import ValidationError
 
@@ -82,13 +69,7 @@ def silo_job(
     if child.returncode == REPORTED:
         raise typer.Exit(1)
     if child.returncode != 0:
-        io = _io(aml, data, model, outbox, policy, bundle)
-        try:  # only a job the orchestrator ticketed may speak for its round
-            authenticate(req, io)
-        except Refused:
-            raise typer.Exit(1) from None
-        report_failure(io.outbox, layout.outbox_prefix(req.run_id, req.round, req.silo),
-                       _crash_reason(child.returncode), None, req.mode)
+        report_for(req, _io(aml, data, model, outbox, policy, bundle), crash_reason(child.returncode))
         raise typer.Exit(1)
 
 
@@ -119,9 +100,47 @@ def silo_smoke(
         raise typer.Exit(1)
 
 
+def silo_serve(
+    inbox: str = typer.Option(..., "--inbox", help="the orchestrator's inbox container URL"),
+    run: str = typer.Option(..., "--run", help="the run whose rounds this job serves"),
+    silo: str = typer.Option(..., "--silo", help="this silo's name"),
+    data: Path = typer.Option(..., "--data", help="the silo's data container, mounted"),
+    outbox: Path = typer.Option(..., "--outbox", help="the silo's outbox container, mounted rw"),
+    policy: Optional[Path] = typer.Option(None, "--policy", help="the silo's policy/policy.json"),
+    aml: bool = typer.Option(True, "--aml/--no-aml", hidden=True),
+    poll: float = typer.Option(1.0, "--poll", min=0.05, help="seconds between looks at the inbox"),
+    idle: float = typer.Option(600.0, "--idle", min=1, help="seconds without a new request before the job ends"),
+) -> None:
+    """A silo's long-lived AML job for a whole run: each round's ticketed request, checked as a per-round job."""
+    from azure.storage.blob import ContainerClient
+
+    from fedfunc.silo.io import RunJobSiloIO
+    from fedfunc.silo.serve import BlobInbox, inbox_prefix, serve
+    from fedfunc.storage import credential
+
+    identity = None if "?" in inbox else credential()  # a SAS in the URL (tests), else the job's identity
+    io = RunJobSiloIO(data, outbox, policy, credential=identity)
+    ran = serve(BlobInbox(ContainerClient.from_container_url(inbox, credential=identity), inbox_prefix(run, silo)),
+                lambda: io, run=run, silo=silo, poll_s=poll, idle_s=idle)
+    typer.echo(f"silo {silo}: served {len(ran)} round(s) of {run}")
+
+
+def silo_pool(
+    home: Path = typer.Option(..., "--home", file_okay=False, help="the local home whose silos' jobs it runs"),
+    workers: int = typer.Option(..., "--workers", min=1, max=256, help="jobs running at once"),
+    idle: float = typer.Option(120.0, "--idle", min=1, help="seconds without a job before the pool ends"),
+) -> None:
+    """The warm worker pool local silo jobs start from (started by the local backend when needed)."""
+    from fedfunc.silo.pool import serve
+
+    serve(home, workers, idle)
+
+
 def register(app: typer.Typer) -> None:
     from fedfunc.silo.admin_cli import silo_app
 
     app.command("silo-job")(silo_job)
     app.command("silo-smoke")(silo_smoke)
+    app.command("silo-pool", hidden=True)(silo_pool)
+    app.command("silo-serve")(silo_serve)
     app.add_typer(silo_app, name="silo")

@@ -13,6 +13,9 @@ from pydantic import BaseModel, ConfigDict
 
 HOME_ENV = "FEDFUNC_SILO_HOME"
 CREDENTIALS = "credentials.json"
+# What a local silo job's environment keeps of its parent's: nothing that names a secret or another party.
+PASSTHROUGH = ("PATH", "PYTHONPATH", "VIRTUAL_ENV", "LANG", "LC_ALL", "TZ")
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class SiloCredentials(BaseModel):
@@ -36,6 +39,15 @@ def silo_home(home_root: Path, silo: str) -> Path:
     if not is_silo_name(silo):
         raise ValueError(f"{str(silo)[:40]!r} is not a silo name ({SILO_NAME_RULE})")
     return Path(home_root) / "silos" / silo
+
+
+def job_environment(home_root: Path, silo: str, parent: dict[str, str]) -> dict[str, str]:
+    """A local silo job's whole environment: the harmless parts of ``parent`` and its own home, no more."""
+    home = silo_home(home_root, silo)
+    env = {k: parent[k] for k in PASSTHROUGH if k in parent}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    env.update(HOME=str(home), **{HOME_ENV: str(home.resolve())})
+    return env
 
 
 def write_credentials(home: Path, creds: SiloCredentials) -> Path:

@@ -77,6 +77,9 @@ class BlobOutbox:
         blob.append_block((line.rstrip("\n") + "\n").encode())
 
 
+DATA_CACHE = "data-cache"  # in a local silo's home: its own data, kept between rounds (keyed by ETag)
+
+
 class BlobSiloIO:
     """A local silo job: the silo's own account via its connection string; the model and the bundles via
     read-only SAS URLs of the orchestrator's containers (``bundles_url`` names the container, so the
@@ -93,6 +96,14 @@ class BlobSiloIO:
     def of(cls, creds, data_cache: Path | None = None) -> BlobSiloIO:
         """From a local silo's ``SiloCredentials``; ``data_cache``: a folder of the silo's own home."""
         return cls(creds.connection_string, creds.models_sas, creds.bundles_url, data_cache)
+
+    @classmethod
+    def from_home(cls, home: Path) -> BlobSiloIO:
+        """The silo's storage with the credentials in its home (``fedfunc.silo.home``), its data cached there
+        between rounds (``DATA_CACHE``, keyed by ETag)."""
+        from fedfunc.silo.home import read_credentials
+
+        return cls.of(read_credentials(home), data_cache=home / DATA_CACHE)
 
     def read_model(self, request: SiloJobRequest) -> bytes:
         url = request.model_url if "?" in request.model_url else f"{request.model_url}?{self.models_sas}"
@@ -162,3 +173,17 @@ class MountedSiloIO:
 
     def read_policy(self) -> bytes | None:
         return self.policy.read_bytes() if self.policy and self.policy.is_file() else None
+
+
+class RunJobSiloIO(MountedSiloIO):
+    """A silo's long-lived AML job (``fedfunc.silo.serve``): data, policy and outbox mounted as for a
+    per-round job; each round's global model read from its URL (the job's identity, or a SAS in the URL),
+    since a job's inputs are fixed when it starts. The runner still checks the bytes against the pin."""
+
+    def __init__(self, data: Path, outbox: Path, policy: Path | None, credential=None):
+        super().__init__(data, data, outbox, policy)
+        self.credential = credential
+
+    def read_model(self, request: SiloJobRequest) -> bytes:
+        credential = None if "?" in request.model_url else self.credential
+        return BlobClient.from_blob_url(request.model_url, credential=credential).download_blob().readall()

@@ -20,7 +20,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from datetime import datetime
+from collections.abc import Mapping
+from datetime import datetime, timezone
 
 import numpy as np
 
@@ -37,7 +38,7 @@ from fedfunc.security.policy import SiloPolicy, enforce, parse_policy, recent_us
 from fedfunc.security.requirements import check_requirements
 from fedfunc.security.tickets import verify_ticket
 from fedfunc.silo.io import Outbox, OutboxConflict, SiloIO
-from fedfunc.weights import ModelManifest, decode, encode, model_to_arrays, sha256
+from fedfunc.weights import TIME_KEYS, ModelManifest, decode, encode, model_to_arrays, sha256
 
 log = logging.getLogger(__name__)
 
@@ -173,15 +174,16 @@ def run_task(request: SiloJobRequest, bundle: VerifiedBundle, io: SiloIO,
 
 
 def package(request: SiloJobRequest, figures: EvalFigures, update: Update | None,
-            metrics: dict[str, float | int] | None) -> dict[str, bytes]:
-    """The artifacts to publish, byte-for-byte reproducible: canonical JSON, fixed metadata (the update's
-    payload kind and history included)."""
+            metrics: dict[str, float | int] | None, times: Mapping[str, datetime] | None = None) -> dict[str, bytes]:
+    """The artifacts to publish: canonical JSON, fixed metadata (the update's payload kind and history
+    included), and when the job passed its steps (``TIME_KEYS``; only figures for the round's timeline)."""
     meta = {"run": request.run_id, "round": str(request.round), "silo": request.silo, "nonce": request.nonce}
     artifacts = {layout.EVALUATION: figures.encode(meta)}
     if update is not None:
+        stamps = {TIME_KEYS[step]: at.astimezone(timezone.utc).isoformat() for step, at in (times or {}).items()}
         artifacts[layout.METRICS] = json.dumps(metrics, sort_keys=True).encode()
         artifacts[layout.UPDATE] = encode(update.arrays, {**meta, "num_samples": str(metrics["num_samples"]),
-                                                          **to_metadata(update)})
+                                                          **to_metadata(update), **stamps})
     return artifacts
 
 
@@ -219,12 +221,15 @@ def _published(io: SiloIO, request: SiloJobRequest, prefix: str) -> dict[str, by
     return {n: d for n in PUBLISH_ORDER if (d := io.outbox.read(prefix + n)) is not None}
 
 
-def run_job(request: SiloJobRequest, io: SiloIO, now: datetime | None = None) -> dict[str, bytes]:
+def run_job(request: SiloJobRequest, io: SiloIO, now: datetime | None = None,
+            times: Mapping[str, datetime] | None = None) -> dict[str, bytes]:
     """Run the pipeline; on failure publish ``failed.json`` and raise ``JobFailed``.
 
-    A re-run of a job whose artifacts are already published does nothing and returns them (safetensors
-    does not promise byte-identical output, so retraining could not rewrite the same bytes).
+    A re-run of a job whose artifacts are already published does nothing and returns them (the update
+    carries its step times, so retraining could not rewrite the same bytes). ``times`` are the steps
+    before this call that the caller saw (a worker pool: ``queued``, ``started``).
     """
+    times = {"started": datetime.now(timezone.utc), **(times or {})}
     prefix = layout.outbox_prefix(request.run_id, request.round, request.silo)
     published = _published(io, request, prefix)
     if published is not None:
@@ -240,7 +245,7 @@ def run_job(request: SiloJobRequest, io: SiloIO, now: datetime | None = None) ->
         bundle, pipeline = admit(request, policy, io, trail, now)
         trail.append("job_started", **where, mode=request.mode, bundle=bundle.code_hash, signer=bundle.signer)
         figures, update, metrics = run_task(request, bundle, io, pipeline)
-        artifacts = package(request, figures, update, metrics)
+        artifacts = package(request, figures, update, metrics, {**times, "trained": datetime.now(timezone.utc)})
         check_egress(artifacts, mode=request.mode, manifest=ModelManifest.from_arrays(decode(bundle.weights)[0]),
                      num_classes=bundle.manifest.num_classes,
                      expected={"run": request.run_id, "round": request.round, "silo": request.silo,

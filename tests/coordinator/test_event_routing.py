@@ -66,7 +66,8 @@ def event(account="silo01", container="outbox", name="update.safetensors", event
 def test_update_from_the_silos_own_outbox_is_routed_to_its_round():
     instance, name, payload = silo_events.route_outbox_event(event())
     assert instance == "run-1:r3" and name == "update:site-1"
-    assert payload == {"path": "runs/run-1/rounds/0003/silos/site-1/update.safetensors", "etag": "0x1", "size": 42}
+    assert payload == {"path": "runs/run-1/rounds/0003/silos/site-1/update.safetensors", "etag": "0x1", "size": 42,
+                       "landed": None, "delivered": None}
     assert silo_events.route_outbox_event(event()) == (instance, name, payload)  # a redelivery is the same event
 
 
@@ -101,7 +102,8 @@ def test_an_event_for_a_blob_that_is_not_there_as_it_says_is_ignored(forged, out
 
 def test_an_event_without_etag_or_size_counts_with_the_blobs_own(outbox):
     routed = silo_events.route_outbox_event(event(data=["not", "an", "object"]))
-    assert routed[2] == {"path": PREFIX + "update.safetensors", "etag": "0x1", "size": 42}
+    assert routed[2] == {"path": PREFIX + "update.safetensors", "etag": "0x1", "size": 42, "landed": None,
+                         "delivered": None}
 
 
 def test_a_real_failure_note_ends_the_wait_with_its_reason(outbox):

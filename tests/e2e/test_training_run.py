@@ -5,6 +5,7 @@ import base64
 import json
 import re
 import sqlite3
+from datetime import datetime
 
 from e2e_helpers import SILOS, wait_instance
 
@@ -29,6 +30,9 @@ def test_run_trains_every_silo_and_writes_report(stack, basic_run, digits):
     assert report["status"] == "completed" and report["rounds_completed"] == 2
     assert report["final_metrics"] == history[1]["metrics"]
     assert sum(map(sum, report["final_evaluation"]["confusion"])) == test_examples
+    assert report["started"] < report["ended"]
+    for r in report["rounds"]:
+        _assert_timeline_in_order(r["timeline"], report)
     assert stack.download(layout.RUNS, layout.report(run, "png"))[:8] == b"\x89PNG\r\n\x1a\n"
     for r in (0, 1):
         record = json.loads(stack.download(layout.RUNS, layout.aggregate_record(run, r)))
@@ -47,6 +51,21 @@ def test_target_accuracy_stops_at_the_first_model_that_reaches_it(stack, spec):
     assert all(r["metrics"]["accuracy"] < 0.5 for r in history[:-1])
     assert status["output"]["model"] == history[-1]["model"]  # the model that reached it is the run's model
     assert "target accuracy 0.5 reached" in status["output"]["stop_reason"]
+
+
+def _assert_timeline_in_order(timeline: dict, report: dict) -> None:
+    """Every step of the round and of each silo's job is stamped, in the order the steps happen."""
+    at = {k: datetime.fromisoformat(v) for k, v in timeline.items() if k != "silos"}
+    steps = ["started", "planned", "submitted", "collected", "aggregated", "evaluated"]
+    assert [at[s] for s in steps] == sorted(at[s] for s in steps)
+    assert datetime.fromisoformat(report["started"]) <= at["started"]
+    assert at["evaluated"] <= datetime.fromisoformat(report["ended"])
+    assert set(timeline["silos"]) == set(SILOS)
+    for silo, t in timeline["silos"].items():
+        seen = [datetime.fromisoformat(t[s]) for s in ("submitted", "started", "trained", "landed", "delivered",
+                                                          "raised")]
+        assert seen == sorted(seen), (silo, t)
+        assert at["planned"] <= seen[0] and seen[-1] <= at["collected"]
 
 
 def test_history_holds_references_not_weights(stack, basic_run):

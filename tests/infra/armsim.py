@@ -70,7 +70,7 @@ class Arm:
         if kind == "parenthesized_expression":
             return self.value(node.named_children[0])
         if kind == "array":
-            return [self.value(c) for c in node.named_children]
+            return [self.value(c) for c in _items(node)]
         if kind == "object":
             return {k: self.value(v) for k, v in bc._props(node).items()}
         if kind == "identifier":
@@ -196,12 +196,17 @@ class Arm:
         raise EvalError(f"function {name}() is not simulated")
 
 
+def _items(array) -> list:
+    """An array's elements (comments, which Bicep allows between them, are nodes too)."""
+    return [c for c in array.named_children if c.type != "comment"]
+
+
 def app_settings(f: bc.BicepFile, app_symbol: str, params: dict | None = None) -> dict[str, str]:
     """``siteConfig.appSettings`` of the Function App resource, as name → value for one deployment."""
     arm = Arm(f, params)
     site_config = bc._props(bc._props(f.resources[app_symbol].body["properties"])["siteConfig"])
     out = {}
-    for entry in site_config["appSettings"].named_children:
+    for entry in _items(site_config["appSettings"]):
         pair = arm.value(entry)
         out[pair["name"]] = str(pair["value"])
     return out

@@ -221,9 +221,9 @@ def accepts(monkeypatch):
     from triggers import retraining, silo_events
 
     record = SimpleNamespace(name="north-eu", account=ACCOUNT)
+    there = OutboxBlob(etag=BLOB_DATA["eTag"], size=BLOB_DATA["contentLength"])  # the blob each event names
     fake = SimpleNamespace(registry=SimpleNamespace(get=lambda silo: record, list=lambda: [record]),
-                           outbox_blob=lambda silo, path: OutboxBlob(etag=BLOB_DATA["eTag"],
-                                                                     size=BLOB_DATA["contentLength"]),
+                           outbox_blob=lambda silo, path: there,
                            outbox_reader=lambda: lambda silo, path, n: b'{"reason": "out of memory"}',
                            audit=SimpleNamespace(record=lambda *a, **k: None))
     monkeypatch.setattr(silo_events, "services", lambda: fake)

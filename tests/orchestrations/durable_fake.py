@@ -77,6 +77,10 @@ class FakeContext:
     def instance_id(self) -> str:
         return self._instance_id
 
+    @property
+    def is_replaying(self) -> bool:
+        return False  # a scripted execution runs every step once, never from history
+
     def get_input(self, expected_type=None):
         return wire(self._input)
 

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import socket
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -55,21 +57,31 @@ def registry(orch_conn) -> SiloRegistry:
     return SiloRegistry.create(table_service(orch_conn))
 
 
+@pytest.fixture(scope="session")
+def home_root(tmp_path_factory):
+    """The local home silos are provisioned in (each test its own silos), whose one warm worker pool serves
+    every test's jobs and is stopped at the end."""
+    root = tmp_path_factory.mktemp("silo-home")
+    yield root
+    from fedfunc.backends.local import LocalProcessBackend
+    LocalProcessBackend(root).stop_pool()
+
+
 @pytest.fixture
-def silos(azurite, orch_conn, tmp_path, policy_for):
+def silos(azurite, orch_conn, home_root, policy_for):
     """``silos(name, **policy)`` provisions a local silo (policy trusting ``trust``); released after the test."""
     made = []
 
     def make(name: str, **policy):
         record = provision_local_silo(name, azurite_home=azurite.location, orchestrator_conn=orch_conn,
-                                      home_root=tmp_path, initial_policy=policy_for(name, **policy))
+                                      home_root=home_root, initial_policy=policy_for(name, **policy))
         made.append(name)
         return record
 
-    make.home_root = tmp_path
+    make.home_root = home_root
     yield make
     for name in made:
-        release_local_silo(name, azurite_home=azurite.location, orchestrator_conn=orch_conn, home_root=tmp_path)
+        release_local_silo(name, azurite_home=azurite.location, orchestrator_conn=orch_conn, home_root=home_root)
 
 
 def digits_files(n: int = 120) -> dict[str, bytes]:
@@ -169,3 +181,23 @@ def wait_job_ended():
     def wait(pid: int, timeout: float = 60) -> None:
         wait_until(lambda: not alive(pid), timeout, interval=0.1, what=f"job process {pid} ended")
     return wait
+
+
+@pytest.fixture
+def hanging_server():
+    """An HTTP endpoint that accepts connections and never answers: a job downloading from it blocks.
+    ``accepted`` holds each connection taken, so a test can wait until a job is blocked on it."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    accepted = []
+
+    def serve():
+        while True:
+            try:
+                accepted.append(srv.accept())
+            except OSError:  # closed at teardown
+                return
+    threading.Thread(target=serve, daemon=True).start()
+    yield SimpleNamespace(url=f"http://127.0.0.1:{srv.getsockname()[1]}", accepted=accepted)
+    srv.close()

@@ -3,12 +3,8 @@ its evaluation alone; failures and crashes publish failed.json."""
 import json
 import os
 import signal
-import socket
-import threading
 from pathlib import Path
-from types import SimpleNamespace
 
-import pytest
 from azure.storage.blob import BlobServiceClient
 
 from fedfunc import layout
@@ -80,26 +76,6 @@ def test_wrong_model_bytes_fail_with_the_rule(silo_with_data, own_service, job_f
     failed = json.loads(_read(service, request.outbox_prefix + layout.FAILED))
     assert failed["rule"] == "ticket.model_bytes" and request.model_sha256 in failed["reason"]
     assert not service.get_blob_client(layout.OUTBOX, request.outbox_prefix + layout.METRICS).exists()
-
-
-@pytest.fixture
-def hanging_server():
-    """An HTTP endpoint that accepts connections and never answers: a job downloading from it blocks.
-    ``accepted`` holds each connection taken, so a test can wait until a job is blocked on it."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen()
-    accepted = []
-
-    def serve():
-        while True:
-            try:
-                accepted.append(srv.accept())
-            except OSError:  # closed at teardown
-                return
-    threading.Thread(target=serve, daemon=True).start()
-    yield SimpleNamespace(url=f"http://127.0.0.1:{srv.getsockname()[1]}", accepted=accepted)
-    srv.close()
 
 
 def _children(pid: int) -> list[int]:
