@@ -72,7 +72,7 @@ TAG_RUN, TAG_ROUND, TAG_SILO = "fedfunc.run", "fedfunc.round", "fedfunc.silo"
 TERMINAL = {"Completed", "Failed", "Canceled", "NotResponding"}
 
 
-def _datastore_uri(datastore: str, path: str = "") -> str:
+def datastore_uri(datastore: str, path: str = "") -> str:
     return f"azureml://datastores/{datastore}/paths/{path}"
 
 
@@ -154,9 +154,9 @@ class AmlSiloJobBackend:
             environment_variables={REQUEST_ENV: request.model_dump_json()},
             inputs={**mounts["inputs"],
                     "model": Input(type="uri_file", mode="download",
-                                   path=_datastore_uri(self.aml.models_datastore, model_path(request.model_url))),
+                                   path=datastore_uri(self.aml.models_datastore, model_path(request.model_url))),
                     "bundle": Input(type="uri_file", mode="download",
-                                    path=_datastore_uri(BUNDLES_DATASTORE, layout.bundle(request.bundle)))},
+                                    path=datastore_uri(BUNDLES_DATASTORE, layout.bundle(request.bundle)))},
             outputs=mounts["outputs"],
             identity=ManagedIdentityConfiguration(),
             tags={TAG_RUN: request.run_id, TAG_ROUND: str(request.round), TAG_SILO: silo},
@@ -167,13 +167,13 @@ class AmlSiloJobBackend:
 
         return {
             "inputs": {"code": Input(type="uri_folder", mode="download",
-                                     path=_datastore_uri(self.aml.code_datastore, f"{self.publish_code()}/")),
+                                     path=datastore_uri(self.aml.code_datastore, f"{self.publish_code()}/")),
                        "data": Input(type="uri_folder", mode="ro_mount",
-                                     path=_datastore_uri(naming.datastore(silo, layout.DATA))),
+                                     path=datastore_uri(naming.datastore(silo, layout.DATA))),
                        "policy": Input(type="uri_file", mode="download",
-                                       path=_datastore_uri(naming.datastore(silo, POLICY_CONTAINER), POLICY_BLOB))},
+                                       path=datastore_uri(naming.datastore(silo, POLICY_CONTAINER), POLICY_BLOB))},
             "outputs": {"outbox": Output(type="uri_folder", mode="rw_mount",
-                                         path=_datastore_uri(naming.datastore(silo, layout.OUTBOX)))},
+                                         path=datastore_uri(naming.datastore(silo, layout.OUTBOX)))},
         }
 
     def build_smoke_job(self, silo: str, smoke_id: str, models_url: str):

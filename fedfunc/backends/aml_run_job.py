@@ -21,7 +21,8 @@ from azure.core.exceptions import ResourceExistsError
 
 from fedfunc.azure import naming
 from fedfunc.azure.gateway import JobExists
-from fedfunc.backends.aml import TAG_RUN, TAG_SILO, AmlSiloJobBackend
+from fedfunc import layout
+from fedfunc.backends.aml import BUNDLES_DATASTORE, TAG_RUN, TAG_SILO, AmlSiloJobBackend, datastore_uri
 from fedfunc.contracts import SiloJobRequest
 from fedfunc.silo.serve import inbox_prefix, request_name
 
@@ -29,7 +30,7 @@ INBOX = "inbox"
 INBOX_ENV, RUN_ENV, SILO_ENV = "FEDFUNC_SILO_INBOX", "FEDFUNC_RUN", "FEDFUNC_SILO"
 SERVE_COMMAND = (
     f'PYTHONPATH="${{{{inputs.code}}}}" python -m fedfunc silo-serve --aml --inbox "${INBOX_ENV}" --run "${RUN_ENV}" --silo "${SILO_ENV}"'
-    " --data ${{inputs.data}} --policy ${{inputs.policy}} --outbox ${{outputs.outbox}}"
+    " --data ${{inputs.data}} --bundle ${{inputs.bundle}} --policy ${{inputs.policy}} --outbox ${{outputs.outbox}}"
 )
 
 
@@ -41,11 +42,15 @@ class AmlRunJobBackend(AmlSiloJobBackend):
         super().__init__(gateway, settings, **kwargs)
         self.inbox = inbox
 
-    def build_run_job(self, run: str, silo: str):
-        from azure.ai.ml import command
+    def build_run_job(self, run: str, silo: str, bundle: str):
+        """The silo's job for the whole run; the run's signed bundle (one per run) is mounted once."""
+        from azure.ai.ml import Input, command
         from azure.ai.ml.entities import ManagedIdentityConfiguration
 
         env = self.aml.environment
+        mounts = self._mounts(silo)
+        mounts["inputs"]["bundle"] = Input(type="uri_file", mode="download",
+                                           path=datastore_uri(BUNDLES_DATASTORE, layout.bundle(bundle)))
         return command(
             name=naming.run_job_name(run, silo), display_name=f"{run} {silo} (all rounds)",
             experiment_name=naming.experiment(run),
@@ -54,7 +59,7 @@ class AmlRunJobBackend(AmlSiloJobBackend):
             environment=env if env.startswith("azureml:") else f"azureml:{env}",
             command=SERVE_COMMAND,
             environment_variables={INBOX_ENV: self.inbox.url, RUN_ENV: run, SILO_ENV: silo},
-            identity=ManagedIdentityConfiguration(), tags={TAG_RUN: run, TAG_SILO: silo}, **self._mounts(silo))
+            identity=ManagedIdentityConfiguration(), tags={TAG_RUN: run, TAG_SILO: silo}, **mounts)
 
     def submit(self, request: SiloJobRequest) -> str:
         """Put the round's request in the silo's inbox (once), then make sure the silo's run job is there.
@@ -64,7 +69,7 @@ class AmlRunJobBackend(AmlSiloJobBackend):
                                    request.model_dump_json().encode(), overwrite=False)
         except ResourceExistsError:
             pass  # a retried activity: the first request stays (the job may already be running it)
-        job = self.build_run_job(request.run_id, request.silo)
+        job = self.build_run_job(request.run_id, request.silo, request.bundle or "")
         if self.gateway.job_status(job.name) is None:
             try:
                 self.gateway.create_job(job)

@@ -106,6 +106,7 @@ def silo_serve(
     silo: str = typer.Option(..., "--silo", help="this silo's name"),
     data: Path = typer.Option(..., "--data", help="the silo's data container, mounted"),
     outbox: Path = typer.Option(..., "--outbox", help="the silo's outbox container, mounted rw"),
+    bundle: Optional[Path] = typer.Option(None, "--bundle", help="the run's signed task bundle, mounted"),
     policy: Optional[Path] = typer.Option(None, "--policy", help="the silo's policy/policy.json"),
     aml: bool = typer.Option(True, "--aml/--no-aml", hidden=True),
     poll: float = typer.Option(1.0, "--poll", min=0.05, help="seconds between looks at the inbox"),
@@ -119,7 +120,7 @@ def silo_serve(
     from fedfunc.storage import credential
 
     identity = None if "?" in inbox else credential()  # a SAS in the URL (tests), else the job's identity
-    io = RunJobSiloIO(data, outbox, policy, credential=identity)
+    io = RunJobSiloIO(data, outbox, policy, bundle, credential=identity)
     ran = serve(BlobInbox(ContainerClient.from_container_url(inbox, credential=identity), inbox_prefix(run, silo)),
                 lambda: io, run=run, silo=silo, poll_s=poll, idle_s=idle)
     typer.echo(f"silo {silo}: served {len(ran)} round(s) of {run}")

@@ -176,12 +176,12 @@ class MountedSiloIO:
 
 
 class RunJobSiloIO(MountedSiloIO):
-    """A silo's long-lived AML job (``fedfunc.silo.serve``): data, policy and outbox mounted as for a
-    per-round job; each round's global model read from its URL (the job's identity, or a SAS in the URL),
+    """A silo's long-lived AML job (``fedfunc.silo.serve``): data, policy, outbox and the run's bundle mounted
+    as for a per-round job; each round's global model read from its URL (the job's identity, or a SAS in the URL),
     since a job's inputs are fixed when it starts. The runner still checks the bytes against the pin."""
 
-    def __init__(self, data: Path, outbox: Path, policy: Path | None, credential=None):
-        super().__init__(data, data, outbox, policy)
+    def __init__(self, data: Path, outbox: Path, policy: Path | None, bundle: Path | None = None, credential=None):
+        super().__init__(data, data, outbox, policy, bundle)
         self.credential = credential
 
     def read_model(self, request: SiloJobRequest) -> bytes:

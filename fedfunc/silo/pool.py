@@ -70,6 +70,7 @@ def warm() -> None:
     import fedfunc.silo.smoke  # noqa: F401
     import fedfunc.silo.supervise  # noqa: F401
     from fedfunc import kernels
+    from fedfunc.tasks.loader import TASK_PACKAGE_PREFIX
 
     torch.set_num_threads(1)
     net = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
@@ -78,7 +79,7 @@ def warm() -> None:
     step.step()
     kernels.sumsq(np.zeros(8, np.float32))
     kernels.sumsq(np.zeros(8, np.float32), np.zeros(8, np.float32))
-    imported = sorted(m for m in sys.modules if m.split(".")[:2] == ["fedfunc", "tasks"])
+    imported = sorted(m for m in sys.modules if m.startswith(TASK_PACKAGE_PREFIX))  # the platform's fedfunc.tasks is fine
     if imported:
         raise RuntimeError(f"the worker pool imported task code before any job was checked: {imported}")
 

@@ -84,13 +84,14 @@ class _FilesImporter(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 
 _IMPORTERS: dict[str, _FilesImporter] = {}
+TASK_PACKAGE_PREFIX = "fedfunc_task_"  # every task is imported as a package named after its files' content
 
 
 def package_name(files: Mapping[str, bytes]) -> str:
     h = hashlib.sha256()
     for path in sorted(files):
         h.update(f"{path}\0{hashlib.sha256(files[path]).hexdigest()}\n".encode())
-    return f"fedfunc_task_{h.hexdigest()[:16]}"
+    return f"{TASK_PACKAGE_PREFIX}{h.hexdigest()[:16]}"
 
 
 def _where(e: BaseException, origin: str) -> str:

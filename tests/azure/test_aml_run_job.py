@@ -35,14 +35,15 @@ def settings(tmp_path):
 def test_the_run_job_is_a_silo_job_that_serves_its_inbox(settings):
     backend = AmlRunJobBackend(FakeGateway(), settings, FakeInbox(), publish_code=publish,
                                compute_for=lambda silo: f"arc-{silo}")
-    job = backend.build_run_job("run-7", "north-eu")
+    job = backend.build_run_job("run-7", "north-eu", "ab" * 32)
     spec = as_spec(job)
     assert job.name == naming.run_job_name("run-7", "north-eu") != naming.job_name("run-7", 3, "north-eu")
     assert spec["compute"] == "azureml:arc-north-eu" and spec["identity"] == {"type": "managed_identity"}
     assert spec["environment"] == "azureml:fedfunc-silo:3" and "code" not in spec["component"]  # no AML code asset
     assert spec["component"]["command"] == SERVE_COMMAND
     assert spec["environment_variables"] == {INBOX_ENV: FakeInbox.url, RUN_ENV: "run-7", SILO_ENV: "north-eu"}
-    assert set(spec["inputs"]) == {"code", "data", "policy"}  # each round's model is read from its URL
+    assert set(spec["inputs"]) == {"code", "data", "policy", "bundle"}  # each round's model is read from its URL
+    assert spec["inputs"]["bundle"]["path"] == f"azureml://datastores/fedfunc_bundles/paths/{'ab' * 32}.fedbundle"
     assert spec["inputs"]["code"]["path"] == f"azureml://datastores/fedfunc_code/paths/{CODE}/"
     assert SERVE_COMMAND.startswith('PYTHONPATH="${{inputs.code}}" python -m fedfunc silo-serve ')
     assert spec["inputs"]["data"]["mode"] == "ro_mount" and spec["outputs"]["outbox"]["mode"] == "rw_mount"
