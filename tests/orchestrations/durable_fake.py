@@ -64,6 +64,7 @@ class FakeContext:
         self._now = now
         self._instance_id = instance_id
         self._uuids = 0
+        self._replaying = False
         self.statuses: list[dict] = []          # every set_custom_status, in order
         self.continued_as_new: object = None    # the input given to continue_as_new, if called
         self.created: list[Task] = []           # every task asked for, yielded or not
@@ -79,7 +80,7 @@ class FakeContext:
 
     @property
     def is_replaying(self) -> bool:
-        return False  # a scripted execution runs every step once, never from history
+        return self._replaying  # False unless the test replays steps from history (``replaying``)
 
     def get_input(self, expected_type=None):
         return wire(self._input)
@@ -123,6 +124,10 @@ class FakeContext:
     def advance(self, to: datetime) -> None:
         """The orchestration clock at the next replay step (Durable's clock only moves between yields)."""
         self._now = to
+
+    def replaying(self, flag: bool) -> None:
+        """Whether the next steps are replayed from history (Durable runs them again before the new ones)."""
+        self._replaying = flag
 
     @property
     def status(self) -> dict:

@@ -1,5 +1,6 @@
 """``federated_round``, every branch, with a scripted Durable context: what the round asks for (activities,
-event waits, its deadline timer) and what it decides as each silo's update, failure or silence arrives."""
+event waits, its deadline timer) and what it decides as each silo's update, evaluation, failure or silence
+arrives; each silo's time and figures, and the round's timeline on the orchestration clock."""
 from __future__ import annotations
 
 from datetime import timedelta
@@ -37,8 +38,10 @@ def collecting(ready=SILOS, errors: dict[str, str] | None = None, **spec) -> Orc
     """A round whose jobs were started (``errors``: silos whose submission failed) and that now waits."""
     o = prepared(ready, **spec)
     assert isinstance(o.pending, AllOf)
+    assert all(set(t.input) == {"job", "silo", "mode"} for t in o.pending.tasks)  # one order per silo, as a dict
     orders = [p.SiloJobOrder.model_validate(t.input) for t in o.pending.tasks]
     assert [t.name for t in o.pending.tasks] == [p.START_SILO_JOB] * len(ready)
+    assert all(t.retry == ACTIVITY_RETRY for t in o.pending.tasks)  # a transient storage fault is retried
     assert [order.silo for order in orders] == ready and {order.mode for order in orders} <= {"train"}
     assert all(order.job.manifest == MANIFEST and order.job.deadline == DEADLINE for order in orders)
     errors = errors or {}
@@ -122,6 +125,9 @@ def test_every_silo_updates_then_the_round_aggregates_evaluates_and_returns_refe
     assert result.num_samples == 30
     assert {s: (x.state, x.num_samples) for s, x in result.silos.items()} == {s: ("received", 10) for s in SILOS}
     assert o.context.status["phase"] == "done" and o.context.status["incoming"]["accuracy"] == 0.9
+    assert o.context.status["evaluate_only"] is False
+    assert (result.timeline.started, result.timeline.evaluated) == (T0, T0)  # the orchestration clock
+    assert {s: t.raised for s, t in result.timeline.silos.items()} == {s: T0 for s in SILOS}
 
 
 def test_deadline_fails_the_silent_silo_and_the_round_goes_on_at_quorum():
@@ -285,13 +291,160 @@ def test_an_evaluator_silo_only_evaluates_and_its_figures_are_pooled_apart():
 def test_the_evaluate_only_round_aggregates_nothing_and_returns_the_pooled_figures():
     job = round_job().model_copy(update={"evaluate_only": True})
     o = Orchestration(federated_round, FakeContext(job.wire(), instance_id="run-1:r1"))
-    o.send(p.RoundPlan(silos=SILOS, manifest=MANIFEST).wire())
-    assert {p.SiloJobOrder.model_validate(t.input).mode for t in o.pending.tasks} == {"evaluate"}
-    o.send([p.SiloJobStarted(silo=s, job_id=f"job-{s}").wire() for s in SILOS])
+    o.send(p.RoundPlan(silos=SILOS, evaluators=["held"], manifest=MANIFEST).wire())
+    orders = {order.silo: order.mode for order in map(p.SiloJobOrder.model_validate, (t.input for t in o.pending.tasks))}
+    assert orders == {s: "evaluate" for s in [*SILOS, "held"]}  # nobody trains
+    assert o.context.status["needed"] == 0 and o.context.status["evaluate_only"] is True
+    o.send([p.SiloJobStarted(silo=s, job_id=f"job-{s}").wire() for s in orders])
+    events, _ = waits(o)
+    assert not any(p.update_event(s) in events for s in orders)  # no update is awaited from anyone
+    evaluated(o, "held")
     evaluated(o, "ann")
     evaluated(o, "bob")
     deadline(o)  # a silent silo does not fail an evaluate-only round (it needs no quorum)
     result = finish(o, {"loss": 0.3, "accuracy": 0.93})
     assert not any(t.name == p.AGGREGATE for t in o.context.created)
-    assert result.model is None and result.incoming["accuracy"] == 0.93 and o.pooled.silos == ["ann", "bob"]
+    assert result.model is None and result.incoming["accuracy"] == 0.93
+    assert (o.pooled.silos, o.pooled.evaluators) == (["ann", "bob"], ["held"])
     assert result.silos["cat"].state == "failed" and result.silos["cat"].reason == SILENT
+    assert {s: result.silos[s].state for s in ("ann", "bob", "held")} == dict.fromkeys(("ann", "bob", "held"), "evaluated")
+    assert result.num_samples == 0 and result.timeline.aggregated is None and result.timeline.evaluated == DEADLINE
+
+
+def test_no_evaluation_at_all_still_ends_an_evaluate_only_round():
+    """Every silo silent: nothing to pool but the round (needing no quorum) ends, its figures empty."""
+    job = round_job().model_copy(update={"evaluate_only": True})
+    o = Orchestration(federated_round, FakeContext(job.wire(), instance_id="run-1:r1"))
+    o.send(p.RoundPlan(silos=SILOS, manifest=MANIFEST).wire())
+    o.send([p.SiloJobStarted(silo=s, error="job submission failed: quota").wire() for s in SILOS])
+    pool = p.EvaluationOrder.model_validate(o.pending.input)
+    assert (pool.silos, pool.evaluators) == ([], [])
+    o.send(p.RoundEvaluation().wire())
+    result = p.RoundResult.model_validate(o.output)
+    assert result.incoming == {} and {x.state for x in result.silos.values()} == {"failed"}
+
+
+def test_an_evaluator_that_fails_is_reported_and_its_figures_are_not_pooled():
+    o = Orchestration(federated_round, FakeContext(round_job(evaluators=["held"]).wire(), instance_id="run-1:r0"))
+    o.send(p.RoundPlan(silos=SILOS, evaluators=["held"], manifest=MANIFEST).wire())
+    o.send([p.SiloJobStarted(silo=s, job_id=f"job-{s}").wire() for s in [*SILOS, "held"]])
+    failed(o, "held", p.FailureNotice(reason="held-out set missing").wire())
+    events, _ = waits(o)
+    assert p.evaluated_event("held") not in events
+    for s in SILOS:
+        update(o, s)
+    aggregate(o, accepted=SILOS)
+    result = finish(o)
+    assert (o.pooled.silos, o.pooled.evaluators) == (SILOS, [])
+    assert (result.silos["held"].state, result.silos["held"].reason) == ("failed", "held-out set missing")
+
+
+def test_each_silos_time_metrics_clip_and_capped_weight_reach_the_round_result():
+    """On the orchestration clock from the round's start: the per-silo view ``observe`` and the run page
+    show (time, the silo's own metrics, whether its clip step scaled it), with the weight a sample cap gave it."""
+    o = collecting()
+    o.context.advance(T0 + timedelta(seconds=5))
+    update(o, "ann")
+    status = o.context.status
+    assert status["started"] == T0.isoformat() and status["silos"]["ann"] == p.SiloOutcome(
+        state="received", seconds=5.0).wire()
+    o.context.advance(T0 + timedelta(seconds=8))
+    update(o, "bob")
+    o.context.advance(T0 + timedelta(seconds=9))
+    failed(o, "cat", p.FailureNotice(reason="out of memory").wire())
+    cap = p.SampleCap(reported=900, used=5, by="registered max_samples")
+    received = {s: p.Received(path=f"runs/run-1/{s}/update.safetensors", sha256="0" * 64, metrics={"loss": loss},
+                              clipped=s == "bob")
+                for s, loss in (("ann", 0.3), ("bob", 0.4))}
+    o.send(p.AggregateResult(accepted=["ann", "bob"], samples={"ann": 10, "bob": 5}, num_samples=15,
+                             received=received, capped={"bob": cap}, model=model(1)).wire())
+    silos = finish(o).silos
+    assert (silos["ann"].seconds, silos["ann"].metrics, silos["ann"].capped, silos["ann"].clipped) == (
+        5.0, {"loss": 0.3}, None, False)
+    assert (silos["bob"].seconds, silos["bob"].num_samples, silos["bob"].capped, silos["bob"].clipped) == (
+        8.0, 5, cap, True)
+    assert (silos["cat"].state, silos["cat"].seconds, silos["cat"].metrics, silos["cat"].clipped) == (
+        "failed", 9.0, None, None)
+
+
+def test_a_rejected_silo_keeps_its_time_but_not_its_weight():
+    o = collecting()
+    for second, s in enumerate(SILOS, start=1):
+        o.context.advance(T0 + timedelta(seconds=second))
+        update(o, s)
+    aggregate(o, accepted=["ann", "bob"], rejected={"cat": "norm: over the bound"})
+    cat = finish(o).silos["cat"]
+    assert (cat.state, cat.reason, cat.seconds, cat.num_samples, cat.metrics) == (
+        "rejected", "norm: over the bound", 3.0, None, None)
+
+
+def test_the_timeline_stamps_each_round_step_on_its_clock_and_each_silos_steps_from_who_saw_them():
+    at = {step: T0 + timedelta(seconds=s) for step, s in
+          (("planned", 1), ("submitted", 2), ("ann", 4), ("bob", 6), ("aggregated", 9), ("evaluated", 12))}
+    silo_steps = {"queued": T0 + timedelta(seconds=2.5), "started": T0 + timedelta(seconds=3),
+                  "trained": T0 + timedelta(seconds=3.5)}
+    o = Orchestration(federated_round, FakeContext(round_job().wire(), instance_id="run-1:r0"))
+    o.context.advance(at["planned"])
+    o.send(p.RoundPlan(silos=["ann", "bob"], manifest=MANIFEST).wire())
+    o.context.advance(at["submitted"])
+    o.send([p.SiloJobStarted(silo=s, job_id=f"job-{s}", submitted=T0 + timedelta(seconds=1.5)).wire()
+            for s in ("ann", "bob")])
+    for s in ("ann", "bob"):
+        o.context.advance(at[s])
+        events, _ = waits(o)
+        o.fire(events[p.update_event(s)], p.UpdateNotice(
+            path=f"runs/run-1/{s}/update.safetensors", landed=at[s] - timedelta(seconds=0.5),
+            delivered=at[s] - timedelta(seconds=0.25)).wire())
+    o.context.advance(at["aggregated"])
+    received = {s: p.Received(path=f"runs/run-1/{s}/update.safetensors", metrics={}, times=p.JobTimes(**silo_steps))
+                for s in ("ann",)}  # bob's update carried no times of its own
+    o.send(p.AggregateResult(accepted=["ann", "bob"], samples={"ann": 1, "bob": 1}, num_samples=2,
+                             received=received, model=model(1)).wire())
+    o.context.advance(at["evaluated"])
+    o.send(p.RoundEvaluation(metrics={"accuracy": 0.5}).wire())
+    timeline = p.RoundResult.model_validate(o.output).timeline
+    assert (timeline.started, timeline.planned, timeline.submitted, timeline.collected, timeline.aggregated,
+            timeline.evaluated) == (T0, at["planned"], at["submitted"], at["bob"], at["aggregated"], at["evaluated"])
+    assert timeline.silos["ann"] == p.SiloTimeline(
+        submitted=T0 + timedelta(seconds=1.5), **silo_steps, landed=at["ann"] - timedelta(seconds=0.5),
+        delivered=at["ann"] - timedelta(seconds=0.25), raised=at["ann"])
+    assert timeline.silos["bob"] == p.SiloTimeline(
+        submitted=T0 + timedelta(seconds=1.5), landed=at["bob"] - timedelta(seconds=0.5),
+        delivered=at["bob"] - timedelta(seconds=0.25), raised=at["bob"])
+
+
+def test_a_replayed_step_leaves_the_status_alone_and_the_first_new_step_sets_it_whole():
+    """While Durable replays history the round does not rebuild its status (O(silos) each step, thrown away);
+    the first step past the replay shows everything the replayed steps decided."""
+    o = Orchestration(federated_round, FakeContext(round_job().wire(), instance_id="run-1:r0"))
+    o.context.replaying(True)
+    o.send(p.RoundPlan(silos=SILOS, manifest=MANIFEST).wire())
+    o.send([p.SiloJobStarted(silo=s, job_id=f"job-{s}").wire() for s in SILOS])
+    update(o, "ann")
+    assert o.context.statuses == []
+    o.context.replaying(False)
+    update(o, "bob")
+    status = o.context.status
+    assert (status["phase"], status["received"], status["missing"]) == ("collecting", ["ann", "bob"], ["cat"])
+    o.context.replaying(True)
+    update(o, "cat")  # the round's decisions are set whether or not replayed: the status must end right
+    assert o.context.status["phase"] == "aggregating"
+    aggregate(o, accepted=SILOS)
+    assert o.context.status["phase"] == "aggregating"  # "pooling evaluations" is a progress note, skipped
+    finish(o)
+    assert o.context.status["phase"] == "done"
+
+
+def test_an_aggregation_that_cannot_run_fails_the_round_with_its_reason():
+    """A robust rule left with too few updates, or an unusable strategy state: no model, and the round says why."""
+    o = collecting()
+    for s in SILOS:
+        update(o, s)
+    why = "krum needs at least 4 updates for f=1, got 2"
+    with pytest.raises(RoundFailed) as err:
+        o.send(p.AggregateResult(accepted=["ann", "bob"], rejected=[p.Rejection(silo="cat", reason="nonce: stale")],
+                                 error=why).wire())
+    assert str(err.value) == f"round 0: {why}"
+    status = o.context.status
+    assert (status["phase"], status["error"], status["rejected"]) == ("failed", why, {"cat": "nonce: stale"})
+    assert not any(t.name == p.POOL_EVALUATIONS for t in o.context.created)
