@@ -40,14 +40,13 @@ class _Data(BaseModel):
 
 class RunStartedData(_Data):
     run: str
-    task: str
-    aggregator: str
+    task: str | None
+    strategy: str
     rounds: int
     silos: list[str] | Literal["all"]
     quorum: float
     spec: str                      # the spec blob, e.g. runs/{run}/spec.json
-    code_hash: str | None = None   # the signed code bundle
-    signer: str | None = None
+    code_hash: str | None = None   # the signed task bundle's hash
 
 
 class SiloSummary(_Data):
@@ -138,11 +137,10 @@ def events_for(fact: RunFact | SiloFact) -> list[DomainEvent]:
                        SiloData(silo=fact.silo, compute=fact.compute))]
     run, subject = fact.run_id, f"runs/{fact.run_id}"
     if fact.kind == "RunStarted":
-        spec, bundle = fact.spec, fact.spec.bundle or {}
+        spec = fact.spec
         return [_event("RunStarted", f"run:{run}:RunStarted", subject, fact.at, RunStartedData(
-            run=run, task=spec.task, aggregator=spec.aggregator, rounds=spec.rounds, silos=spec.silos,
-            quorum=spec.quorum, spec=_blob(layout.RUNS, layout.run_spec(run)), code_hash=bundle.get("code_hash"),
-            signer=bundle.get("signer")))]
+            run=run, task=spec.task, strategy=spec.strategy.name, rounds=spec.rounds, silos=spec.silos,
+            quorum=spec.quorum, spec=_blob(layout.RUNS, layout.run_spec(run)), code_hash=spec.bundle))]
     if fact.kind == "RoundCompleted":
         r = fact.result
         round_subject = f"{subject}/rounds/{r.round}"

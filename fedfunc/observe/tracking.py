@@ -65,15 +65,16 @@ def _short(text: str | None) -> str:
 
 
 def spec_params(spec: RunSpec) -> dict[str, str]:
-    """The run spec as MLflow params (the signed bundle by its hash and signer, not its file list)."""
-    plain = spec.model_dump(mode="json", exclude={"bundle", "hyperparams"})
+    """The run spec as MLflow params (the signed bundle by its hash; the strategy by name and options)."""
+    plain = spec.model_dump(mode="json", exclude={"bundle", "hyperparams", "strategy"})
     params = {k: ",".join(v) if isinstance(v, list) else str(v) for k, v in plain.items()}
-    for k, v in (spec.hyperparams.model_dump() if spec.hyperparams else {}).items():
+    for k, v in (spec.hyperparams or {}).items():
         params[f"hyperparams.{k}"] = str(v)
-    bundle = spec.bundle or {}
-    for k in ("code_hash", "signer"):
-        if bundle.get(k):
-            params[f"bundle.{k}"] = str(bundle[k])
+    if spec.bundle:
+        params["bundle.code_hash"] = spec.bundle
+    params["strategy"] = spec.strategy.name
+    for k, v in spec.strategy.options.items():
+        params[f"strategy.{k}"] = str(v)
     return params
 
 
@@ -106,7 +107,7 @@ def tracking_for(fact: RunFact) -> TrackingWork:
         spec = fact.spec
         return TrackingWork(id=f"run:{run}:track:start", run=run, what="start", timestamp_ms=ts,
                             params=spec_params(spec),
-                            tags={RUN_TAG: run, "fedfunc.task": spec.task, "fedfunc.strategy": spec.aggregator},
+                            tags={RUN_TAG: run, "fedfunc.task": spec.task, "fedfunc.strategy": spec.strategy.name},
                             documents={"spec.json": spec.model_dump(mode="json")})
     if fact.kind == "RoundCompleted":
         r = fact.result

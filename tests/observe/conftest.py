@@ -14,8 +14,7 @@ from fedfunc.storage import blob_service, table_service
 
 @pytest.fixture
 def spec() -> RunSpec:
-    return RunSpec(task="digits", silos=["site-1", "site-2"], rounds=2, aggregator="fedavg",
-                   bundle={"code_hash": "c" * 64, "signer": "key-1", "bundle": {}, "signature": "s"})
+    return RunSpec(task="digits", silos=["site-1", "site-2"], rounds=2, strategy="fedavg", bundle="c" * 64)
 
 
 @pytest.fixture

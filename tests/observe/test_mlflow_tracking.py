@@ -47,7 +47,7 @@ def test_a_run_in_mlflow_logged_twice_is_logged_once(uri, store, run_facts, requ
     (found,) = client.search_runs([client.get_experiment_by_name("fedfunc-test").experiment_id],
                                   filter_string=f"tags.`{RUN_TAG}` = '{run}'")
     assert found.info.run_name == run and found.info.status == "FINISHED"
-    assert found.data.params["task"] == "digits" and found.data.params["aggregator"] == "fedavg"
+    assert found.data.params["task"] == "digits" and found.data.params["strategy"] == "fedavg"
     assert found.data.params["bundle.code_hash"] == "c" * 64 and found.data.tags["fedfunc.strategy"] == "fedavg"
     rid = found.info.run_id
     history = {k: [(m.step, m.value) for m in client.get_metric_history(rid, k)]
