@@ -1,12 +1,15 @@
 """Many local silos through the real system: onboarding, then rounds, with memory and history per round.
 
 Azurite (one account per silo), the Function App on ``fedfunc host``, every silo onboarded through the
-admin API (provisioning, grants, a smoke job each), each silo owner's upload with its own key, a signed
-bundle, tickets, BlobCreated events, the warm worker pool. After each round: the resident memory of
+admin API (provisioning, grants, a smoke job each), each silo owner's upload of its IID share of digits
+(``silo_parts``: its own train and test parts) with its own key, a signed bundle, tickets, BlobCreated
+events, the warm worker pool; the accuracy is pooled over the silos' test parts, and the run ends with an
+evaluate-only round for the last model (not in the per-round table). After each round: the resident memory of
 the host, Azurite and the worker pool, and the orchestration history the host keeps (rows of the run's
 instance, of the round's instance, and of all instances).
 
-    .venv/bin/python bench/scale.py [--silos 100] [--rounds 5] [--workers N]
+    flock /tmp/fedfunc-heavy.lock env PYTHONPATH=. .venv/bin/python bench/scale.py \\
+        [--silos 100] [--rounds 5] [--workers N]
 """
 from __future__ import annotations
 
@@ -26,8 +29,7 @@ from fedfunc import layout  # noqa: E402
 from fedfunc.backends.local import LocalProcessBackend  # noqa: E402
 from fedfunc.devstack import DevStack  # noqa: E402
 from fedfunc.protocol import round_instance_id  # noqa: E402
-from fedfunc.tasks.partition import partition  # noqa: E402
-from fedfunc.tasks.registry import get_task  # noqa: E402
+from fedfunc.tasks.builtin.datasets import silo_parts  # noqa: E402
 
 
 def rss_mb(pid: int | None) -> float | None:
@@ -56,7 +58,6 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--workers", type=int, default=None, help="worker pool size (default: the number of cores)")
     args = p.parse_args()
-    data = get_task("digits").load_dataset()
     silos = [f"scale-{i:03d}" for i in range(args.silos)]
     extra = {"FEDFUNC_LOCAL_WORKERS": str(args.workers)} if args.workers else {}
     with tempfile.TemporaryDirectory() as tmp, DevStack(Path(tmp), pool_size=args.silos, extra_settings=extra) as stack:
@@ -64,13 +65,13 @@ def main() -> None:
         stack.add_silos(silos, timeout=60 + 5 * args.silos)
         onboarded = time.monotonic() - t0
         t0 = time.monotonic()
-        for silo, idx in zip(silos, partition(data.y_train, args.silos, alpha=None, seed=0)):
-            stack.upload_data(silo, "digits", data.x_train[idx], data.y_train[idx])
+        for silo, part in zip(silos, silo_parts("digits", args.silos, alpha=None, seed=0)):
+            stack.upload_data(silo, part.files("digits"))
         uploaded = time.monotonic() - t0
         print(f"{args.silos} silos onboarded in {onboarded:.1f} s ({onboarded / args.silos:.2f} s each, side by side); "
               f"data uploaded in {uploaded:.1f} s", flush=True)
-        run = stack.start_run({"task": "digits", "silos": silos, "rounds": args.rounds, "round_deadline_s": 1800,
-                               "bundle": stack.signed_bundle("digits", HP)})
+        run = stack.start_run({"silos": silos, "rounds": args.rounds, "round_deadline_s": 1800,
+                               "bundle": stack.bundle("digits", HP)})
         samples, seen = [], 0
         pool = LocalProcessBackend(stack.home)
 
