@@ -278,7 +278,7 @@ def aggregate_round(store: RunStore, read_outbox: OutboxReader, open_outbox: Out
         received[silo] = Received(path=notice.path, sha256=opened.sha256,
                                   version=None if opened.sha256 else blob.version, metrics=metrics,
                                   payload=opened.kind, transforms=[s.wire() for s in opened.history],
-                                  clipped=pipeline.clipped(opened.history))
+                                  clipped=pipeline.clipped(opened.history), times=opened.times)
     readers = RANGE_READERS if any(r.version for r in received.values()) else 0
 
     def result(**fields) -> AggregateResult:
