@@ -12,7 +12,7 @@ install: $(STAMP) node_modules/.installed
 $(STAMP): requirements.txt requirements-silo.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements-dev.txt
+	$(PY) -m pip install -q --retries 2 -r requirements-dev.txt  # the CPU-torch index (for Azure builds) may be unreachable: fail over fast
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
