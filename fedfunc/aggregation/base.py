@@ -151,7 +151,7 @@ class Strategy:
             except TooFewUpdates as e:
                 e.rejected = rejected
                 raise
-            block = block_elems or max(4096, min(self.block_elems, READ_BUDGET // (8 * max(1, len(ordered)))))
+            block = block_elems or block_for(len(ordered), self.block_elems)
             blocks = BlockPass(global_arrays, ordered, block, max_norm, readers=readers)
             arrays, new_state, selected = self._aggregate(global_arrays, ordered, state, blocks)
             failed = blocks.failures()
@@ -166,6 +166,12 @@ class Strategy:
                    blocks: BlockPass) -> tuple[dict[str, np.ndarray], State, list[str]]:
         """(new arrays, new state, keys of the updates used) — what each strategy implements."""
         raise NotImplementedError
+
+
+def block_for(n_updates: int, cap: int = BLOCK_ELEMS) -> int:
+    """Elements per block when ``n_updates`` are read side by side: their float64 blocks stay within
+    ``READ_BUDGET``, at most ``cap`` and at least 4096."""
+    return max(4096, min(cap, READ_BUDGET // (8 * max(1, n_updates))))
 
 
 class BlockPass:

@@ -15,7 +15,7 @@ from fedfunc import evaluation, layout, pipeline, weights
 from fedfunc.aggregation import (BlockPass, BlockUpdate, CheckedUpdate, DeltaUpdate, RangeUpdate, Reweighted, State,
                                  StateCorrupt, StateError, StateMissing, Strategy, TooFewUpdates, decode_state,
                                  encode_state)
-from fedfunc.aggregation.base import BLOCK_ELEMS, READ_BUDGET
+from fedfunc.aggregation.base import block_for
 from fedfunc.aggregation.sources import in_key_order
 from fedfunc.contracts import BlobRange, JobMode, ModelRef, OutboxOpener, OutboxReader, SiloJobBackend, SiloJobRequest
 from fedfunc.coordinator.bundles import open_stored
@@ -336,8 +336,7 @@ def within_median(global_arrays: dict, sources: list[BlockUpdate], max_norm: flo
     failed: dict[str, Exception | str] = {}
     while True:
         ordered = in_key_order(sources)
-        block = max(4096, min(BLOCK_ELEMS, READ_BUDGET // (8 * max(1, len(ordered)))))
-        blocks = BlockPass(global_arrays, ordered, block, max_norm, measure_all=True, readers=readers)
+        blocks = BlockPass(global_arrays, ordered, block_for(len(ordered)), max_norm, measure_all=True, readers=readers)
         try:
             for _ in blocks():
                 pass

@@ -100,6 +100,20 @@ def as_json_bytes(value: object) -> bytes:
     return json.dumps(value).encode()
 
 
+def _edited(draw, genuine: bytes, kind: str) -> bytes:
+    """``genuine`` with up to 8 bytes flipped (``flip``), cut short and padded with junk (``cut``), or junk
+    spliced in (``splice``)."""
+    if kind == "flip":
+        data = bytearray(genuine)
+        for at in draw(st.lists(st.integers(0, len(data) - 1), min_size=1, max_size=8)):
+            data[at] = draw(st.integers(0, 255))
+        return bytes(data)
+    if kind == "cut":
+        return genuine[:draw(st.integers(0, len(genuine)))] + draw(st.binary(max_size=64))
+    at = draw(st.integers(0, len(genuine)))
+    return genuine[:at] + draw(st.binary(min_size=1, max_size=64)) + genuine[at:]
+
+
 @st.composite
 def safetensors_blobs(draw) -> bytes:
     """Genuine update bytes with the header rewritten, bytes flipped, cut or padded, or the length forged."""
@@ -109,13 +123,8 @@ def safetensors_blobs(draw) -> bytes:
     if kind == "header":
         text = json.dumps(draw(mutated(header)), allow_nan=True).encode()
         return len(text).to_bytes(8, "little") + text + tail
-    if kind == "flip":
-        data = bytearray(UPDATE)
-        for at in draw(st.lists(st.integers(0, len(data) - 1), min_size=1, max_size=8)):
-            data[at] = draw(st.integers(0, 255))
-        return bytes(data)
-    if kind == "cut":
-        return UPDATE[:draw(st.integers(0, len(UPDATE)))] + draw(st.binary(max_size=64))
+    if kind in ("flip", "cut"):
+        return _edited(draw, UPDATE, kind)
     if kind == "length":
         return draw(st.integers(0, 2**64 - 1)).to_bytes(8, "little") + UPDATE[8:]
     return draw(st.binary(max_size=300))
@@ -125,17 +134,9 @@ def safetensors_blobs(draw) -> bytes:
 def bundle_blobs(draw) -> bytes:
     """The genuine signed bundle (a ZIP) with bytes flipped, cut, padded or spliced, or random bytes."""
     kind = draw(st.sampled_from(["flip", "cut", "splice", "random"]))
-    if kind == "flip":
-        data = bytearray(BUNDLE)
-        for at in draw(st.lists(st.integers(0, len(data) - 1), min_size=1, max_size=8)):
-            data[at] = draw(st.integers(0, 255))
-        return bytes(data)
-    if kind == "cut":
-        return BUNDLE[:draw(st.integers(0, len(BUNDLE)))] + draw(st.binary(max_size=64))
-    if kind == "splice":
-        at = draw(st.integers(0, len(BUNDLE)))
-        return BUNDLE[:at] + draw(st.binary(min_size=1, max_size=64)) + BUNDLE[at:]
-    return b"PK\x03\x04" + draw(st.binary(max_size=300))
+    if kind == "random":
+        return b"PK\x03\x04" + draw(st.binary(max_size=300))
+    return _edited(draw, BUNDLE, kind)
 
 
 @st.composite
