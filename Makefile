@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-repeat coverage-orchestrations bench clean
+.PHONY: install demo test test-repeat test-alone test-mutants coverage-orchestrations bench clean
 
 install: $(STAMP) node_modules/.installed
 
@@ -30,6 +30,15 @@ test: install
 # touches the round. Prints each run's result and how many passed; fails unless all did.
 test-repeat: install
 	$(PY) tests/repeat.py --times $(or $(N),3)
+
+# Every test file of the suite alone (its own pytest process), once, without load.
+test-alone: install
+	$(PY) tests/repeat.py --alone --times 1 --no-hog
+
+# Break the product on purpose (deadline timer, size bounds, event de-duplication, SAS revocation) and check
+# the tests written for each behaviour fail; each mutant is made in a copy of the tree.
+test-mutants: install
+	$(PY) tests/mutants.py
 
 # Branch coverage of orchestrations/ by their unit tests (scripted Durable context, no stack); fails under 90%.
 coverage-orchestrations: install

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 from datetime import datetime, timezone
 
 from azure.core.exceptions import AzureError
@@ -23,7 +25,7 @@ from fedfunc.coordinator.store import RunStore, to_json
 from fedfunc.pipeline import SiloSide
 from fedfunc.protocol import (AggregateOrder, AggregateResult, EvaluationOrder, JobTimes, Received, Rejection,
                               RoundEvaluation, RoundJob, RoundPlan, RoundResult, RunStart, RunState, SampleCap,
-                              SiloJobStarted)
+                              SiloJobStarted, UpdateNotice)
 from fedfunc.security import Refused
 from fedfunc.security.bundle import BundleManifest
 from fedfunc.security.egress import MAX_METRICS_BYTES, check_metrics
@@ -34,6 +36,8 @@ from fedfunc.security.update_bound import above_median, resolve_bound
 # model)), with RANGE_READERS threads reading the next block while the current one is combined.
 WHOLE_READ_BUDGET = 64 << 20
 RANGE_READERS = 8
+T, R = TypeVar("T"), TypeVar("R")
+OUTBOX_READERS = 8  # silos' outboxes read side by side (reads are round trips, not CPU)
 
 
 def model_ref(path: str, data: bytes, state_path: str, state: bytes) -> ModelRef:
@@ -254,15 +258,21 @@ def aggregate_round(store: RunStore, read_outbox: OutboxReader, open_outbox: Out
     capped: dict[str, SampleCap] = {}
     sources: list[BlockUpdate] = []
     whole_read_bytes = whole_read_budget // max(1, len(order.updates))
-    for silo, notice in sorted(order.updates.items()):
+
+    def open_one(silo: str, notice: UpdateNotice) -> tuple[BlobRange, Opened, dict]:
         expected = {"run": job.run_id, "round": job.round, "silo": silo, "nonce": job.nonce,
                     "silos": manifest_doc["silos"]}
+        blob = open_outbox(silo, notice.path)
+        opened = open_update(blob, silo, global_arrays, expected=expected, max_bytes=max_bytes,
+                             whole_read_bytes=whole_read_bytes, side=side)
+        metrics = check_metrics(read_outbox(silo, notice.path.removesuffix(layout.UPDATE) + layout.METRICS,
+                                            MAX_METRICS_BYTES))
+        return blob, opened, metrics
+
+    openings = each_silo(open_one, order.updates)  # side by side: a round trip per read, not per silo
+    for silo, notice in sorted(order.updates.items()):
         try:
-            blob = open_outbox(silo, notice.path)
-            opened = open_update(blob, silo, global_arrays, expected=expected, max_bytes=max_bytes,
-                                 whole_read_bytes=whole_read_bytes, side=side)
-            metrics = check_metrics(read_outbox(silo, notice.path.removesuffix(layout.UPDATE) + layout.METRICS,
-                                                MAX_METRICS_BYTES))
+            blob, opened, metrics = openings[silo].result()
         except UnreadableUpdate as e:
             rejected[silo] = f"unreadable: {e.error}"
             continue
@@ -351,6 +361,13 @@ def within_median(global_arrays: dict, sources: list[BlockUpdate], max_norm: flo
     return kept, {u.key: norms[u.key] for u in kept}, failed
 
 
+def each_silo(read: Callable[[str, T], R], items: Mapping[str, T]) -> dict[str, Future[R]]:
+    """``read(silo, item)`` for every silo, ``OUTBOX_READERS`` at a time; each future holds its result or
+    its error, so one silo's failure is that silo's alone."""
+    with ThreadPoolExecutor(max(1, min(OUTBOX_READERS, len(items)))) as pool:
+        return {silo: pool.submit(read, silo, item) for silo, item in items.items()}
+
+
 def sample_cap(silo: str, reported: int, registered: int | None, spec_cap: int | None) -> SampleCap | None:
     """How many samples a silo's update is weighted by, if less than it reported: the orchestrator cannot
     count a silo's data, so it caps the silo's claim by what was registered for it and by the spec."""
@@ -374,12 +391,17 @@ def pool_evaluations(store: RunStore, read_outbox: OutboxReader, order: Evaluati
     classes = run_manifest(store, job.run_id).num_classes
     rejected: list[Rejection] = []
     figures: dict[str, evaluation.EvalFigures] = {}
-    for silo in sorted({*order.silos, *order.evaluators}):
+
+    def read_one(silo: str, _) -> evaluation.EvalFigures:
         path = layout.outbox_prefix(job.run_id, job.round, silo) + layout.EVALUATION
         expected = {"run": job.run_id, "round": job.round, "silo": silo, "nonce": job.nonce}
+        return evaluation.check_evaluation(read_outbox(silo, path, evaluation.max_bytes(classes)),
+                                           num_classes=classes, expected=expected)
+
+    reads = each_silo(read_one, dict.fromkeys({*order.silos, *order.evaluators}))
+    for silo in sorted(reads):
         try:
-            figures[silo] = evaluation.check_evaluation(read_outbox(silo, path, evaluation.max_bytes(classes)),
-                                                        num_classes=classes, expected=expected)
+            figures[silo] = reads[silo].result()
         except (weights.UpdateRejected, AzureError, ValueError) as e:
             rejected.append(Rejection(silo=silo, reason=f"evaluation: {e}"))
     pooled = evaluation.pool((figures[s] for s in order.silos if s in figures), classes)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
@@ -17,7 +18,7 @@ from azure.storage.blob import ContainerClient
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedfunc import layout
-from fedfunc.contracts import BlobRange, OutboxOpener, OutboxReader, SiloJobBackend, SiloProvisioner
+from fedfunc.contracts import OutboxOpener, OutboxReader, SiloJobBackend, SiloProvisioner
 from fedfunc.coordinator.store import RunStore
 from fedfunc.observe.delivery import Observer
 from fedfunc.observe.outbox import ObservationOutbox
@@ -125,21 +126,29 @@ class Services:
             return None
         return OutboxBlob(etag=props.etag.strip('"'), size=props.size)
 
-    def outbox_reader(self) -> OutboxReader:
-        """``read(silo, path, max_bytes)`` from silos' own outboxes, for one activity (any thread): the
-        registry is read once (one query for every silo) and each silo's container client made once, and
-        a blob is read in one request, never past the bound."""
+    def _outbox_clients(self) -> Callable[[str], ContainerClient]:
+        """``client(silo)``: a silo's outbox, for one activity (any thread). The registry is read once,
+        one query for every silo, and each silo's container client made once."""
         outboxes: dict[str, ContainerClient] = {}
         records: dict[str, SiloRecord] = {}
         lock = threading.Lock()
 
-        def read(silo: str, path: str, max_bytes: int) -> bytes:
+        def client(silo: str) -> ContainerClient:
             if silo not in outboxes:
                 with lock:
                     if not records:
                         records.update((r.name, r) for r in self.registry.list())
                 outboxes[silo] = self.outbox(records.get(silo) or self.registry.get(silo))
-            data = outboxes[silo].get_blob_client(path).download_blob(offset=0, length=max_bytes + 1).readall()
+            return outboxes[silo]
+        return client
+
+    def outbox_reader(self) -> OutboxReader:
+        """``read(silo, path, max_bytes)`` from silos' own outboxes, for one activity (any thread); a blob
+        is read in one request, never past the bound."""
+        outbox = self._outbox_clients()
+
+        def read(silo: str, path: str, max_bytes: int) -> bytes:
+            data = outbox(silo).get_blob_client(path).download_blob(offset=0, length=max_bytes + 1).readall()
             if len(data) > max_bytes:
                 raise ValueError(f"size: {path} is over the {max_bytes}-byte bound")
             return data
@@ -147,14 +156,9 @@ class Services:
 
     def outbox_opener(self) -> OutboxOpener:
         """``open(silo, path)`` → a ``BlobRange`` (``PinnedBlob``) over a blob in a silo's outbox, for one
-        activity; each silo's record and container client are looked up once."""
-        outboxes: dict[str, ContainerClient] = {}
-
-        def open_blob(silo: str, path: str) -> BlobRange:
-            if silo not in outboxes:
-                outboxes[silo] = self.outbox(self.registry.get(silo))
-            return PinnedBlob(outboxes[silo].get_blob_client(path))
-        return open_blob
+        activity (any thread)."""
+        outbox = self._outbox_clients()
+        return lambda silo, path: PinnedBlob(outbox(silo).get_blob_client(path))
 
 
 @lru_cache(maxsize=1)
