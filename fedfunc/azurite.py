@@ -136,11 +136,10 @@ class Azurite:
 
     def serve_through(self, ports: dict[str, int]) -> None:
         """Let clients reach Azurite through other ports (a proxy in front of it, e.g. one injecting faults):
-        connection strings then name ``ports``, and Azurite keeps listening on the ports it has."""
-        if not all(self._config.get(f"{name}_port") for name in SERVICES):
-            raise RuntimeError("start Azurite once first: its own ports are not known yet")
+        connection strings then name ``ports``, and Azurite listens on the ports it has, or, before its
+        first start, on any free ports, which it reports when it starts (``listen_ports`` in its config)."""
         self._config["listen_ports"] = self._config.get("listen_ports") or {
-            name: self._config[f"{name}_port"] for name in SERVICES}
+            name: self._config.get(f"{name}_port") or 0 for name in SERVICES}
         self._config.update({f"{name}_port": port for name, port in ports.items()})
         self._save(self._config)
 
@@ -150,7 +149,7 @@ class Azurite:
         env = dict(os.environ)
         env["AZURITE_ACCOUNTS"] = ";".join(f"{n}:{k}" for n, k in self._config["keys"].items())
         listen = self._config.get("listen_ports")
-        ports = {name: (listen or {}).get(name) or self._config.get(f"{name}_port") or 0 for name in SERVICES}
+        ports = {name: (listen.get(name) if listen else self._config.get(f"{name}_port")) or 0 for name in SERVICES}
         cmd = [
             azurite_binary(), "--location", str(self.data_dir),  # not --silent: the access log names each write
             "--blobPort", str(ports["blob"]), "--queuePort", str(ports["queue"]),
@@ -170,6 +169,8 @@ class Azurite:
             if len(bound) == len(SERVICES):
                 if listen:
                     listen.update(bound)
+                    for name in SERVICES:  # a service with no proxy in front is reached where it listens
+                        self._config[f"{name}_port"] = self._config.get(f"{name}_port") or bound[name]
                 else:
                     self._config.update({f"{name}_port": port for name, port in bound.items()})
                 self._save(self._config)

@@ -17,6 +17,7 @@ import asyncio
 import random
 import threading
 from collections import Counter
+from collections.abc import Callable
 
 FAULTS = ("busy", "timeout", "drop_before", "drop_after", "slow")
 _CANNED = {
@@ -44,7 +45,7 @@ async def _read_body(reader: asyncio.StreamReader, head: bytes, no_body: bool = 
 
 
 class FaultProxy:
-    def __init__(self, upstream_port: int, *, rate: float, budget: int, seed: int = 0, slow_s: float = 1.0,
+    def __init__(self, upstream_port: Callable[[], int], *, rate: float, budget: int, seed: int = 0, slow_s: float = 1.0,
                  faults: tuple[str, ...] = FAULTS):
         self.upstream_port, self.rate, self.budget, self.slow_s, self.faults = upstream_port, rate, budget, slow_s, faults
         self.random = random.Random(seed)
@@ -89,7 +90,7 @@ class FaultProxy:
                 for attempt in (1, 2):  # a kept-alive upstream connection storage closed: open a new one, once
                     if upstream is None:
                         try:
-                            upstream = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+                            upstream = await asyncio.open_connection("127.0.0.1", self.upstream_port())
                         except OSError:
                             self.counts["storage_down"] += 1
                             return

@@ -10,6 +10,7 @@ import os
 import signal
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -31,12 +32,13 @@ pytestmark = pytest.mark.slow
 
 def proxied_stack(root: Path, *, rate: float, budget: int, seed: int) -> tuple[DevStack, dict[str, FaultProxy]]:
     """A dev stack whose storage clients all reach Azurite through fault proxies (blob and table)."""
-    azurite = Azurite(root / "azurite").start()  # once, to learn the ports Azurite binds
-    ports = {name: azurite._config[f"{name}_port"] for name in ("blob", "queue", "table")}
-    azurite.stop()
-    proxies = {name: FaultProxy(ports[name], rate=rate, budget=budget, seed=seed + i).start()
+    azurite = Azurite(root / "azurite")
+
+    def listening(name: str) -> Callable[[], int]:  # where Azurite listens now: known once it has started
+        return lambda: json.loads(azurite._config_path.read_text())["listen_ports"][name]
+    proxies = {name: FaultProxy(listening(name), rate=rate, budget=budget, seed=seed + i).start()
                for i, name in enumerate(("blob", "table"))}
-    azurite.serve_through({**{name: p.port for name, p in proxies.items()}, "queue": ports["queue"]})
+    azurite.serve_through({name: p.port for name, p in proxies.items()})  # Azurite binds its own ports: no gap
     return DevStack(root).start(), proxies
 
 
