@@ -1,9 +1,10 @@
 """Run the end-to-end tests several times in a row under CPU load and say how many runs passed.
 
-With ``--alone``, run every test file of the suite alone instead (its own pytest process, nothing before
-it), so a test that leans on state an earlier file left behind shows up. A busy-loop process pinned to one core stands in for a loaded machine (on 2 cores, half of it), so a
+A busy-loop process pinned to one core stands in for a loaded machine (on 2 cores, half of it), so a
 test that races the system it tests shows up here before it shows up in someone else's run. Use it
-before resolving any issue that touches the round:
+before resolving any issue that touches the round. With ``--alone``, every test file of the suite runs
+alone instead (its own pytest process, nothing before it), so a test that leans on state an earlier
+file left behind shows up:
 
     make test-repeat            # 3 runs under the hog
     make test-alone             # each test file alone, once, no hog

@@ -8,8 +8,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TypeVar
 from datetime import datetime, timezone
+from typing import TypeVar
 
 from azure.core.exceptions import AzureError
 
