@@ -7,7 +7,10 @@ Per request, with probability ``rate`` (and at most ``budget`` faults in all), o
 - ``drop_after``: the request is applied by storage, but the connection is closed before the answer
   reaches the client — the client retries an operation that already happened;
 - ``slow``: the answer is held back ``slow_s`` seconds.
-When storage itself is down (Azurite killed), connections are closed as they come.
+When storage itself is down (Azurite killed), connections are closed as they come. ``hold(prefix)``
+swallows requests whose request line starts with ``prefix`` — never forwarded, the connection kept open
+until the client goes — so a test can stop a client at a known request (e.g. kill a silo's worker while its
+update upload is held, instead of racing the worker to it).
 
 Runs its own event loop in a thread; ``counts`` says what it injected.
 """
@@ -53,6 +56,11 @@ class FaultProxy:
         self.port: int | None = None
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
+        self._holds: dict[bytes, threading.Event] = {}
+
+    def hold(self, request_line_prefix: bytes) -> threading.Event:
+        """Hold every request whose request line starts with the prefix; the event is set once one arrived."""
+        return self._holds.setdefault(request_line_prefix, threading.Event())
 
     @property
     def injected(self) -> int:
@@ -75,6 +83,12 @@ class FaultProxy:
                 except (asyncio.IncompleteReadError, ConnectionError):
                     return
                 body = await _read_body(client_r, head)
+                held = next((e for prefix, e in self._holds.items() if head.startswith(prefix)), None)
+                if held is not None:
+                    self.counts["held"] += 1
+                    held.set()
+                    await client_r.read()  # until the client closes (or dies): the request never reaches storage
+                    return
                 fault = self._decide()
                 if fault == "drop_before":
                     return
