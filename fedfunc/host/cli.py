@@ -29,8 +29,10 @@ def register(app: typer.Typer) -> None:
         """Run any Durable Functions Python (v2 model) app locally and durably, without Core Tools."""
         from fedfunc.host.app_loader import AppLoadError
         from fedfunc.host.keys import KeysError
+        from fedfunc.host.memory import tune_malloc
         from fedfunc.host.runtime import BindError, Host
         from fedfunc.host.store import StateError
+        tune_malloc()
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
         logging.getLogger("azure").setLevel(logging.WARNING)
         try:
