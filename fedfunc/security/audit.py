@@ -30,7 +30,6 @@ Kind = Literal["ticket_issued", "job_submitted", "job_started", "job_refused", "
                "silo_disabled", "silo_removed"]
 _NO_RUN = "-"
 TRANSACTION_MAX = 100  # operations in one entity-group transaction (Table storage's limit)
-TRANSACTION_MIN = 3    # fewer entries are written one by one: Azurite takes longer for a batch of 2 than for 2 creates
 
 
 def _now() -> datetime:
@@ -77,7 +76,7 @@ class AuditLog:
         return [event for event, _ in entries]
 
     def _create(self, entities: list[dict]) -> None:
-        if len(entities) >= TRANSACTION_MIN:
+        if len(entities) > 1:
             try:
                 self.table.submit_transaction([("create", entity) for entity in entities])
                 return
