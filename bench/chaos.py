@@ -4,9 +4,8 @@ Each run is ``tests/chaos/test_chaos.py``'s: every storage request of the app, t
 through a fault proxy (503 ServerBusy, 500 OperationTimedOut, dropped connections before or after storage
 applied the request, slow answers) at ``--rate`` with at most ``--budget`` faults; with ``--kill``, a silo
 worker is SIGKILLed in round 0 (its update upload held at the proxy) and Azurite is stopped and restarted
-while round 0 collects. A run counts as completed
-when it finished and nothing was lost or doubled (every update that left a silo accepted once with its
-hash; one audit entry per ticket and receipt).
+while round 0 collects. A run counts as completed when it finished and nothing was lost or doubled (every
+update that left a silo accepted once with its hash; one audit entry per ticket and receipt).
 
     .venv/bin/python bench/chaos.py [--runs 3] [--rounds 2] [--rate 0.1] [--budget 40] [--kill]
 """

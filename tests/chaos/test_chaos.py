@@ -84,7 +84,8 @@ def check_nothing_lost_or_doubled(stack: DevStack, run: str, status: dict) -> Co
 def chaos_run(root: Path, *, rounds: int, rate: float, budget: int, seed: int, kill: bool = True) -> dict:
     """One run under faults (and, with ``kill``, chaos-2's worker killed in round 0 while its update upload
     is held at the proxy, and Azurite stopped and restarted right after, while the round collects: with warm
-    workers a later round can be over before a test sees it start); returns what happened. Shared with ``bench/chaos.py``."""
+    workers a later round can be over before a test sees it start); returns what happened. Shared with
+    ``bench/chaos.py``."""
     t0 = time.monotonic()
     mark = lambda what: print(f"[chaos] {time.monotonic() - t0:6.1f}s {what}")  # noqa: E731
     stack, proxies = proxied_stack(root, rate=0.0, budget=budget, seed=seed)  # faults once the run starts
