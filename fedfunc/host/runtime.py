@@ -5,6 +5,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import socket
 from pathlib import Path
 
@@ -123,8 +124,13 @@ class Host:
         self.store.close()
 
     async def run_forever(self) -> None:
+        """Until Ctrl-C (SIGINT) or a supervisor's SIGTERM, then a graceful stop. SIGTERM counts because
+        SIGINT can arrive ignored: a process started in the background by a non-interactive shell inherits
+        SIGINT ignored, and would then outwait its supervisor's patience and be killed."""
         await self.start()
+        stopping = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopping.set)
         try:
-            await asyncio.Event().wait()
+            await stopping.wait()
         finally:
             await self.stop()

@@ -100,7 +100,7 @@ class HostProcess:
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
+            self.proc.send_signal(signal.SIGTERM)  # a graceful stop; SIGINT may be inherited ignored
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:

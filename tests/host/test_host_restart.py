@@ -2,6 +2,7 @@
 A corrupt or foreign state file stops the host at start with a clear error."""
 from __future__ import annotations
 
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -101,3 +102,21 @@ def test_blob_written_while_down_gives_exactly_one_event_after_restart(host, azu
     wait_until(lambda: [e for e in lines(host.out, "on_event") if e["subject"].endswith("/later.bin")],
                what="event for a later blob")
     assert len(events()) == 1
+
+
+def test_a_host_started_with_sigint_ignored_still_stops_gracefully(tmp_path, azurite):
+    """A process started in the background by a non-interactive shell inherits SIGINT ignored. The host's
+    stop (SIGTERM) still ends it gracefully and at once: exit status 0 and its ready file removed, where a
+    kill after the wait would leave both wrong (a wait of 10 s per host, 100 s over the suite)."""
+    (tmp_path / "out").mkdir()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited by the host process
+    try:
+        host = HostProcess(APPS / "features", tmp_path / "state.sqlite", env=features_env(tmp_path / "out", azurite))
+        host.start()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert host.ready_path.exists()
+    began = time.monotonic()
+    host.stop()
+    assert (host.proc.returncode, host.ready_path.exists()) == (0, False)
+    assert time.monotonic() - began < 5
