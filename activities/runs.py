@@ -1,6 +1,7 @@
 """The activities of a federated run: typed messages in, ``fedfunc.coordinator.rounds`` steps, messages out."""
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
 import azure.durable_functions as df
@@ -15,6 +16,7 @@ from fedfunc.security.tickets import issue_ticket
 
 bp = df.Blueprint()
 TICKET_GRACE = timedelta(minutes=10)  # a job started just before the deadline may still finish
+SUBMITTERS = 8  # jobs handed to the backend at once (an AML submission is a round trip of seconds)
 
 
 @bp.function_name(p.INIT_RUN)
@@ -32,28 +34,36 @@ def prepare_round(job: dict) -> dict:
                                 sample_caps=caps).wire()
 
 
-@bp.function_name(p.START_SILO_JOB)
+@bp.function_name(p.START_SILO_JOBS)
 @bp.activity_trigger(input_name="order")
-def start_silo_job(order: dict) -> dict:
-    """Issue the silo's job ticket (valid until the round deadline, bound to the global model), submit its
-    job, and record both in the audit log in one request (after the submission, so the job starts one round
-    trip sooner; a retried activity records the ticket it issued then, under the same entry id)."""
+def start_silo_jobs(order: dict) -> list[dict]:
+    """Issue each silo's job ticket (valid until the round deadline, bound to the global model) and submit
+    the jobs, ``SUBMITTERS`` at a time; then record every ticket and submission in the audit log at once
+    (after the submissions, so jobs start sooner; a retried activity records the tickets it issued then,
+    under the same entry ids). One activity for the round's jobs: one dispatch and one history entry, not
+    one per silo."""
     svc = services()
-    order = p.SiloJobOrder.model_validate(order)
-    job, silo = order.job, order.silo
-    request = rounds.silo_job_request(svc.store, job, silo, order.mode, None)
+    order = p.SiloJobsOrder.model_validate(order)
+    job = order.job
     code_hash = job.spec.bundle or ""
     expires = job.deadline + TICKET_GRACE
-    ticket = issue_ticket(svc.ticket_key, run=job.run_id, round=job.round, silo=silo, code_hash=code_hash,
-                          nonce=job.nonce, model_url=request.model_url, model_sha256=request.model_sha256,
-                          ttl=expires - datetime.now(timezone.utc))
-    where = dict(run=job.run_id, round=job.round, silo=silo)
-    issued = entry("ticket_issued", **where, event_id=f"ticket:{job.run_id}:{job.round}:{silo}",
-                   code_hash=code_hash, model_sha256=request.model_sha256, expires_at=expires.isoformat())
-    started = rounds.start_silo_job(svc.backend, request.model_copy(update={"ticket": ticket}))
-    svc.audit.record_many([issued, entry("job_submitted", **where, event_id=f"job:{job.run_id}:{job.round}:{silo}",
-                                         job_id=started.job_id, error=started.error)])
-    return started.wire()
+
+    def start(silo: str, mode: p.JobMode) -> tuple[p.SiloJobStarted, list]:
+        request = rounds.silo_job_request(svc.store, job, silo, mode, None)
+        ticket = issue_ticket(svc.ticket_key, run=job.run_id, round=job.round, silo=silo, code_hash=code_hash,
+                              nonce=job.nonce, model_url=request.model_url, model_sha256=request.model_sha256,
+                              ttl=expires - datetime.now(timezone.utc))
+        started = rounds.start_silo_job(svc.backend, request.model_copy(update={"ticket": ticket}))
+        where = dict(run=job.run_id, round=job.round, silo=silo)
+        return started, [entry("ticket_issued", **where, event_id=f"ticket:{job.run_id}:{job.round}:{silo}",
+                               code_hash=code_hash, model_sha256=request.model_sha256, expires_at=expires.isoformat()),
+                         entry("job_submitted", **where, event_id=f"job:{job.run_id}:{job.round}:{silo}",
+                               job_id=started.job_id, error=started.error)]
+
+    with ThreadPoolExecutor(max(1, min(SUBMITTERS, len(order.modes)))) as pool:
+        done = list(pool.map(start, order.modes, order.modes.values()))
+    svc.audit.record_many([e for _, entries in done for e in entries])
+    return [started.wire() for started, _ in done]
 
 
 @bp.function_name(p.AGGREGATE)
@@ -61,7 +71,8 @@ def start_silo_job(order: dict) -> dict:
 def aggregate(order: dict) -> dict:
     svc = services()
     order = p.AggregateOrder.model_validate(order)
-    result = rounds.aggregate_round(svc.store, svc.outbox_reader(), svc.outbox_opener(), order)
+    outboxes = svc.outbox_access()
+    result = rounds.aggregate_round(svc.store, outboxes.read, outboxes.open, order)
     run, round_ = order.job.run_id, order.job.round
     svc.audit.record_many(
         [entry("artifact_received", run=run, round=round_, silo=silo, event_id=f"received:{run}:{round_}:{silo}",

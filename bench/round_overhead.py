@@ -3,8 +3,9 @@
 Runs the real system (Azurite + the Function App on ``fedfunc host`` + local silos through the local
 backend) and reads each round's timeline from the run's ``report.json`` — timestamps the components
 recorded themselves (the round orchestration's clock, the start_silo_job activity, the silo job, the
-BlobCreated event, the on_update trigger). Nothing here times anything on its own. "evaluate" is pooling
-the silos' evaluations (the final evaluate-only round is not counted).
+BlobCreated event, the on_update trigger). Nothing here times anything on its own. "evaluate" is what
+pooling the silos' evaluations adds after aggregation, beside which it runs (the final evaluate-only round
+is not counted).
 
 overhead = round wall time − critical path of silo work, where a silo's work runs from a worker
 starting its job (or, if the job waited for a busy worker pool, from when it started waiting) to its
@@ -51,13 +52,14 @@ def round_figures(timeline: dict) -> dict:
             if st.get("started") and st.get("landed")}
     critical = max(work, key=work.get)
     c = silos[critical]
-    wall = _s(t["started"], t["evaluated"])
+    end = max(t["aggregated"], t["evaluated"])  # the round ends with the later of the two
+    wall = _s(t["started"], end)
     return {
         "wall": wall, "critical": work[critical], "overhead": wall - work[critical],
         # the breakdown sums to the wall time
         "to_start": _s(t["started"], c.get("queued") or c["started"]), "silo_work": work[critical],
         "to_collected": _s(c["landed"], t["collected"]), "aggregate": _s(t["collected"], t["aggregated"]),
-        "evaluate": _s(t["aggregated"], t["evaluated"]),
+        "evaluate": _s(t["aggregated"], end),
         # and its parts, over every silo (medians)
         "plan": _s(t["started"], t["planned"]), "submit": _s(t["planned"], t["submitted"]),
         "idle_start": statistics.median(_s(st["submitted"], st["started"]) for st in silos.values()

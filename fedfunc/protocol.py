@@ -24,7 +24,7 @@ RETRAINING = "retrain_debounce"
 # Activities of a run.
 INIT_RUN = "init_run"
 PREPARE_ROUND = "prepare_round"
-START_SILO_JOB = "start_silo_job"
+START_SILO_JOBS = "start_silo_jobs"
 AGGREGATE = "aggregate"
 POOL_EVALUATIONS = "pool_evaluations"
 WRITE_REPORT = "write_report"
@@ -96,14 +96,16 @@ class RoundPlan(Message):
         return {**{s: train for s in self.silos}, **{s: "evaluate" for s in self.evaluators}}
 
 
-class SiloJobOrder(Message):
+class SiloJobsOrder(Message):
+    """``start_silo_jobs``' input: the round's job, and each silo's mode in it."""
+
     job: RoundJob
-    silo: str
-    mode: JobMode = "train"
+    modes: dict[str, JobMode]
 
 
 class SiloJobStarted(Message):
-    """``start_silo_job``'s answer: the job id, or why submission failed (the silo then fails this round)."""
+    """``start_silo_jobs``' answer for one silo: the job id, or why submission failed (the silo then fails
+    this round)."""
 
     silo: str
     job_id: str | None = None
@@ -228,7 +230,7 @@ class SiloOutcome(Message):
 class SiloTimeline(JobTimes):
     """One silo's way through a round: the job's own steps plus where its update went after it landed."""
 
-    submitted: datetime | None = None  # start_silo_job handed the job to the backend
+    submitted: datetime | None = None  # start_silo_jobs handed the job to the backend
     landed: datetime | None = None     # the update blob was created (its BlobCreated event)
     delivered: datetime | None = None  # the event reached on_update
     raised: datetime | None = None     # the round took the event (orchestration clock)
@@ -240,10 +242,11 @@ class RoundTimeline(Message):
 
     started: datetime
     planned: datetime | None = None         # prepare_round answered
-    submitted: datetime | None = None       # every start_silo_job answered
+    submitted: datetime | None = None       # start_silo_jobs answered
     collected: datetime | None = None       # the last update or failure arrived (or the deadline fired)
     aggregated: datetime | None = None      # aggregate answered (it started at ``collected``)
-    evaluated: datetime | None = None       # evaluate answered (it started at ``aggregated``); the round ends
+    evaluated: datetime | None = None       # pool_evaluations answered (it started at ``collected`` too, beside
+    #                                         aggregation, and again after it if aggregation rejected a silo)
     silos: dict[str, SiloTimeline] = Field(default_factory=dict)
 
 

@@ -1,5 +1,5 @@
-"""One FL round: manifest → start every silo's job → collect updates racing a deadline → aggregate, and
-pool the silos' evaluations of the model that entered the round.
+"""One FL round: manifest → start every silo's job → collect updates racing a deadline → aggregate while
+pooling the silos' evaluations of the model that entered the round.
 
 Each training job first evaluates the incoming global model on its silo's test part, then trains; an
 evaluator silo (a held-out set) only evaluates. The round after the last one is ``evaluate_only``: every
@@ -48,6 +48,13 @@ def _quorum_lost(job: p.RoundJob, what: str, count: int, needed: int, outcomes: 
                        + (f"; {why}" if why else ""))
 
 
+def _pool(context: df.DurableOrchestrationContext, job: p.RoundJob, silos: list[str], evaluators: list[str]):
+    """The task pooling ``silos``' evaluations into the test figures and ``evaluators``' into the held-out ones."""
+    return context.call_activity_with_retry(p.POOL_EVALUATIONS, ACTIVITY_RETRY, p.EvaluationOrder(
+        job=job, silos=[s for s in silos if s not in evaluators],
+        evaluators=[s for s in silos if s in evaluators]).wire())
+
+
 @bp.orchestration_trigger(context_name="context")
 def federated_round(context: df.DurableOrchestrationContext):
     job = p.RoundJob.model_validate(context.get_input())
@@ -69,10 +76,8 @@ def federated_round(context: df.DurableOrchestrationContext):
         raise RoundFailed(f"round {job.round}: {len(trainers)} ready silo(s), quorum needs {needed}")
 
     _show(context, job, "starting jobs", outcomes, needed=needed)
-    job_wire = job.wire()  # once: every silo's order carries the same job (the activity validates it)
-    started = yield context.task_all([
-        context.call_activity_with_retry(p.START_SILO_JOB, ACTIVITY_RETRY, {"job": job_wire, "silo": s, "mode": mode})
-        for s, mode in modes.items()])  # idempotent (one job per run, round, silo): a storage fault is retried
+    started = yield context.call_activity_with_retry(  # idempotent (one job per run, round, silo): retried
+        p.START_SILO_JOBS, ACTIVITY_RETRY, p.SiloJobsOrder(job=job, modes=modes).wire())
     times["submitted"] = clock(context)
     jobs = {}
     for answer in map(p.SiloJobStarted.model_validate, started):
@@ -121,30 +126,39 @@ def federated_round(context: df.DurableOrchestrationContext):
         context.set_custom_status(_status(job, "failed", outcomes, needed=needed))
         raise _quorum_lost(job, "update(s)", len(updates), needed, outcomes)
 
+    # Pool the silos' evaluations of the model that entered the round while the updates are aggregated:
+    # they judge that model, not the new one. Figures of silos whose update aggregation rejects are not
+    # trusted either: those are pooled again without them.
+    context.set_custom_status(_status(job, "pooling evaluations" if job.evaluate_only else "aggregating", outcomes,
+                                      needed=needed))
+    done = [s for s, o in outcomes.items() if o.state in ("received", "evaluated")]
+    pooling = _pool(context, job, done, plan.evaluators)
+    steps = {pooling: "evaluated"}
     if not job.evaluate_only:
-        context.set_custom_status(_status(job, "aggregating", outcomes, needed=needed))
-        agg = p.AggregateResult.model_validate((yield context.call_activity_with_retry(
-            p.AGGREGATE, ACTIVITY_RETRY, p.AggregateOrder(job=job, updates=updates).wire())))
-        times["aggregated"] = clock(context)
+        aggregating = context.call_activity_with_retry(p.AGGREGATE, ACTIVITY_RETRY,
+                                                       p.AggregateOrder(job=job, updates=updates).wire())
+        steps[aggregating] = "aggregated"
+    while steps:
+        finished = yield context.task_any(list(steps))
+        times[steps.pop(finished)] = clock(context)
+    if not job.evaluate_only:
+        agg = p.AggregateResult.model_validate((yield aggregating))  # already done: its result, or its failure
         for silo, got in agg.received.items():
             silo_times[silo].update(got.times.model_dump(exclude_none=True))
         for r in agg.rejected:
             outcomes[r.silo] = p.SiloOutcome(state="rejected", reason=r.reason, seconds=outcomes[r.silo].seconds)
+        if any(r.silo in done for r in agg.rejected):
+            _show(context, job, "pooling evaluations", outcomes, needed=needed)
+            pooling = _pool(context, job, [s for s in done if outcomes[s].state != "rejected"], plan.evaluators)
+            yield pooling
+            times["evaluated"] = clock(context)
         if agg.error:
             context.set_custom_status(_status(job, "failed", outcomes, needed=needed, error=agg.error))
             raise RoundFailed(f"round {job.round}: {agg.error}")
         if agg.model is None:
             context.set_custom_status(_status(job, "failed", outcomes, needed=needed))
             raise _quorum_lost(job, "valid update(s)", len(agg.accepted), needed, outcomes)
-
-    # Figures of silos whose update was rejected are not trusted either.
-    _show(context, job, "pooling evaluations", outcomes, needed=needed)
-    done = [s for s, o in outcomes.items() if o.state in ("received", "evaluated")]
-    evaluation = p.RoundEvaluation.model_validate((yield context.call_activity_with_retry(
-        p.POOL_EVALUATIONS, ACTIVITY_RETRY, p.EvaluationOrder(
-            job=job, silos=[s for s in done if s not in plan.evaluators],
-            evaluators=[s for s in done if s in plan.evaluators]).wire())))
-    times["evaluated"] = clock(context)
+    evaluation = p.RoundEvaluation.model_validate((yield pooling))
     timeline = p.RoundTimeline(**times, silos={s: p.SiloTimeline(**t) for s, t in silo_times.items()})
     context.set_custom_status(_status(job, "done", outcomes, needed=needed, incoming=evaluation.metrics))
     if job.evaluate_only:

@@ -5,7 +5,8 @@ eTag and size, so a forged or early event cannot count for (or knock out) a silo
 at least once and in any order, so this is written to be harmless on repeats: a duplicate
 ``update:{silo}`` is buffered and never read by the round (it waits once per silo), and an event for a
 finished round meets a completed instance and is dropped. A storage error while checking raises, so
-Event Grid delivers the event again.
+Event Grid delivers the event again. A training job's evaluation is not raised at all: its round waits
+for the update published right after it (the round's manifest says who trains).
 """
 from __future__ import annotations
 
@@ -19,10 +20,11 @@ from azure.eventgrid import SystemEventNames
 
 from fedfunc import layout
 from fedfunc.azure.events import job_failure
+from fedfunc.coordinator import rounds
 from fedfunc.coordinator.services import OutboxBlob, services
 from fedfunc.protocol import (FailureNotice, UpdateNotice, evaluated_event, failed_event, round_instance_id,
                               update_event)
-from fedfunc.registry import UnknownSilo
+from fedfunc.registry import SiloRecord, UnknownSilo
 
 bp = df.Blueprint()
 log = logging.getLogger("fedfunc.events")
@@ -55,6 +57,9 @@ def route_outbox_event(event: func.EventGridEvent, delivered: datetime | None = 
     if parsed["name"] not in (layout.UPDATE, layout.EVALUATION, layout.FAILED):
         return None
     silo = parsed["silo"]
+    if parsed["name"] == layout.EVALUATION and (rounds.round_modes(services().store, parsed["run"], parsed["round"])
+                                               or {}).get(silo) == "train":
+        return None  # a training job's evaluation: its round waits for the update published right after it
     try:
         record = services().registry.get(silo)
     except UnknownSilo:
@@ -65,7 +70,7 @@ def route_outbox_event(event: func.EventGridEvent, delivered: datetime | None = 
         log.warning("ignored event %r: from storage account %r, but silo %r's outbox is in %r",
                     event.id, account, silo, record.account)
         return None
-    landed = _landed(event, silo, blob[1])
+    landed = _landed(event, record, blob[1])
     if landed is None:
         return None
     instance = round_instance_id(parsed["run"], parsed["round"])
@@ -80,7 +85,7 @@ def route_outbox_event(event: func.EventGridEvent, delivered: datetime | None = 
     return instance, failed_event(silo), FailureNotice(reason=note["reason"], rule=note.get("rule")).wire()
 
 
-def _landed(event: func.EventGridEvent, silo: str, path: str) -> OutboxBlob | None:
+def _landed(event: func.EventGridEvent, record: SiloRecord, path: str) -> OutboxBlob | None:
     """The blob an event names, if it is in the silo's outbox with the event's eTag and size.
 
     An event is a hint, never proof (Event Grid's webhook is reachable, and a BlobCreated may be forged or
@@ -88,15 +93,15 @@ def _landed(event: func.EventGridEvent, silo: str, path: str) -> OutboxBlob | No
     blob leaves the silo waiting; its real blob, when it lands, brings its own event."""
     data = event.get_json()
     data = data if isinstance(data, dict) else {}
-    found = services().outbox_blob(silo, path)  # a storage error raises: Event Grid delivers again
+    found = services().outbox_blob(record, path)  # a storage error raises: Event Grid delivers again
     if found is None:
         log.warning("ignored event %r: %r is not in silo %r's outbox (forged, or sent ahead of its blob); "
-                    "the silo keeps waiting", event.id, path, silo)
+                    "the silo keeps waiting", event.id, path, record.name)
         return None
     etag, size = data.get("eTag"), data.get("contentLength")
     if (etag is not None and str(etag).strip('"') != found.etag) or (size is not None and size != found.size):
         log.warning("ignored event %r: it says eTag %r and %r bytes, but silo %r's outbox holds %r with eTag %r "
-                    "and %d bytes", event.id, etag, size, silo, path, found.etag, found.size)
+                    "and %d bytes", event.id, etag, size, record.name, path, found.etag, found.size)
         return None
     return found
 

@@ -99,6 +99,26 @@ def prepare_round(store: RunStore, ready_silos: list[str], job: RoundJob,
     return RoundPlan(silos=silos, evaluators=evaluators, manifest=path)
 
 
+_MODES: OrderedDict[tuple[str, int], dict[str, JobMode]] = OrderedDict()
+MODES_KEPT = 64
+
+
+def round_modes(store: RunStore, run_id: str, round_: int) -> dict[str, JobMode] | None:
+    """Each silo's job in a round, from its manifest (None before it is written). Kept per process: a
+    silo's mode in a round cannot change (evaluators are fixed by the run's spec, an evaluate-only round
+    by its index), even when an earlier attempt's manifest is rewritten."""
+    if (run_id, round_) not in _MODES:
+        doc = store.get_json(layout.RUNS, layout.round_manifest(run_id, round_))
+        if doc is None:
+            return None
+        train = "evaluate" if doc.get("evaluate_only") else "train"
+        _MODES[(run_id, round_)] = {**{s: train for s in doc["silos"]},
+                                    **{s: "evaluate" for s in doc.get("evaluators", [])}}
+        while len(_MODES) > MODES_KEPT:
+            _MODES.popitem(last=False)
+    return _MODES[(run_id, round_)]
+
+
 def silo_job_request(store: RunStore, job: RoundJob, silo: str, mode: JobMode, ticket: str | None) -> SiloJobRequest:
     return SiloJobRequest(
         run_id=job.run_id, round=job.round, silo=silo, nonce=job.nonce, task=job.spec.task, mode=mode,
@@ -238,19 +258,20 @@ def aggregate_round(store: RunStore, read_outbox: OutboxReader, open_outbox: Out
     """
     job, spec = order.job, order.job.spec
     record_path = layout.aggregate_record(job.run_id, job.round)
-    with ThreadPoolExecutor(3) as pool:  # three independent reads, one round trip
-        done, manifest_doc, global_arrays = pool.submit(store.get_json, layout.RUNS, record_path), \
-            pool.submit(store.get_json, layout.RUNS, job.manifest), pool.submit(load_global, store, job.model)
+    strategy = spec.strategy.build()
+    with ThreadPoolExecutor(5) as pool:  # independent reads, one round trip
+        done, manifest_doc, global_arrays, side, state = (
+            pool.submit(store.get_json, layout.RUNS, record_path),
+            pool.submit(store.get_json, layout.RUNS, job.manifest), pool.submit(load_global, store, job.model),
+            pool.submit(silo_side, store, job.run_id), pool.submit(load_state, store, job.model, strategy))
     if done.result() is not None:
         return AggregateResult.model_validate(done.result())
-    manifest_doc, global_arrays = manifest_doc.result(), global_arrays.result()
+    manifest_doc, global_arrays, side = manifest_doc.result(), global_arrays.result(), side.result()
     max_bytes = int(spec.max_update_mb * 2**20)
-    side = silo_side(store, job.run_id)
     bound = job.update_bound or resolve_bound(spec.max_update_norm, side.clip_norm, global_arrays)
     caps = manifest_doc.get("sample_caps") or {}
-    strategy = spec.strategy.build()
     try:
-        state = load_state(store, job.model, strategy)
+        state = state.result()
     except StateError as e:
         return AggregateResult(error=f"strategy state: {e}", update_bound=bound)
     rejected: dict[str, str] = {}
@@ -259,20 +280,21 @@ def aggregate_round(store: RunStore, read_outbox: OutboxReader, open_outbox: Out
     sources: list[BlockUpdate] = []
     whole_read_bytes = whole_read_budget // max(1, len(order.updates))
 
-    def open_one(silo: str, notice: UpdateNotice) -> tuple[BlobRange, Opened, dict]:
+    def open_one(silo: str, notice: UpdateNotice) -> tuple[BlobRange, Opened]:
         expected = {"run": job.run_id, "round": job.round, "silo": silo, "nonce": job.nonce,
                     "silos": manifest_doc["silos"]}
         blob = open_outbox(silo, notice.path)
-        opened = open_update(blob, silo, global_arrays, expected=expected, max_bytes=max_bytes,
-                             whole_read_bytes=whole_read_bytes, side=side)
-        metrics = check_metrics(read_outbox(silo, notice.path.removesuffix(layout.UPDATE) + layout.METRICS,
-                                            MAX_METRICS_BYTES))
-        return blob, opened, metrics
+        return blob, open_update(blob, silo, global_arrays, expected=expected, max_bytes=max_bytes,
+                                 whole_read_bytes=whole_read_bytes, side=side)
 
-    openings = each_silo(open_one, order.updates)  # side by side: a round trip per read, not per silo
+    def metrics_of(silo: str, notice: UpdateNotice) -> dict:
+        return check_metrics(read_outbox(silo, notice.path.removesuffix(layout.UPDATE) + layout.METRICS,
+                                         MAX_METRICS_BYTES))
+
+    openings, metrics_read = each_silo(order.updates, open_one, metrics_of)  # side by side: one round trip
     for silo, notice in sorted(order.updates.items()):
         try:
-            blob, opened, metrics = openings[silo].result()
+            (blob, opened), metrics = openings[silo].result(), metrics_read[silo].result()
         except UnreadableUpdate as e:
             rejected[silo] = f"unreadable: {e.error}"
             continue
@@ -328,8 +350,8 @@ def aggregate_round(store: RunStore, read_outbox: OutboxReader, open_outbox: Out
     path, state_path = layout.global_model(job.run_id, job.round + 1), layout.strategy_state(job.run_id, job.round + 1)
     data = weights.encode(agg.arrays, {"run": job.run_id, "round": str(job.round + 1)})
     state_data = encode_state(agg.state, strategy.describe())
-    store.put_bytes(layout.MODELS, path, data)
-    store.put_bytes(layout.RUNS, state_path, state_data)
+    with ThreadPoolExecutor(2) as pool:  # both before the record that commits them
+        list(pool.map(store.put_bytes, (layout.MODELS, layout.RUNS), (path, state_path), (data, state_data)))
     _keep_model(weights.sha256(data), agg.arrays)
     committed = result(**fields, model=model_ref(path, data, state_path, state_data))
     if not store.create_once(layout.RUNS, record_path, to_json(committed.wire())):
@@ -361,11 +383,15 @@ def within_median(global_arrays: dict, sources: list[BlockUpdate], max_norm: flo
     return kept, {u.key: norms[u.key] for u in kept}, failed
 
 
-def each_silo(read: Callable[[str, T], R], items: Mapping[str, T]) -> dict[str, Future[R]]:
-    """``read(silo, item)`` for every silo, ``OUTBOX_READERS`` at a time; each future holds its result or
-    its error, so one silo's failure is that silo's alone."""
-    with ThreadPoolExecutor(max(1, min(OUTBOX_READERS, len(items)))) as pool:
-        return {silo: pool.submit(read, silo, item) for silo, item in items.items()}
+def each_silo(items: Mapping[str, T], *reads: Callable[[str, T], R]) -> list[dict[str, Future[R]]]:
+    """Each ``read(silo, item)`` for every silo, ``OUTBOX_READERS`` at a time; one dict of futures per
+    read, each holding its result or its error, so one silo's failure is that silo's alone."""
+    futures: list[dict[str, Future[R]]] = [{} for _ in reads]
+    with ThreadPoolExecutor(max(1, min(OUTBOX_READERS, len(items) * len(reads)))) as pool:
+        for silo, item in items.items():
+            for read, out in zip(reads, futures):
+                out[silo] = pool.submit(read, silo, item)
+    return futures
 
 
 def sample_cap(silo: str, reported: int, registered: int | None, spec_cap: int | None) -> SampleCap | None:
@@ -381,14 +407,22 @@ def sample_cap(silo: str, reported: int, registered: int | None, spec_cap: int |
 
 def pool_evaluations(store: RunStore, read_outbox: OutboxReader, order: EvaluationOrder) -> RoundEvaluation:
     """Read and check each job's evaluation of the model that entered the round; pool the silos' figures
-    and, apart, the evaluators'. Recorded once per round (``evaluation.json``, with the pooled confusion
-    matrices); a re-run returns the record."""
+    and, apart, the evaluators'. Recorded per round (``evaluation.json``, with the pooled confusion
+    matrices and whose figures were asked for); a re-run returns the record.
+
+    The round pools while it aggregates, over every silo that answered; if aggregation then rejects some
+    of them, it orders the pooling again without them, and that narrower order replaces the record. An
+    order over more silos than the record's (a late duplicate of the first) never replaces it."""
     job = order.job
     record_path = layout.round_evaluation(job.run_id, job.round)
-    done = store.get_json(layout.RUNS, record_path)
-    if done is not None:
+    asked = {"silos": sorted(order.silos), "evaluators": sorted(order.evaluators)}
+    with ThreadPoolExecutor(2) as pool:  # independent reads, one round trip
+        done = pool.submit(store.get_json, layout.RUNS, record_path)
+        manifest = pool.submit(run_manifest, store, job.run_id)
+    done = done.result()
+    if done is not None and not _narrower(asked, done.get("asked", asked)):
         return RoundEvaluation.model_validate({k: done[k] for k in RoundEvaluation.model_fields})
-    classes = run_manifest(store, job.run_id).num_classes
+    classes = manifest.result().num_classes
     rejected: list[Rejection] = []
     figures: dict[str, evaluation.EvalFigures] = {}
 
@@ -398,7 +432,7 @@ def pool_evaluations(store: RunStore, read_outbox: OutboxReader, order: Evaluati
         return evaluation.check_evaluation(read_outbox(silo, path, evaluation.max_bytes(classes)),
                                            num_classes=classes, expected=expected)
 
-    reads = each_silo(read_one, dict.fromkeys({*order.silos, *order.evaluators}))
+    [reads] = each_silo(dict.fromkeys({*order.silos, *order.evaluators}), read_one)
     for silo in sorted(reads):
         try:
             figures[silo] = reads[silo].result()
@@ -408,11 +442,19 @@ def pool_evaluations(store: RunStore, read_outbox: OutboxReader, order: Evaluati
     heldout = evaluation.pool((figures[s] for s in order.evaluators if s in figures), classes)
     result = RoundEvaluation(metrics={**pooled.summary(), **heldout.summary("heldout_")},
                              evaluated=sorted(figures), rejected=rejected)
-    record = {**result.wire(), "confusion": pooled.confusion.tolist(), "heldout_confusion": heldout.confusion.tolist()}
-    if not store.create_once(layout.RUNS, record_path, to_json(record)):
+    record = to_json({**result.wire(), "asked": asked, "confusion": pooled.confusion.tolist(),
+                      "heldout_confusion": heldout.confusion.tolist()})
+    if done is not None:
+        store.put_bytes(layout.RUNS, record_path, record)
+    elif not store.create_once(layout.RUNS, record_path, record):
         done = store.get_json(layout.RUNS, record_path)
         return RoundEvaluation.model_validate({k: done[k] for k in RoundEvaluation.model_fields})
     return result
+
+
+def _narrower(asked: dict[str, list[str]], recorded: dict[str, list[str]]) -> bool:
+    """Whether an order asks for a strict subset of what a recorded pooling asked for."""
+    return asked != recorded and all(set(asked[k]) <= set(recorded[k]) for k in ("silos", "evaluators"))
 
 
 def final_evaluation(store: RunStore, state: RunState) -> dict | None:

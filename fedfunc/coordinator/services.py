@@ -7,8 +7,7 @@ setting picks Azurite keys or managed identity. Orchestrations, activities and t
 from __future__ import annotations
 
 import os
-import threading
-from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
@@ -27,6 +26,17 @@ from fedfunc.security.audit import AuditLog
 from fedfunc.security.keys import load_private, public_b64
 from fedfunc.settings import Settings, SettingsError, load_settings
 from fedfunc.storage import PinnedBlob, blob_service, client_options, credential, table_service
+
+
+OUTBOX_HEAD = 64 << 10  # bytes of an update read when it is opened: a small model's update whole, in one request
+
+
+@dataclass(frozen=True)
+class OutboxAccess:
+    """One activity's way into the silos' outboxes: ``read`` a small blob whole, ``open`` one for range reads."""
+
+    read: OutboxReader
+    open: OutboxOpener
 
 
 @dataclass(frozen=True)
@@ -116,49 +126,43 @@ class Services:
     def _outboxes(self) -> dict[tuple[str, str | None], ContainerClient]:
         return {}
 
-    def outbox_blob(self, silo: str, path: str) -> OutboxBlob | None:
-        """The etag and size of ``path`` in silo ``silo``'s own outbox, or None if no such blob exists
-        (an event naming it is then not proof of anything). Other storage errors raise, so the event
-        that asked is delivered again."""
+    def outbox_blob(self, record: SiloRecord, path: str) -> OutboxBlob | None:
+        """The etag and size of ``path`` in the silo's own outbox, or None if no such blob exists (an event
+        naming it is then not proof of anything). Other storage errors raise, so the event that asked is
+        delivered again."""
         try:
-            props = self.outbox(self.registry.get(silo)).get_blob_client(path).get_blob_properties()
+            props = self.outbox(record).get_blob_client(path).get_blob_properties()
         except ResourceNotFoundError:
             return None
         return OutboxBlob(etag=props.etag.strip('"'), size=props.size)
 
-    def _outbox_clients(self) -> Callable[[str], ContainerClient]:
-        """``client(silo)``: a silo's outbox, for one activity (any thread). The registry is read once,
-        one query for every silo, and each silo's container client made once."""
+    @cached_property
+    def _lister(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(2, thread_name_prefix="registry")
+
+    def outbox_access(self) -> OutboxAccess:
+        """Reading and opening blobs in silos' own outboxes, for one activity (any thread). The registry
+        is listed once, one query for every silo, started here in the background so that its round trip
+        overlaps the activity's own first reads; each silo's container client is made once."""
+        listing = self._lister.submit(lambda: {r.name: r for r in self.registry.list()})
         outboxes: dict[str, ContainerClient] = {}
-        records: dict[str, SiloRecord] = {}
-        lock = threading.Lock()
 
         def client(silo: str) -> ContainerClient:
             if silo not in outboxes:
-                with lock:
-                    if not records:
-                        records.update((r.name, r) for r in self.registry.list())
-                outboxes[silo] = self.outbox(records.get(silo) or self.registry.get(silo))
+                outboxes[silo] = self.outbox(listing.result().get(silo) or self.registry.get(silo))
             return outboxes[silo]
-        return client
-
-    def outbox_reader(self) -> OutboxReader:
-        """``read(silo, path, max_bytes)`` from silos' own outboxes, for one activity (any thread); a blob
-        is read in one request, never past the bound."""
-        outbox = self._outbox_clients()
 
         def read(silo: str, path: str, max_bytes: int) -> bytes:
-            data = outbox(silo).get_blob_client(path).download_blob(offset=0, length=max_bytes + 1).readall()
+            data = client(silo).get_blob_client(path).download_blob(offset=0, length=max_bytes + 1).readall()
             if len(data) > max_bytes:
                 raise ValueError(f"size: {path} is over the {max_bytes}-byte bound")
             return data
-        return read
+        return OutboxAccess(read=read, open=lambda silo, path: PinnedBlob(client(silo).get_blob_client(path),
+                                                                          head=OUTBOX_HEAD))
 
-    def outbox_opener(self) -> OutboxOpener:
-        """``open(silo, path)`` → a ``BlobRange`` (``PinnedBlob``) over a blob in a silo's outbox, for one
-        activity (any thread)."""
-        outbox = self._outbox_clients()
-        return lambda silo, path: PinnedBlob(outbox(silo).get_blob_client(path))
+    def outbox_reader(self) -> OutboxReader:
+        """``read(silo, path, max_bytes)``: a blob in a silo's outbox in one request, never past the bound."""
+        return self.outbox_access().read
 
 
 @lru_cache(maxsize=1)

@@ -137,7 +137,8 @@ def aggregate_in_memory(store, job, blobs: dict[str, bytes], metrics: dict[str, 
 def aggregate(services, job, blobs: dict[str, bytes], metrics: dict[str, bytes] | None = None):
     updates = {s: publish(services, job, s, data, (metrics or {}).get(s, METRICS)) for s, data in blobs.items()}
     order = AggregateOrder(job=job, updates=updates)
-    return rounds.aggregate_round(services.store, services.outbox_reader(), services.outbox_opener(), order).wire()
+    outboxes = services.outbox_access()
+    return rounds.aggregate_round(services.store, outboxes.read, outboxes.open, order).wire()
 
 
 def test_weighted_average_of_valid_updates(services, store, job):
@@ -332,6 +333,27 @@ def test_evaluations_pool_exactly_with_the_held_out_evaluator_apart(store, job):
     again = rounds.pool_evaluations(store, lambda *a: pytest.fail("a re-run must not read again"), order)
     assert again == result
 
+
+def test_a_narrower_pooling_replaces_the_record_and_a_late_wider_one_does_not(store, job):
+    """The round pools while it aggregates, then again without the silos aggregation rejected: that order
+    replaces the record; the first order delivered again (a duplicate activity) leaves it as it is."""
+    job = job.model_copy(update={"round": 1})
+    blobs = {s: EvalFigures(n, 1.0, confusion(n, 0)).encode(
+        {"run": job.run_id, "round": "1", "silo": s, "nonce": job.nonce}) for s, n in zip(SILOS, (10, 20, 30))}
+
+    def read(silo, path, n):
+        return blobs[silo]
+
+    wide = EvaluationOrder(job=job, silos=SILOS)
+    narrow = EvaluationOrder(job=job, silos=["a-silo", "c-silo"])
+    assert rounds.pool_evaluations(store, read, wide).metrics["num_examples"] == 60
+    assert rounds.pool_evaluations(store, read, narrow).metrics["num_examples"] == 40
+    record = json.loads(store.get_bytes(layout.RUNS, layout.round_evaluation(job.run_id, 1)))
+    assert (record["asked"]["silos"], np.array(record["confusion"]).sum()) == (["a-silo", "c-silo"], 40)
+    no_read = lambda *a: pytest.fail("the recorded pooling stands")  # noqa: E731
+    assert rounds.pool_evaluations(store, no_read, wide).metrics["num_examples"] == 40
+    assert rounds.pool_evaluations(store, no_read, narrow).metrics["num_examples"] == 40
+
 def test_strategy_state_goes_from_round_to_round_through_its_blob(store):
     """FedAdam over two rounds: each round reads the state its model reference pins and writes the next,
     and the chain is bit-identical to the same rounds aggregated in process."""
@@ -437,6 +459,30 @@ def test_large_updates_are_read_by_range_reads_pinned_to_the_blob_version(store)
     want = weights.decode(store.get_bytes(layout.MODELS, ModelRef.model_validate(expected["model"]).path))[0]
     for k in want:
         np.testing.assert_array_equal(got[k], want[k])
+
+
+def test_an_update_opened_with_a_head_is_one_request_when_small_and_pinned_past_it(store):
+    """The outboxes' opener reads an update's first bytes with its size and ETag: a small update is then
+    whole in memory (nothing more is asked of the service, so a later overwrite cannot reach it); a
+    larger one serves its head from memory and the rest by range reads pinned to the version opened."""
+    from azure.core.exceptions import ResourceModifiedError
+
+    from fedfunc.storage import PinnedBlob
+
+    container = store.container("test-outbox")
+    small, large = b"s" * 100, bytes(range(256)) * 64
+    etags = {name: container.upload_blob(f"head/{name}", data, overwrite=True).get_blob_properties().etag
+             for name, data in (("small", small), ("large", large), ("empty", b""))}
+    opened = {name: PinnedBlob(container.get_blob_client(f"head/{name}"), head=1024)
+              for name in ("small", "large", "empty")}
+    for name in ("small", "large"):
+        container.upload_blob(f"head/{name}", b"changed", overwrite=True)
+    assert (opened["small"].size, opened["small"].read(0, 100)) == (100, small)
+    assert {name: blob.version for name, blob in opened.items()} == etags
+    assert (opened["large"].size, opened["large"].read(10, 1000)) == (len(large), large[10:1010])
+    with pytest.raises(ResourceModifiedError):
+        opened["large"].read(1000, 100)  # past the head: the service refuses, the blob changed
+    assert (opened["empty"].size, opened["empty"].read(0, 0)) == (0, b"")
 
 
 def signed_side(**side):

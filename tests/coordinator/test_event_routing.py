@@ -8,6 +8,8 @@ from types import SimpleNamespace
 import azure.functions as func
 import pytest
 
+from fedfunc import layout
+from fedfunc.coordinator import rounds
 from fedfunc.coordinator.services import OutboxBlob
 from fedfunc.registry import SiloRecord, UnknownSilo
 from triggers import silo_events
@@ -41,8 +43,8 @@ def outbox(monkeypatch):
     blobs = {PREFIX + "update.safetensors": (b"x" * 42, "0x1"), PREFIX + "evaluation.safetensors": (b"e" * 42, "0x1")}
     audit = Audit()
 
-    def outbox_blob(silo, path):
-        assert silo == "site-1"
+    def outbox_blob(record, path):
+        assert record.name == "site-1"
         return OutboxBlob(etag=blobs[path][1], size=len(blobs[path][0])) if path in blobs else None
 
     def read(silo, path, max_bytes):
@@ -51,9 +53,12 @@ def outbox(monkeypatch):
         return blobs[path][0]
 
     reader = lambda: read  # noqa: E731
+    manifests = {}  # round 3's manifest, when a test writes one
+    store = SimpleNamespace(get_json=lambda container, path: manifests.get(path))
+    monkeypatch.setattr(rounds, "_MODES", type(rounds._MODES)())
     monkeypatch.setattr(silo_events, "services", lambda: SimpleNamespace(
-        registry=Registry(), outbox_blob=outbox_blob, outbox_reader=reader, audit=audit))
-    return SimpleNamespace(blobs=blobs, audit=audit)
+        registry=Registry(), outbox_blob=outbox_blob, outbox_reader=reader, audit=audit, store=store))
+    return SimpleNamespace(blobs=blobs, audit=audit, manifests=manifests)
 
 
 def event(account="silo01", container="outbox", name="update.safetensors", event_type="Microsoft.Storage.BlobCreated",
@@ -71,10 +76,23 @@ def test_update_from_the_silos_own_outbox_is_routed_to_its_round():
     assert silo_events.route_outbox_event(event()) == (instance, name, payload)  # a redelivery is the same event
 
 
-def test_an_evaluation_is_routed_as_its_own_event():
+@pytest.mark.parametrize("manifest", [None, {"silos": [], "evaluators": ["site-1"]},
+                                      {"silos": ["site-1"], "evaluate_only": True}])
+def test_an_evaluation_is_routed_as_its_own_event(manifest, outbox):
+    """From an evaluator, from anyone in an evaluate-only round, or before the round's manifest is found."""
+    if manifest:
+        outbox.manifests[layout.round_manifest("run-1", 3)] = manifest
     instance, name, payload = silo_events.route_outbox_event(event(name="evaluation.safetensors"))
     assert instance == "run-1:r3" and name == "evaluated:site-1"
     assert payload["path"].endswith("/site-1/evaluation.safetensors")
+
+
+def test_a_training_jobs_evaluation_is_not_raised_its_update_is(outbox):
+    """The round waits for a trainer's update (published right after its evaluation), never its evaluation:
+    raising that would only replay the round for nothing."""
+    outbox.manifests[layout.round_manifest("run-1", 3)] = {"silos": ["site-1"], "evaluators": ["held"]}
+    assert silo_events.route_outbox_event(event(name="evaluation.safetensors")) is None
+    assert silo_events.route_outbox_event(event())[1] == "update:site-1"
 
 
 @pytest.mark.parametrize("ignored", [

@@ -198,7 +198,8 @@ class FakeServices:
         self.outbox_bytes = outbox_bytes
         self.store = SimpleNamespace(
             get_bytes=lambda container, path: BUNDLE if (container, path) == (layout.BUNDLES, layout.bundle(CODE_HASH))
-            else None)
+            else None,
+            get_json=lambda container, path: None)  # no round manifest: an evaluation is routed as any other
         self.audit = SimpleNamespace(record=lambda kind, **fields: None)
         self.registry = SimpleNamespace(get=self._get, list=lambda status=None: [self._get("site-1")])
 
@@ -209,7 +210,7 @@ class FakeServices:
         return SiloRecord(name="site-1", account="silo01", blob_url="http://127.0.0.1/silo01", compute="local",
                           policy_ref="x")
 
-    def outbox_blob(self, silo, path):
+    def outbox_blob(self, record, path):
         from fedfunc.coordinator.services import OutboxBlob
         return (OutboxBlob(etag="0x1", size=42) if path.endswith((layout.UPDATE, layout.EVALUATION, layout.FAILED))
                 else None)

@@ -25,7 +25,8 @@ def test_activity_retries_including_exhaustion_and_parallel(features):
     status = finished(start(features, "retrying", "retry-1", "retry-1"))
     assert status["runtimeStatus"] == "Completed", status
     assert status["output"] == {"ok": 3, "exhausted": "Activity function 'flaky' failed: flaky attempt 2 fails",
-                                "parallel": [1, 2, 3]}
+                                "parallel": [1, 2, 3],
+                                "raced": {"good": 2, "bad": "Activity function 'flaky' failed: flaky attempt 2 fails"}}
     db = sqlite3.connect(f"file:{features.state}?mode=ro", uri=True)
     (engine,) = db.execute("SELECT engine FROM instances WHERE id='retry-1'").fetchone()
     assert json.loads(engine)["retry_tasks"] == {}, "finished retried calls leave no bookkeeping (nor their inputs)"

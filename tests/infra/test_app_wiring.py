@@ -223,7 +223,8 @@ def accepts(monkeypatch):
     record = SimpleNamespace(name="north-eu", account=ACCOUNT)
     there = OutboxBlob(etag=BLOB_DATA["eTag"], size=BLOB_DATA["contentLength"])  # the blob each event names
     fake = SimpleNamespace(registry=SimpleNamespace(get=lambda silo: record, list=lambda: [record]),
-                           outbox_blob=lambda silo, path: there,
+                           store=SimpleNamespace(get_json=lambda container, path: None),  # no round manifest
+                           outbox_blob=lambda record, path: there,
                            outbox_reader=lambda: lambda silo, path, n: b'{"reason": "out of memory"}',
                            audit=SimpleNamespace(record=lambda *a, **k: None))
     monkeypatch.setattr(silo_events, "services", lambda: fake)

@@ -34,6 +34,7 @@ class Task:
     instance_id: str | None = None
     fire_at: datetime | None = None
     result: object = None
+    error: Exception | None = None  # a failed task: raised where the orchestrator yields it
     is_completed: bool = False
     cancelled: bool = False
 
@@ -154,6 +155,10 @@ class Orchestration:
     def _advance(self, step) -> object:
         try:
             self.pending = step()
+            while isinstance(self.pending, Task) and self.pending.is_completed:
+                # a task yielded again once done (a task_any's winner): the SDK goes on at once
+                done = self.pending
+                self.pending = self._gen.throw(done.error) if done.error else self._gen.send(done.result)
         except StopIteration as stop:
             self.pending, self.done, self.output = None, True, wire(stop.value)
         return self.pending
@@ -165,11 +170,12 @@ class Orchestration:
             self.pending.result, self.pending.is_completed = wire(result), True
         return self._advance(lambda: self._gen.send(wire(result)))
 
-    def fire(self, task: Task, result=None):
-        """``task`` wins the pending ``task_any`` (an event raised, a timer fired, an activity done)."""
+    def fire(self, task: Task, result=None, *, error: Exception | None = None):
+        """``task`` wins the pending ``task_any`` (an event raised, a timer fired, an activity done, or with
+        ``error`` failed: the SDK hands a task_any its failed task, and raises only where it is yielded)."""
         assert isinstance(self.pending, AnyOf) and task in self.pending.tasks, f"{task} is not awaited"
         assert not task.cancelled, f"{task} was cancelled"
-        task.result, task.is_completed = wire(result), True
+        task.result, task.error, task.is_completed = wire(result), error, True
         return self._advance(lambda: self._gen.send(task))
 
     def throw(self, error: Exception):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from durable_fake import T0, AllOf, AnyOf, FakeContext, Orchestration, Task, durable_failure, model
+from durable_fake import T0, AnyOf, FakeContext, Orchestration, Task, durable_failure, model
 
 from fedfunc import protocol as p
 from fedfunc.spec import RunSpec
@@ -37,13 +37,11 @@ def prepared(ready=SILOS, **spec) -> Orchestration:
 def collecting(ready=SILOS, errors: dict[str, str] | None = None, **spec) -> Orchestration:
     """A round whose jobs were started (``errors``: silos whose submission failed) and that now waits."""
     o = prepared(ready, **spec)
-    assert isinstance(o.pending, AllOf)
-    assert all(set(t.input) == {"job", "silo", "mode"} for t in o.pending.tasks)  # one order per silo, as a dict
-    orders = [p.SiloJobOrder.model_validate(t.input) for t in o.pending.tasks]
-    assert [t.name for t in o.pending.tasks] == [p.START_SILO_JOB] * len(ready)
-    assert all(t.retry == ACTIVITY_RETRY for t in o.pending.tasks)  # a transient storage fault is retried
-    assert [order.silo for order in orders] == ready and {order.mode for order in orders} <= {"train"}
-    assert all(order.job.manifest == MANIFEST and order.job.deadline == DEADLINE for order in orders)
+    start = o.pending  # one activity starts the round's jobs
+    assert (start.kind, start.name, start.retry) == ("activity", p.START_SILO_JOBS, ACTIVITY_RETRY)  # retried
+    order = p.SiloJobsOrder.model_validate(start.input)
+    assert order.modes == dict.fromkeys(ready, "train")
+    assert order.job.manifest == MANIFEST and order.job.deadline == DEADLINE
     errors = errors or {}
     o.send([(p.SiloJobStarted(silo=s, error=errors[s]) if s in errors else p.SiloJobStarted(silo=s, job_id=f"job-{s}"))
             .wire() for s in ready])
@@ -76,24 +74,43 @@ def deadline(o: Orchestration):
     return o.fire(timer)
 
 
+def activity(o: Orchestration, name: str) -> Task:
+    """The pending activity ``name``: awaited alone, or side by side with another (a ``task_any``)."""
+    tasks = o.pending.tasks if isinstance(o.pending, AnyOf) else [o.pending]
+    [task] = [t for t in tasks if isinstance(t, Task) and (t.kind, t.name) == ("activity", name)]
+    assert task.retry == ACTIVITY_RETRY
+    return task
+
+
+def complete(o: Orchestration, task: Task, result=None, *, error: Exception | None = None):
+    """``task`` (pending alone or in a ``task_any``) ends with ``result``, or fails with ``error``."""
+    if isinstance(o.pending, AnyOf):
+        return o.fire(task, result, error=error)
+    assert task is o.pending
+    return o.throw(error) if error else o.send(result)
+
+
 def aggregate(o: Orchestration, accepted: list[str], rejected: dict[str, str] | None = None, *, model_=True):
     """Answer the pending ``aggregate`` with ``accepted`` (10 samples each) and ``rejected`` updates."""
-    agg = o.pending
-    assert (agg.kind, agg.name, agg.retry) == ("activity", p.AGGREGATE, ACTIVITY_RETRY)
     result = p.AggregateResult(accepted=accepted, samples={s: 10 for s in accepted}, num_samples=10 * len(accepted),
                                rejected=[p.Rejection(silo=s, reason=r) for s, r in (rejected or {}).items()],
                                model=model(1) if model_ else None)
-    return o.send(result.wire())
+    return complete(o, activity(o, p.AGGREGATE), result.wire())
+
+
+def pool(o: Orchestration, metrics=None) -> p.EvaluationOrder:
+    """Answer the pending ``pool_evaluations`` (the silos' figures for the model that entered the round)."""
+    task = activity(o, p.POOL_EVALUATIONS)
+    order = p.EvaluationOrder.model_validate(task.input)
+    assert order.job.model.wire() == model(0)  # what was evaluated is the model the silos received
+    o.pooled = order
+    complete(o, task, p.RoundEvaluation(metrics=metrics or {"loss": 0.5, "accuracy": 0.8}, evaluated=order.silos).wire())
+    return order
 
 
 def finish(o: Orchestration, metrics=None) -> p.RoundResult:
-    """Answer the pending ``pool_evaluations`` (the silos' figures for the model that entered the round)."""
-    pool = o.pending
-    assert (pool.kind, pool.name, pool.retry) == ("activity", p.POOL_EVALUATIONS, ACTIVITY_RETRY)
-    order = p.EvaluationOrder.model_validate(pool.input)
-    assert order.job.model.wire() == model(0)  # what was evaluated is the model the silos received
-    o.pooled = order
-    o.send(p.RoundEvaluation(metrics=metrics or {"loss": 0.5, "accuracy": 0.8}, evaluated=order.silos).wire())
+    """The last pooling answered: the round's result."""
+    pool(o, metrics)
     assert o.done
     return p.RoundResult.model_validate(o.output)
 
@@ -115,8 +132,11 @@ def test_every_silo_updates_then_the_round_aggregates_evaluates_and_returns_refe
     update(o, "ann")
     update(o, "cat")
     assert timer.cancelled  # nothing left to wait for: the deadline timer does not keep the instance alive
-    order = p.AggregateOrder.model_validate(o.pending.input)
+    order = p.AggregateOrder.model_validate(activity(o, p.AGGREGATE).input)
     assert sorted(order.updates) == SILOS and order.updates["ann"].path == "runs/run-1/ann/update.safetensors"
+    pooling = activity(o, p.POOL_EVALUATIONS)  # ordered with the aggregation: both judge what the silos sent
+    assert {t.name for t in o.pending.tasks} == {p.AGGREGATE, p.POOL_EVALUATIONS}
+    assert p.EvaluationOrder.model_validate(pooling.input).silos == SILOS
     aggregate(o, accepted=SILOS)
     result = finish(o, {"loss": 0.4, "accuracy": 0.9})
     assert o.pooled.silos == SILOS and o.pooled.evaluators == []
@@ -135,7 +155,7 @@ def test_deadline_fails_the_silent_silo_and_the_round_goes_on_at_quorum():
     update(o, "ann")
     update(o, "bob")
     deadline(o)
-    order = p.AggregateOrder.model_validate(o.pending.input)
+    order = p.AggregateOrder.model_validate(activity(o, p.AGGREGATE).input)
     assert sorted(order.updates) == ["ann", "bob"]
     aggregate(o, accepted=["ann", "bob"])
     result = finish(o)
@@ -236,32 +256,43 @@ def test_a_rejected_update_is_reported_and_the_round_goes_on():
     for s in SILOS:
         update(o, s)
     aggregate(o, accepted=["ann", "bob"], rejected={"cat": "non_finite: update holds NaN"})
+    assert pool(o).silos == SILOS  # pooled while aggregating, over every silo that answered
+    assert o.context.status["phase"] == "pooling evaluations"
     result = finish(o)
-    assert o.pooled.silos == ["ann", "bob"]  # a rejected silo's figures are not trusted either
+    assert o.pooled.silos == ["ann", "bob"]  # pooled again: a rejected silo's figures are not trusted either
     assert (result.silos["cat"].state, result.silos["cat"].reason) == ("rejected", "non_finite: update holds NaN")
     assert result.num_samples == 20 and result.silos["ann"].num_samples == 10
 
 
-def test_quorum_lost_to_rejected_updates_fails_the_round_without_evaluating():
+def test_quorum_lost_to_rejected_updates_fails_the_round_with_its_evaluations_pooled_without_them():
     o = collecting()
     for s in SILOS:
         update(o, s)
+    aggregate(o, accepted=["ann"], rejected={"bob": "nonce: stale", "cat": "size: over the bound"}, model_=False)
+    pool(o)
     with pytest.raises(RoundFailed) as err:
-        aggregate(o, accepted=["ann"], rejected={"bob": "nonce: stale", "cat": "size: over the bound"}, model_=False)
+        pool(o)
+    assert o.pooled.silos == ["ann"]  # the round's evaluation record counts no untrusted silo
     assert str(err.value) == ("round 0: 1 valid update(s) of 3 silo(s), quorum needs 2; bob: nonce: stale; "
                               "cat: size: over the bound")
     status = o.context.status
     assert status["phase"] == "failed" and status["rejected"] == {"bob": "nonce: stale", "cat": "size: over the bound"}
-    assert not any(t.name == p.POOL_EVALUATIONS for t in o.context.created)
 
 
-def test_a_failing_activity_fails_the_round():
-    """Activities are retried by Durable (ACTIVITY_RETRY) before their failure reaches the round."""
+@pytest.mark.parametrize("failing", [p.AGGREGATE, p.POOL_EVALUATIONS])
+@pytest.mark.parametrize("first", [True, False])
+def test_a_failing_activity_fails_the_round(failing, first):
+    """Activities are retried by Durable (ACTIVITY_RETRY) before their failure reaches the round; aggregating
+    and pooling side by side, either failing (ending first or last) fails it."""
     o = collecting()
     for s in SILOS:
         update(o, s)
+    fails, other = activity(o, failing), activity(o, ({p.AGGREGATE, p.POOL_EVALUATIONS} - {failing}).pop())
+    ok = {p.AGGREGATE: p.AggregateResult(accepted=SILOS, model=model(1)).wire(), p.POOL_EVALUATIONS: {}}
     with pytest.raises(Exception, match="storage unavailable"):
-        o.throw(durable_failure("storage unavailable"))
+        for task in ([fails, other] if first else [other, fails]):
+            complete(o, task, None if task is fails else ok[task.name],
+                     error=durable_failure("storage unavailable") if task is fails else None)
 
 
 def evaluated(o: Orchestration, silo: str):
@@ -273,7 +304,7 @@ def evaluated(o: Orchestration, silo: str):
 def test_an_evaluator_silo_only_evaluates_and_its_figures_are_pooled_apart():
     o = Orchestration(federated_round, FakeContext(round_job(evaluators=["held"]).wire(), instance_id="run-1:r0"))
     o.send(p.RoundPlan(silos=SILOS, evaluators=["held"], manifest=MANIFEST).wire())
-    orders = {order.silo: order.mode for order in map(p.SiloJobOrder.model_validate, (t.input for t in o.pending.tasks))}
+    orders = p.SiloJobsOrder.model_validate(o.pending.input).modes
     assert orders == {**{s: "train" for s in SILOS}, "held": "evaluate"}
     o.send([p.SiloJobStarted(silo=s, job_id=f"job-{s}").wire() for s in orders])
     events, _ = waits(o)
@@ -281,7 +312,7 @@ def test_an_evaluator_silo_only_evaluates_and_its_figures_are_pooled_apart():
     evaluated(o, "held")
     for s in SILOS:
         update(o, s)
-    assert sorted(p.AggregateOrder.model_validate(o.pending.input).updates) == SILOS  # the evaluator sends none
+    assert sorted(p.AggregateOrder.model_validate(activity(o, p.AGGREGATE).input).updates) == SILOS  # the evaluator sends none
     aggregate(o, accepted=SILOS)
     result = finish(o)
     assert (o.pooled.silos, o.pooled.evaluators) == (SILOS, ["held"])
@@ -292,7 +323,7 @@ def test_the_evaluate_only_round_aggregates_nothing_and_returns_the_pooled_figur
     job = round_job().model_copy(update={"evaluate_only": True})
     o = Orchestration(federated_round, FakeContext(job.wire(), instance_id="run-1:r1"))
     o.send(p.RoundPlan(silos=SILOS, evaluators=["held"], manifest=MANIFEST).wire())
-    orders = {order.silo: order.mode for order in map(p.SiloJobOrder.model_validate, (t.input for t in o.pending.tasks))}
+    orders = p.SiloJobsOrder.model_validate(o.pending.input).modes
     assert orders == {s: "evaluate" for s in [*SILOS, "held"]}  # nobody trains
     assert o.context.status["needed"] == 0 and o.context.status["evaluate_only"] is True
     o.send([p.SiloJobStarted(silo=s, job_id=f"job-{s}").wire() for s in orders])
@@ -317,9 +348,10 @@ def test_no_evaluation_at_all_still_ends_an_evaluate_only_round():
     o = Orchestration(federated_round, FakeContext(job.wire(), instance_id="run-1:r1"))
     o.send(p.RoundPlan(silos=SILOS, manifest=MANIFEST).wire())
     o.send([p.SiloJobStarted(silo=s, error="job submission failed: quota").wire() for s in SILOS])
-    pool = p.EvaluationOrder.model_validate(o.pending.input)
-    assert (pool.silos, pool.evaluators) == ([], [])
-    o.send(p.RoundEvaluation().wire())
+    task = activity(o, p.POOL_EVALUATIONS)
+    order = p.EvaluationOrder.model_validate(task.input)
+    assert (order.silos, order.evaluators) == ([], [])
+    complete(o, task, p.RoundEvaluation().wire())
     result = p.RoundResult.model_validate(o.output)
     assert result.incoming == {} and {x.state for x in result.silos.values()} == {"failed"}
 
@@ -356,8 +388,9 @@ def test_each_silos_time_metrics_clip_and_capped_weight_reach_the_round_result()
     received = {s: p.Received(path=f"runs/run-1/{s}/update.safetensors", sha256="0" * 64, metrics={"loss": loss},
                               clipped=s == "bob")
                 for s, loss in (("ann", 0.3), ("bob", 0.4))}
-    o.send(p.AggregateResult(accepted=["ann", "bob"], samples={"ann": 10, "bob": 5}, num_samples=15,
-                             received=received, capped={"bob": cap}, model=model(1)).wire())
+    complete(o, activity(o, p.AGGREGATE), p.AggregateResult(
+        accepted=["ann", "bob"], samples={"ann": 10, "bob": 5}, num_samples=15, received=received,
+        capped={"bob": cap}, model=model(1)).wire())
     silos = finish(o).silos
     assert (silos["ann"].seconds, silos["ann"].metrics, silos["ann"].capped, silos["ann"].clipped) == (
         5.0, {"loss": 0.3}, None, False)
@@ -373,6 +406,7 @@ def test_a_rejected_silo_keeps_its_time_but_not_its_weight():
         o.context.advance(T0 + timedelta(seconds=second))
         update(o, s)
     aggregate(o, accepted=["ann", "bob"], rejected={"cat": "norm: over the bound"})
+    pool(o)
     cat = finish(o).silos["cat"]
     assert (cat.state, cat.reason, cat.seconds, cat.num_samples, cat.metrics) == (
         "rejected", "norm: over the bound", 3.0, None, None)
@@ -380,7 +414,7 @@ def test_a_rejected_silo_keeps_its_time_but_not_its_weight():
 
 def test_the_timeline_stamps_each_round_step_on_its_clock_and_each_silos_steps_from_who_saw_them():
     at = {step: T0 + timedelta(seconds=s) for step, s in
-          (("planned", 1), ("submitted", 2), ("ann", 4), ("bob", 6), ("aggregated", 9), ("evaluated", 12))}
+          (("planned", 1), ("submitted", 2), ("ann", 4), ("bob", 6), ("evaluated", 8), ("aggregated", 9))}
     silo_steps = {"queued": T0 + timedelta(seconds=2.5), "started": T0 + timedelta(seconds=3),
                   "trained": T0 + timedelta(seconds=3.5)}
     o = Orchestration(federated_round, FakeContext(round_job().wire(), instance_id="run-1:r0"))
@@ -395,13 +429,13 @@ def test_the_timeline_stamps_each_round_step_on_its_clock_and_each_silos_steps_f
         o.fire(events[p.update_event(s)], p.UpdateNotice(
             path=f"runs/run-1/{s}/update.safetensors", landed=at[s] - timedelta(seconds=0.5),
             delivered=at[s] - timedelta(seconds=0.25)).wire())
+    o.context.advance(at["evaluated"])  # pooling ends first; each of the two is stamped when it ends
+    complete(o, activity(o, p.POOL_EVALUATIONS), p.RoundEvaluation(metrics={"accuracy": 0.5}).wire())
     o.context.advance(at["aggregated"])
     received = {s: p.Received(path=f"runs/run-1/{s}/update.safetensors", metrics={}, times=p.JobTimes(**silo_steps))
                 for s in ("ann",)}  # bob's update carried no times of its own
-    o.send(p.AggregateResult(accepted=["ann", "bob"], samples={"ann": 1, "bob": 1}, num_samples=2,
-                             received=received, model=model(1)).wire())
-    o.context.advance(at["evaluated"])
-    o.send(p.RoundEvaluation(metrics={"accuracy": 0.5}).wire())
+    complete(o, activity(o, p.AGGREGATE), p.AggregateResult(accepted=["ann", "bob"], samples={"ann": 1, "bob": 1},
+                                                            num_samples=2, received=received, model=model(1)).wire())
     timeline = p.RoundResult.model_validate(o.output).timeline
     assert (timeline.started, timeline.planned, timeline.submitted, timeline.collected, timeline.aggregated,
             timeline.evaluated) == (T0, at["planned"], at["submitted"], at["bob"], at["aggregated"], at["evaluated"])
@@ -430,7 +464,7 @@ def test_a_replayed_step_leaves_the_status_alone_and_the_first_new_step_sets_it_
     update(o, "cat")  # the round's decisions are set whether or not replayed: the status must end right
     assert o.context.status["phase"] == "aggregating"
     aggregate(o, accepted=SILOS)
-    assert o.context.status["phase"] == "aggregating"  # "pooling evaluations" is a progress note, skipped
+    assert o.context.status["phase"] == "aggregating"
     finish(o)
     assert o.context.status["phase"] == "done"
 
@@ -441,10 +475,11 @@ def test_an_aggregation_that_cannot_run_fails_the_round_with_its_reason():
     for s in SILOS:
         update(o, s)
     why = "krum needs at least 4 updates for f=1, got 2"
+    complete(o, activity(o, p.AGGREGATE), p.AggregateResult(
+        accepted=["ann", "bob"], rejected=[p.Rejection(silo="cat", reason="nonce: stale")], error=why).wire())
+    pool(o)
     with pytest.raises(RoundFailed) as err:
-        o.send(p.AggregateResult(accepted=["ann", "bob"], rejected=[p.Rejection(silo="cat", reason="nonce: stale")],
-                                 error=why).wire())
+        pool(o)
     assert str(err.value) == f"round 0: {why}"
     status = o.context.status
     assert (status["phase"], status["error"], status["rejected"]) == ("failed", why, {"cat": "nonce: stale"})
-    assert not any(t.name == p.POOL_EVALUATIONS for t in o.context.created)

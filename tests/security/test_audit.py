@@ -4,7 +4,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from fedfunc.security.audit import AuditLog, SiloAuditTrail
+from fedfunc.security.audit import AuditLog, SiloAuditTrail, entry
 from fedfunc.silo.io import DirOutbox
 from fedfunc.storage import table_service
 
@@ -35,6 +35,21 @@ def test_a_retried_entry_is_appended_once_and_never_overwritten(audit):
     audit.record("ticket_issued", run=run, round=1, silo="alpha", event_id="ticket:1:alpha", attempt=2)
     entries = audit.query(run=run)
     assert len(entries) == 1 and entries[0].detail["attempt"] == 1
+
+
+def test_a_rounds_entries_are_written_together_and_a_retried_batch_keeps_what_is_there(audit):
+    """Entries of several runs, more than one transaction holds, all land; a retry of the same batch after
+    part of it landed appends only what is missing and leaves the entries already there as they were."""
+    runs = [f"audit-{uuid.uuid4().hex[:6]}" for _ in range(2)]
+    batch = [entry("artifact_received", run=runs[0], round=0, silo=f"s{i:03d}", event_id=f"received:{i}", attempt=1)
+             for i in range(130)] + [entry("update_rejected", run=runs[1], round=0, silo="x", event_id="rejected:x")]
+    audit.record_many(batch[:40:3])  # part of it, as a first attempt that failed half-way would leave
+    retried = [(e.model_copy(update={"detail": {"attempt": 2}}), row) for e, row in batch]
+    audit.record_many(retried)
+    got = audit.query(run=runs[0])
+    assert sorted(e.silo for e in got) == [f"s{i:03d}" for i in range(130)]
+    assert {e.silo for e in got if e.detail["attempt"] == 1} == {f"s{i:03d}" for i in range(0, 40, 3)}
+    assert [e.kind for e in audit.query(run=runs[1])] == ["update_rejected"]
 
 
 def test_silo_trail_appends_json_lines_in_day_files(tmp_path):

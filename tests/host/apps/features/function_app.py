@@ -106,7 +106,20 @@ def retrying(context: df.DurableOrchestrationContext):
     parallel = yield context.task_all([
         context.call_activity_with_retry("flaky", df.RetryOptions(30, 4), {"key": f"{key}-p{i}", "fail_times": i})
         for i in range(3)])
-    return {"ok": ok, "exhausted": exhausted, "parallel": parallel}
+    # Side by side, each awaited as it ends (as a round aggregates and pools): task_any hands over a task
+    # that failed, whose failure is raised where it is yielded again.
+    good = context.call_activity_with_retry("flaky", df.RetryOptions(30, 2), {"key": f"{key}-good", "fail_times": 1})
+    bad = context.call_activity_with_retry("flaky", df.RetryOptions(30, 2), {"key": f"{key}-bad", "fail_times": 9})
+    pending = [good, bad]
+    while pending:
+        finished = yield context.task_any(pending)
+        pending.remove(finished)
+    raced = {"good": (yield good)}
+    try:
+        yield bad
+    except Exception as exc:
+        raced["bad"] = str(exc).split("\n")[0].strip()
+    return {"ok": ok, "exhausted": exhausted, "parallel": parallel, "raced": raced}
 
 
 @app.activity_trigger(input_name="spec")
