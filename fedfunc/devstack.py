@@ -268,13 +268,9 @@ class DevStack:
                 on_status(status)
                 ended = status["runtime_status"] in TERMINAL
             else:
-                ended = self._instance_status(run_id) in TERMINAL
+                ended = self.api("GET", f"/runtime/webhooks/durabletask/instances/{run_id}?showInput=false",
+                                 role=None)["runtimeStatus"] in TERMINAL
             if ended:
                 return status if on_status else self.run_status(run_id)
             time.sleep(interval)
         raise TimeoutError(f"run {run_id} not finished within {timeout:.0f}s")
-
-    def _instance_status(self, instance_id: str) -> str | None:
-        r = requests.get(self.host.url(f"/runtime/webhooks/durabletask/instances/{instance_id}"),
-                         params={"showInput": "false"}, headers=self.host.headers, timeout=30)
-        return r.json().get("runtimeStatus") if r.status_code in (200, 202) else None

@@ -90,9 +90,9 @@ class RoundPlan(Message):
     evaluators: list[str] = Field(default_factory=list)
     manifest: str
 
-    def modes(self, job: RoundJob) -> dict[str, JobMode]:
+    def modes(self, evaluate_only: bool) -> dict[str, JobMode]:
         """Each silo's job: evaluators (and everyone in an evaluate-only round) only evaluate."""
-        train = "evaluate" if job.evaluate_only else "train"
+        train = "evaluate" if evaluate_only else "train"
         return {**{s: train for s in self.silos}, **{s: "evaluate" for s in self.evaluators}}
 
 

@@ -68,7 +68,7 @@ def federated_round(context: df.DurableOrchestrationContext):
         p.PREPARE_ROUND, ACTIVITY_RETRY, job.wire())))
     times["planned"] = clock(context)
     job = job.model_copy(update={"manifest": plan.manifest})
-    modes = plan.modes(job)
+    modes = plan.modes(job.evaluate_only)
     trainers = [s for s, mode in modes.items() if mode == "train"]
     needed = 0 if job.evaluate_only else job.spec.needed(len(trainers))
     outcomes = {s: p.SiloOutcome(state="waiting") for s in modes}

@@ -108,12 +108,12 @@ def round_modes(store: RunStore, run_id: str, round_: int) -> dict[str, JobMode]
     silo's mode in a round cannot change (evaluators are fixed by the run's spec, an evaluate-only round
     by its index), even when an earlier attempt's manifest is rewritten."""
     if (run_id, round_) not in _MODES:
-        doc = store.get_json(layout.RUNS, layout.round_manifest(run_id, round_))
+        path = layout.round_manifest(run_id, round_)
+        doc = store.get_json(layout.RUNS, path)
         if doc is None:
             return None
-        train = "evaluate" if doc.get("evaluate_only") else "train"
-        _MODES[(run_id, round_)] = {**{s: train for s in doc["silos"]},
-                                    **{s: "evaluate" for s in doc.get("evaluators", [])}}
+        plan = RoundPlan(silos=doc["silos"], evaluators=doc.get("evaluators", []), manifest=path)
+        _MODES[(run_id, round_)] = plan.modes(bool(doc.get("evaluate_only")))
         while len(_MODES) > MODES_KEPT:
             _MODES.popitem(last=False)
     return _MODES[(run_id, round_)]

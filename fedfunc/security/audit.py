@@ -65,10 +65,10 @@ class AuditLog:
         return self.record_many([entry(kind, run=run, round=round, silo=silo, event_id=event_id, **detail)])[0]
 
     def record_many(self, entries: list[tuple[AuditEvent, str]]) -> list[AuditEvent]:
-        """Append entries (``entry(...)``): one entity-group transaction per run's entries (up to 100), so a
-        round's entries are one round trip. A transaction refused because an entry is already there (a
-        retried activity; a transaction is all or nothing) is redone entry by entry, keeping that entry as
-        it was."""
+        """Append entries (``entry(...)``): one entity-group transaction per run's entries (up to 100; fewer
+        than ``TRANSACTION_MIN`` side by side), so a round's entries are one round trip. A transaction
+        refused because an entry is already there (a retried activity; a transaction is all or nothing) is
+        redone entry by entry, keeping that entry as it was."""
         groups: dict[str, list[dict]] = {}
         for event, row in entries:
             entity = _entity(event, row)
